@@ -1,0 +1,112 @@
+"""Lazy, validating safetensors reader.
+
+We parse the header ourselves instead of using safetensors' numpy loader because (1) numpy has no
+bfloat16, (2) we want every truncation or garbling reported as a typed error naming the file and
+tensor before native code sees the bytes, and (3) a memmap view keeps peak memory at one tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import CheckpointFormatError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element)
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),  # stored as raw 16-bit words, widened to float32 on load
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor inside a safetensors file, read only when asked."""
+
+    file: Path
+    name: str
+    dtype: str  # safetensors dtype name, e.g. "BF16"
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+
+    def raw(self) -> np.ndarray:
+        storage = _DTYPES[self.dtype]
+        count = self.nbytes // storage.itemsize
+        mm = np.memmap(self.file, dtype=storage, mode="r", offset=self.offset, shape=(count,))
+        return mm.reshape(self.shape)
+
+    def load(self) -> np.ndarray:
+        """Return the tensor as a numpy array: float32 for bf16/f64, the stored type otherwise."""
+        data = self.raw()
+        if self.dtype == "BF16":
+            return (data.astype(np.uint32) << 16).view(np.float32)
+        if self.dtype == "F64":
+            return data.astype(np.float32)
+        return np.array(data)  # copy out of the memmap so the file can close
+
+
+def read_index(path: Path) -> dict[str, TensorRef]:
+    """Validate a .safetensors file's header and layout; return its tensors, nothing read yet."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointFormatError(f"{path}: file is truncated ({size} bytes); not a safetensors file")
+            (hlen,) = struct.unpack("<Q", head)
+            if hlen > _MAX_HEADER or 8 + hlen > size:
+                raise CheckpointFormatError(
+                    f"{path}: header length {hlen} does not fit a {size}-byte file; the file is truncated or not safetensors"
+                )
+            header_bytes = fh.read(hlen)
+    except OSError as exc:
+        raise CheckpointFormatError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        header = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointFormatError(f"{path}: header is not valid JSON ({exc}); the file is garbled") from exc
+    if not isinstance(header, dict):
+        raise CheckpointFormatError(f"{path}: header is not a JSON object; the file is garbled")
+    data_start = 8 + hlen
+    data_len = size - data_start
+    tensors: dict[str, TensorRef] = {}
+    end_max = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointFormatError(f"{path}: tensor '{name}' has a malformed header entry") from exc
+        if dtype not in _DTYPES:
+            raise CheckpointFormatError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
+        expected = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+        if not (0 <= begin <= end) or end - begin != expected:
+            raise CheckpointFormatError(
+                f"{path}: tensor '{name}' spans {end - begin} bytes but shape {list(shape)} of {dtype} needs {expected}"
+            )
+        if end > data_len:
+            raise CheckpointFormatError(
+                f"{path}: tensor '{name}' ends at byte {data_start + end} but the file has {size}; the file is truncated"
+            )
+        end_max = max(end_max, end)
+        tensors[name] = TensorRef(path, name, dtype, shape, data_start + begin, expected)
+    if end_max != data_len:
+        raise CheckpointFormatError(
+            f"{path}: {data_len - end_max} unexpected trailing bytes after the tensor data; the file is garbled"
+        )
+    return tensors

@@ -1,0 +1,74 @@
+"""edgekit: convert distilled Hugging Face students to GGUF/ONNX and run them on local devices.
+
+`import edgekit` stays light: heavy libraries (torch, transformers, onnxruntime, llama_cpp) are
+imported only inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ArtifactError,
+    BackendError,
+    CheckpointFormatError,
+    ContextOverflowError,
+    ConversionError,
+    DeviceUnavailableError,
+    EdgekitError,
+    ManifestMismatch,
+    MissingDependencyError,
+    OutputExistsError,
+    RemoteCodeRefused,
+    SourceError,
+    SourceNotFoundError,
+    TokenizerError,
+    UnsafePathError,
+    UnsupportedArchitectureError,
+)
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .conversion import ConversionResult, convert
+
+__all__ = [
+    "ArtifactError",
+    "BackendError",
+    "CheckpointFormatError",
+    "ContextOverflowError",
+    "ConversionError",
+    "ConversionResult",
+    "DeviceUnavailableError",
+    "EdgekitError",
+    "ManifestMismatch",
+    "MissingDependencyError",
+    "OutputExistsError",
+    "RemoteCodeRefused",
+    "SourceError",
+    "SourceNotFoundError",
+    "TokenizerError",
+    "UnsafePathError",
+    "UnsupportedArchitectureError",
+    "__version__",
+    "convert",
+    "load",
+]
+
+_LAZY = {
+    "convert": ("conversion", "convert"),
+    "ConversionResult": ("conversion", "ConversionResult"),
+    "load": ("engine", "load"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Submodules pull in numpy/gguf; load them on first use so `import edgekit` stays cheap.
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edgekit' has no attribute {name!r}")

@@ -1,0 +1,145 @@
+"""The `edgekit` command: the Python API, one command per function, `--json` on every report.
+
+User errors (EdgekitError) print one line and exit 1; only bugs produce a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import EdgekitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Convert distilled Hugging Face models to GGUF and run them on local devices.")
+
+
+def _fail(exc: BaseException, as_json: bool) -> None:
+    message = str(exc)
+    if as_json:
+        typer.echo(json.dumps({"ok": False, "error": type(exc).__name__, "message": message}))
+    else:
+        typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+
+
+def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
+    if as_json:
+        typer.echo(json.dumps({"ok": True, **data}, default=str))
+    else:
+        typer.echo(human)
+
+
+class _StageProgress:
+    """rich progress bars, one per conversion stage (inspect, write, quantize, hash)."""
+
+    _LABELS = {"inspect": "Reading checkpoint", "write": "Writing tensors", "quantize": "Quantizing (llama.cpp)",
+               "hash": "Hashing files"}
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tasks: dict[str, int] = {}
+        self.progress = None
+
+    def __enter__(self) -> _StageProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+            self.progress.start()
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        key = stage
+        if key in self.tasks and done == 0 and self.progress.tasks[self.tasks[key]].finished:
+            key = f"{stage}#{len(self.tasks)}"  # a second pass of the same stage (intermediate file)
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(self._LABELS.get(stage, stage), total=total)
+        self.progress.update(self.tasks[key], completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@app.command()
+def convert(
+    source: Annotated[str, typer.Argument(help="HF checkpoint directory, hub id (owner/name) or bundled:NAME")],
+    to: Annotated[str, typer.Option("--to", help="output format(s), comma-separated")] = "gguf",
+    quant: Annotated[str, typer.Option("--quant", "-q", help="fp32, fp16, bf16, int8, int4 or a llama.cpp type")] = "int4",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="artifact directory to create")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output")] = False,
+    revision: Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")] = None,
+    allow_remote_code: Annotated[bool, typer.Option("--allow-remote-code", help="convert configs with auto_map")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="read pickle (.bin) weights")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Convert a Hugging Face checkpoint into a GGUF artifact (edgekit.convert)."""
+    from .conversion import convert as run_convert
+
+    _quiet_gguf_logs()
+    try:
+        with _StageProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
+            result = run_convert(source, to=to, quant=quant, output=output, overwrite=overwrite, revision=revision,
+                                 allow_remote_code=allow_remote_code, allow_pickle=allow_pickle, progress=progress)
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+    data = result.to_dict()
+    _emit(data, as_json, f"wrote {result.path} ({result.quant}, {result.size_bytes / 1e6:.1f} MB, "
+                         f"{result.bits_per_weight:.2f} bits/weight) in {result.seconds:.1f} s")
+
+
+@app.command()
+def bundled(
+    name: Annotated[str, typer.Argument(help="bundled model name")] = "smollm2-135m-instruct",
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Materialize a bundled real model as an HF checkpoint and print its path (edgekit.bundled.path)."""
+    from . import bundled as bundled_models
+
+    try:
+        path = bundled_models.path(name)
+    except EdgekitError as exc:
+        _fail(exc, as_json)
+    _emit({"name": name, "path": str(path)}, as_json, str(path))
+
+
+@app.command()
+def info(
+    artifact: Annotated[Path, typer.Argument(help="artifact directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Verify an artifact's files against edgekit.json and show its manifest (edgekit.read_manifest)."""
+    from .artifact import read_manifest
+
+    try:
+        manifest = read_manifest(artifact)
+    except EdgekitError as exc:
+        _fail(exc, as_json)
+    q = manifest.get("quantization", {})
+    _emit({"manifest": manifest}, as_json,
+          f"{artifact}: {manifest.get('format')} {manifest.get('architecture')} {q.get('scheme')} "
+          f"({q.get('bits_per_weight')} bits/weight), files verified")
+
+
+def _quiet_gguf_logs() -> None:
+    import logging
+
+    logging.getLogger("gguf").setLevel(logging.ERROR)
+    logging.getLogger("gguf.vocab").setLevel(logging.ERROR)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

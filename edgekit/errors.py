@@ -1,0 +1,109 @@
+"""Every error a user can cause, as one tree. Each message says what is wrong and what to do next.
+
+EdgekitError
+├─ MissingDependencyError        an optional extra is not installed; names the pip line
+├─ SourceError                   the checkpoint cannot be used as given
+│  ├─ SourceNotFoundError        no such directory, or a hub id absent from the cache offline
+│  ├─ UnsupportedArchitectureError   lists the architectures we support
+│  ├─ RemoteCodeRefused          config asks for auto_map / custom code
+│  ├─ CheckpointFormatError      bad config.json, truncated/garbled safetensors, pickle-only weights
+│  └─ TokenizerError             missing or unreadable tokenizer
+├─ ConversionError               a conversion failed midway (nothing is left behind)
+│  └─ OutputExistsError          the output exists and overwrite was not asked for
+├─ ArtifactError                 an artifact directory is missing, incomplete or altered
+│  ├─ ManifestMismatch           a file's size or sha256 differs from edgekit.json
+│  └─ UnsafePathError            a path in an artifact escapes its directory
+└─ BackendError                  the runtime could not load or run an artifact
+   ├─ DeviceUnavailableError     asked for a device this machine does not have
+   └─ ContextOverflowError       prompt longer than the context window
+"""
+
+from __future__ import annotations
+
+
+class EdgekitError(Exception):
+    """Base of every error edgekit raises for a problem the user can fix."""
+
+
+class MissingDependencyError(EdgekitError):
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package, self.extra = package, extra
+        super().__init__(
+            f"{purpose} needs the '{package}' package, which is not installed. "
+            f'Install it with: pip install "edgekit[{extra}]"'
+        )
+
+
+class SourceError(EdgekitError):
+    pass
+
+
+class SourceNotFoundError(SourceError):
+    pass
+
+
+class UnsupportedArchitectureError(SourceError):
+    def __init__(self, path: str, architecture: str, supported: list[str]) -> None:
+        self.architecture, self.supported = architecture, supported
+        super().__init__(
+            f"{path}: architecture '{architecture}' is not supported. Supported: {', '.join(sorted(supported))}"
+        )
+
+
+class RemoteCodeRefused(SourceError):
+    pass
+
+
+class CheckpointFormatError(SourceError):
+    pass
+
+
+class TokenizerError(SourceError):
+    pass
+
+
+class ConversionError(EdgekitError):
+    pass
+
+
+class OutputExistsError(ConversionError):
+    pass
+
+
+class ArtifactError(EdgekitError):
+    pass
+
+
+class ManifestMismatch(ArtifactError):
+    pass
+
+
+class UnsafePathError(ArtifactError):
+    pass
+
+
+class BackendError(EdgekitError):
+    pass
+
+
+class DeviceUnavailableError(BackendError):
+    pass
+
+
+class ContextOverflowError(BackendError):
+    def __init__(self, prompt_tokens: int, context_length: int) -> None:
+        self.prompt_tokens, self.context_length = prompt_tokens, context_length
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens but the context window is {context_length}; "
+            "shorten the prompt or lower max_tokens"
+        )
+
+
+def require(module: str, package: str, extra: str, purpose: str):
+    """Import an optional heavy module, or raise MissingDependencyError naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(package, extra, purpose) from exc

@@ -1,0 +1,61 @@
+"""The backend contract every runtime implements, and the options shared by all of them."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling settings; temperature 0 means greedy."""
+
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    piece: bytes  # raw bytes: one token can end mid UTF-8 character
+
+
+class Backend(ABC):
+    """One inference engine. Capabilities are class attributes so they can be listed without loading."""
+
+    name: ClassVar[str]
+    formats: ClassVar[frozenset[str]]
+    devices: ClassVar[frozenset[str]]
+
+    @abstractmethod
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None: ...
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int: ...
+
+    @abstractmethod
+    def tokenize(self, text: str, add_special: bool) -> list[int]: ...
+
+    @abstractmethod
+    def is_end(self, token_id: int) -> bool: ...
+
+    @abstractmethod
+    def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]: ...
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,80 @@
+"""llama.cpp backend for GGUF artifacts, through llama-cpp-python (CPU; CUDA/Metal by GPU offload)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BackendError, DeviceUnavailableError, require
+
+from .base import Backend, GenerationOptions, TokenEvent
+
+
+def gpu_offload_supported() -> bool:
+    llama_cpp = require("llama_cpp", "llama-cpp-python", "llama", "Running GGUF artifacts")
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class LlamaCppBackend(Backend):
+    name = "llama.cpp"
+    formats = frozenset({"gguf"})
+    devices = frozenset({"cpu", "cuda", "apple"})
+
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
+        llama_cpp = require("llama_cpp", "llama-cpp-python", "llama", "Running GGUF artifacts")
+        if device != "cpu" and not gpu_offload_supported():
+            raise DeviceUnavailableError(
+                f"device '{device}' asked for, but this llama-cpp-python build has no GPU offload; "
+                "reinstall it with CMAKE_ARGS for CUDA or Metal, or use device='cpu'"
+            )
+        self._embedding = manifest.get("task") == "feature-extraction"
+        path = artifact / manifest["model_file"]
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=n_ctx or min(int(manifest.get("context_length") or 2048), 4096),
+                n_gpu_layers=0 if device == "cpu" else -1, embedding=self._embedding, verbose=False,
+                n_threads=max(1, os.cpu_count() or 1),
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"{path}: llama.cpp could not load the model ({exc})") from exc
+
+    @property
+    def context_length(self) -> int:
+        return int(self._llm.n_ctx())
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def is_end(self, token_id: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token_id))
+
+    def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
+        if options.seed is not None:
+            self._llm.set_seed(options.seed)
+        count = 0
+        for token in self._llm.generate(
+            list(prompt_ids), temp=options.temperature, top_k=options.top_k, top_p=options.top_p,
+            min_p=options.min_p, repeat_penalty=options.repeat_penalty, reset=True,
+        ):
+            if self.is_end(token):
+                return
+            yield TokenEvent(int(token), self._llm.detokenize([token], special=False))
+            count += 1
+            if count >= options.max_tokens:
+                return
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not self._embedding:
+            raise BackendError("this artifact is a text-generation model; embeddings need a feature-extraction one")
+        return np.asarray(self._llm.embed(list(texts)), dtype=np.float32)
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()

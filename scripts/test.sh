@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up everything the tests need (including llama.cpp's own converter, the reference our GGUFs
+# are compared with) and run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh all,test
+# shellcheck disable=SC1091
+. .venv/bin/activate
+EDGEKIT_REFERENCE_LLAMA_CPP=$(bash scripts/fetch-reference.sh)
+export EDGEKIT_REFERENCE_LLAMA_CPP
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [[ $rc -eq 5 ]]; then
+  echo "pytest collected no tests" >&2
+fi
+exit $rc

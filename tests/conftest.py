@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tiny.py, helpers.py
+
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    from edgekit import bundled
+
+    return bundled.path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from edgekit import bundled
+
+    return bundled.path("all-minilm-l6-v2")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, smollm2_dir, minilm_dir):
+    """Factory: a tiny random HF checkpoint of the given architecture, built once per session."""
+    built: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("tiny")
+
+    def make(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = tiny.build(arch, root / arch, smollm2_dir, minilm_dir)
+        return built[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def converted(tiny_checkpoint, tmp_path_factory):
+    """Factory: the GGUF file of a tiny checkpoint at a quantization, converted once per session."""
+    import edgekit
+
+    done: dict[tuple[str, str], Path] = {}
+    root = tmp_path_factory.mktemp("gguf")
+
+    def make(arch: str, quant: str) -> Path:
+        key = (arch, quant)
+        if key not in done:
+            result = edgekit.convert(str(tiny_checkpoint(arch)), to="gguf", quant=quant,
+                                     output=root / f"{arch}-{quant}")
+            done[key] = result.path / result.manifest["model_file"]
+        return done[key]
+
+    return make

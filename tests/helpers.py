@@ -1,0 +1,103 @@
+"""Reference computations shared by tests: transformers logits, llama.cpp logits, KL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def hf_tokenizer(checkpoint: Path):
+    """The tokenizer class the checkpoint declares (AutoTokenizer re-maps some, e.g. for mistral)."""
+    import json
+
+    import transformers
+
+    config = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cls = getattr(transformers, str(config.get("tokenizer_class")), None) or transformers.AutoTokenizer
+    return cls.from_pretrained(checkpoint)
+
+
+def hf_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    return out.logits[0].float().numpy()
+
+
+def llama_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
+    from llama_cpp import Llama
+
+    # f32 KV cache: the default f16 cache adds its own error, which is not the conversion's
+    llm = Llama(model_path=str(gguf_path), n_ctx=max(64, len(ids) + 8), n_batch=512, logits_all=True,
+                verbose=False, n_threads=2, type_k=0, type_v=0)
+    try:
+        llm.eval(ids)
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+    finally:
+        llm.close()
+
+
+def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Largest absolute difference, relative to the largest reference magnitude."""
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def mean_kl(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Mean over positions of KL(ref || ours) of the next-token distributions."""
+    def log_softmax(x):
+        x = x - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(ours.astype(np.float64))
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+
+
+# general.* keys that only describe the model (names, sizes, licences); everything else must match.
+_FUNCTIONAL_GENERAL = {"general.architecture", "general.file_type", "general.quantization_version", "general.alignment"}
+
+
+def gguf_differences(ours: Path, ref: Path) -> list[str]:
+    """Every metadata key (bar cosmetic general.*) and tensor (name, type, shape, bytes) that differs."""
+    import gguf
+
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(ref)
+
+    def kv(reader):
+        return {k: f.contents() for k, f in reader.fields.items()
+                if not k.startswith("GGUF.") and (not k.startswith("general.") or k in _FUNCTIONAL_GENERAL)}
+
+    ka, kb = kv(a), kv(b)
+    diffs = [f"key {k}: only in {'ours' if k in ka else 'reference'}" for k in sorted(set(ka) ^ set(kb))]
+    diffs += [f"key {k}: {str(ka[k])[:80]!r} != {str(kb[k])[:80]!r}" for k in sorted(set(ka) & set(kb)) if ka[k] != kb[k]]
+    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
+    diffs += [f"tensor {n}: only in {'ours' if n in ta else 'reference'}" for n in sorted(set(ta) ^ set(tb))]
+    for n in sorted(set(ta) & set(tb)):
+        x, y = ta[n], tb[n]
+        if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
+            diffs.append(f"tensor {n}: {x.tensor_type.name}{list(x.shape)} != {y.tensor_type.name}{list(y.shape)}")
+        elif not np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)):
+            diffs.append(f"tensor {n}: data differs")
+    return diffs
+
+
+def reference_convert(checkpoint: Path, outtype: str, out: Path) -> Path:
+    """Run llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist) on a checkpoint."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    root = os.environ.get("EDGEKIT_REFERENCE_LLAMA_CPP")
+    if not root:
+        pytest.skip("EDGEKIT_REFERENCE_LLAMA_CPP not set (scripts/test.sh sets it from scripts/fetch-reference.sh)")
+    env = {**os.environ, "PYTHONPATH": str(Path(root) / "gguf-py")}
+    proc = subprocess.run([sys.executable, str(Path(root) / "convert_hf_to_gguf.py"), str(checkpoint),
+                           "--outtype", outtype, "--outfile", str(out)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out

@@ -1,0 +1,52 @@
+"""The CLI mirrors edgekit.convert; user errors are one line and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
+
+
+def test_convert_json_and_info(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    p = _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "gguf", "--quant", "int8", "-o", str(out), "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["ok"] and data["quant"] == "Q8_0" and Path(data["path"]) == out
+    assert data["tensor_types"]["Q8_0"] > 0
+    info = _cli("info", str(out), "--json")
+    assert info.returncode == 0
+    assert json.loads(info.stdout)["manifest"]["quantization"]["scheme"] == "Q8_0"
+
+
+def test_user_error_is_one_line_no_traceback(tmp_path):
+    p = _cli("convert", str(tmp_path / "missing"), "--to", "gguf")
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
+    pj = _cli("convert", str(tmp_path / "missing"), "--json")
+    assert pj.returncode == 1
+    assert json.loads(pj.stdout)["error"] == "SourceNotFoundError"
+
+
+def test_output_exists_exit_code(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    p = _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp16", "-o", str(out))
+    assert p.returncode == 1 and "already exists" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_info_detects_tampering(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp16", "-o", str(out)).returncode == 0
+    model = next(out.glob("*.gguf"))
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    p = _cli("info", str(out))
+    assert p.returncode == 1 and "sha256 differs" in p.stderr
