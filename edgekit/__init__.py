@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .artifact import read_manifest
 from .errors import (
     ArtifactError,
     BackendError,
@@ -53,6 +54,7 @@ __all__ = [
     "__version__",
     "convert",
     "load",
+    "read_manifest",
 ]
 
 _LAZY = {

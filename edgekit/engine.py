@@ -99,7 +99,7 @@ class Engine:
             ids = self.backend.tokenize(prompt, add_special)
             limit = self.backend.context_length
             if len(ids) + options.max_tokens > limit:
-                raise ContextOverflowError(len(ids) + options.max_tokens, limit)
+                raise ContextOverflowError(len(ids), options.max_tokens, limit)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             text, emitted, n_out, first, reason = "", 0, 0, None, "stop"
             for event in self.backend.generate(ids, options):

@@ -1,0 +1,59 @@
+"""The first runtime: GGUF through llama.cpp, greedy tokens equal transformers', streaming, stops."""
+
+from __future__ import annotations
+
+import pytest
+
+import edgekit
+from edgekit.errors import ContextOverflowError, DeviceUnavailableError
+
+from helpers import hf_tokenizer
+
+
+@pytest.fixture(scope="module")
+def fp32_artifact(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eng") / "qwen2"
+    return edgekit.convert(str(tiny_checkpoint("qwen2")), to="gguf", quant="fp32", output=out).path
+
+
+def test_greedy_tokens_equal_transformers(fp32_artifact, tiny_checkpoint):
+    import torch
+    import transformers
+
+    ckpt = tiny_checkpoint("qwen2")
+    tok = hf_tokenizer(ckpt)
+    prompt = "Hello world, this is"
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = tok.decode(ref[0, ids.shape[1]:])
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        result = engine.generate(prompt, max_tokens=32, temperature=0)
+    assert result.tokens_out == 32 and result.finish_reason == "length"
+    assert result.text == expected
+
+
+def test_stream_equals_whole_and_stop_strings(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        whole = engine.generate("Numbers: 1 2 3", max_tokens=24, temperature=0).text
+        streamed = "".join(engine.generate("Numbers: 1 2 3", max_tokens=24, temperature=0, stream=True))
+        assert streamed == whole
+        stop = whole[5:8]
+        cut = engine.generate("Numbers: 1 2 3", max_tokens=24, temperature=0, stop=[stop])
+        assert cut.text == whole[: whole.find(stop)] and cut.finish_reason == "stop"
+
+
+def test_context_overflow_names_both_numbers(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu", n_ctx=256) as engine:
+        limit = engine.backend.context_length
+        with pytest.raises(ContextOverflowError, match=rf"prompt is \d+ tokens and max_tokens is 8, but the context window is {limit}"):
+            engine.generate("word " * (limit + 10), max_tokens=8)
+
+
+def test_absent_gpu_is_an_error_not_a_fallback(fp32_artifact, monkeypatch):
+    from edgekit.runtimes import llamacpp
+
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: False)
+    with pytest.raises(DeviceUnavailableError, match="no GPU offload"):
+        edgekit.load(fp32_artifact, device="cuda")
