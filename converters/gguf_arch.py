@@ -20,6 +20,12 @@ class ArchSpec:
     task: str  # "text-generation" or "feature-extraction"
     tokenizer: str  # "auto_llama" (SentencePiece if tokenizer.model else BPE), "bpe", "wordpiece"
     permute_qk: bool = False  # llama.cpp's llama arch wants q/k rotary pairs interleaved
+    norm_offset: float = 0.0  # gemma's RMSNorm scales by (1 + w); GGUF stores 1 + w
+    rope_base_key: bool = True  # gemma2 leaves rope.freq_base to llama.cpp's default
+    rope_base_default: float | None = None  # written when the config has no rope theta
+    space_prefix: bool | None = None  # tokenizer.ggml.add_space_prefix for a SentencePiece vocab
+    space_prefix_from_config: bool = False  # llama family: tokenizer_config's add_prefix_space
+    trim_embeddings: bool = False  # gemma3: drop embedding rows past the tokenizer's vocab
     vocab_size_key: bool = False  # also write {arch}.vocab_size
     rope_dim_key: bool = False  # also write {arch}.rope.dimension_count
     keys: tuple[KeySpec, ...] = ()
@@ -32,6 +38,7 @@ class ArchSpec:
 _LLAMA = ArchSpec(
     # SmolLM/SmolLM2, TinyLlama, Llama-3.x, Mistral 7B: llama.cpp runs all of them as "llama"
     "llama", "text-generation", "auto_llama", permute_qk=True, vocab_size_key=True, rope_dim_key=True,
+    space_prefix_from_config=True,
 )
 ARCHITECTURES: dict[str, ArchSpec] = {
     "LlamaForCausalLM": _LLAMA,
@@ -39,6 +46,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Qwen2 / Qwen2.5 (0.5B ...), Qwen3 (0.6B ...): byte-level BPE, NEOX rope (no permutation)
     "Qwen2ForCausalLM": ArchSpec("qwen2", "text-generation", "bpe"),
     "Qwen3ForCausalLM": ArchSpec("qwen3", "text-generation", "bpe"),
+    # Gemma 2 (2B, 9B): SentencePiece without a dummy prefix, (1 + w) norms, soft-capping,
+    # an unused lm_head (the output is the tied embedding)
+    "Gemma2ForCausalLM": ArchSpec(
+        "gemma2", "text-generation", "auto_llama", norm_offset=1.0, rope_base_key=False, space_prefix=False,
+        skip_names=("lm_head.weight",),
+        keys=(("add_attn_logit_softcapping", "attn_logit_softcapping", 50.0),
+              ("add_final_logit_softcapping", "final_logit_softcapping", 30.0),
+              ("add_sliding_window", "sliding_window", 4096)),
+    ),
+    # Gemma 3 text models (270M, 1B): as Gemma 2 without attention soft-capping, local/global rope
+    "Gemma3ForCausalLM": ArchSpec(
+        "gemma3", "text-generation", "auto_llama", norm_offset=1.0, rope_base_default=1_000_000.0,
+        space_prefix=False, trim_embeddings=True,
+        keys=(("add_final_logit_softcapping", "final_logit_softcapping", None),
+              ("add_sliding_window", "sliding_window", None)),
+    ),
     # BERT encoders for embeddings: all-MiniLM-L6-v2, bge-small, e5-small ...
     "BertModel": ArchSpec(
         "bert", "feature-extraction", "wordpiece",

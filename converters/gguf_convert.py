@@ -104,8 +104,11 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n
         w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(factor)
         w.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
-    if rope.get("rope_theta") is not None and spec.task == "text-generation":
-        w.add_rope_freq_base(rope["rope_theta"])
+    theta = rope.get("rope_theta", spec.rope_base_default)
+    if theta is not None and spec.task == "text-generation" and spec.rope_base_key:
+        w.add_rope_freq_base(theta)
+    if (local_theta := _local_rope_theta(config)) is not None:
+        w.add_rope_freq_base_swa(local_theta)
     if (eps := config.get("rms_norm_eps")) is not None:
         w.add_layer_norm_rms_eps(eps)
     if (eps := config.get("layer_norm_eps")) is not None:
@@ -122,8 +125,17 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n
         w.add_rope_dimension_count(head_dim or config["hidden_size"] // n_head)
     for method, key, default in spec.keys:
         value = config.get(key, default)
-        if value is not None:
+        if value:  # absent, null or 0 (e.g. no soft-capping) means: leave llama.cpp's default
             getattr(w, method)(value)
+
+
+def _local_rope_theta(config: dict[str, Any]) -> float | None:
+    """Rope base of sliding-window layers (Gemma 3: 10k locally, 1M globally)."""
+    params = config.get("rope_parameters") or {}
+    sliding = params.get("sliding_attention") if isinstance(params, dict) else None
+    if isinstance(sliding, dict) and sliding.get("rope_theta") is not None:
+        return sliding["rope_theta"]
+    return config.get("rope_local_base_freq")
 
 
 def _pooling_type(ckpt: Checkpoint) -> gguf.PoolingType | None:
@@ -170,26 +182,24 @@ def _llama3_rope_factors(config: dict[str, Any]) -> np.ndarray | None:
     return np.asarray(out, dtype=np.float32)
 
 
-def _target_type(name: str, ndim: int, base: gguf.GGMLQuantizationType, tmap: gguf.TensorNameMap,
-                 n_blocks: int, row: int) -> gguf.GGMLQuantizationType:
-    if ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+def _target_type(name: str, ndim: int, base: gguf.GGMLQuantizationType, always_f32: set[str],
+                 row: int) -> gguf.GGMLQuantizationType:
+    if ndim <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight") or name in always_f32:
         return QT.F32
-    stem = name[: -len(".weight")]
-    for kind in _ALWAYS_F32:
-        template = gguf.TENSOR_NAMES[kind]
-        if any(stem == template.format(bid=b) for b in range(n_blocks)) or stem == template:
-            return QT.F32
     if base in (QT.F32, QT.F16, QT.BF16):
         return base
     block = gguf.GGML_QUANT_SIZES[base][0]
     return base if row % block == 0 else QT.F16  # llama.cpp's converter falls back to F16 too
 
 
-def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, base: gguf.GGMLQuantizationType) -> list[PlannedTensor]:
+def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, base: gguf.GGMLQuantizationType,
+                 n_vocab: int) -> list[PlannedTensor]:
     config = ckpt.config
+    trim_rows = n_vocab if spec.trim_embeddings else None
     n_blocks = _cfg(config, "num_hidden_layers")
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.gguf_arch)
     tmap = gguf.get_tensor_name_map(arch, n_blocks)
+    always_f32 = {gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in _ALWAYS_F32 for b in range(n_blocks)}
     n_head = config.get("num_attention_heads")
     n_kv = config.get("num_key_value_heads", n_head)
     planned: list[PlannedTensor] = []
@@ -212,12 +222,18 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, base: gguf.GGMLQuantizationTy
                 "the checkpoint does not match its declared architecture"
             )
         transform: Callable[[np.ndarray], np.ndarray] | None = None
-        if spec.permute_qk and hf_name.endswith("q_proj.weight"):
+        if spec.permute_qk and hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             transform = lambda w, h=n_head: _permute(w, h)  # noqa: E731
-        elif spec.permute_qk and hf_name.endswith("k_proj.weight"):
+        elif spec.permute_qk and hf_name.endswith(("k_proj.weight", "k_proj.bias")):
             transform = lambda w, h=n_kv: _permute(w, h)  # noqa: E731
+        elif spec.norm_offset and name.endswith("norm.weight"):
+            transform = lambda w, o=spec.norm_offset: w + np.asarray(o, dtype=w.dtype)  # noqa: E731
+        elif trim_rows is not None and gname == "token_embd.weight":
+            transform = lambda w, n=trim_rows: w[:n]  # noqa: E731
         shape = ref.shape
-        qtype = _target_type(gname, len(shape), base, tmap, n_blocks, shape[-1] if shape else 1)
+        if trim_rows is not None and gname == "token_embd.weight":
+            shape = (min(trim_rows, shape[0]), *shape[1:])
+        qtype = _target_type(gname, len(shape), base, always_f32, shape[-1] if shape else 1)
         planned.append(PlannedTensor(gname, shape, qtype, _loader(ref.load, transform)))
     names = Counter(t.name for t in planned)
     if dup := [n for n, c in names.items() if c > 1]:
@@ -250,7 +266,7 @@ def write_gguf(ckpt: Checkpoint, out: Path, base: gguf.GGMLQuantizationType, fil
     """Write `out` with tensors in `base` precision (F32/F16/BF16/Q8_0). Returns tokenizer facts."""
     spec = spec_for(ckpt)
     vocab = read_vocab(spec.tokenizer, ckpt.path, ckpt.config)
-    tensors = plan_tensors(ckpt, spec, base)
+    tensors = plan_tensors(ckpt, spec, base, len(vocab.tokens))
     w = gguf.GGUFWriter(out, spec.gguf_arch)
     try:
         w.add_type(gguf.GGUFType.MODEL)
@@ -260,7 +276,7 @@ def write_gguf(ckpt: Checkpoint, out: Path, base: gguf.GGMLQuantizationType, fil
             w.add_pooling_type(pooling)
         w.add_file_type(file_type)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        special = vocab.add_to(w, ckpt.path)
+        special = vocab.add_to(w, ckpt.path, spec)
         for t in tensors:
             # shape in numpy order; with raw_dtype set the writer takes it as element shape
             w.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)

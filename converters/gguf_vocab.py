@@ -18,6 +18,8 @@ import gguf
 
 from edgekit.errors import TokenizerError
 
+from .gguf_arch import ArchSpec
+
 # The pre-tokenizer regexes of tokenizer.json (Split pattern, in order) -> llama.cpp's name.
 # Each row was checked against the regex list llama.cpp applies for that name (src/llama-vocab.cpp).
 _LLAMA3 = (
@@ -47,7 +49,7 @@ class Vocab:
     scores: list[float] | None = None
     token_type_count: int | None = None  # bert only
 
-    def add_to(self, writer: gguf.GGUFWriter, checkpoint_dir: Path) -> gguf.SpecialVocab:
+    def add_to(self, writer: gguf.GGUFWriter, checkpoint_dir: Path, spec: ArchSpec) -> gguf.SpecialVocab:
         writer.add_tokenizer_model(self.model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
@@ -69,7 +71,9 @@ class Vocab:
         for typ, value in added_special_flags(tj, tok_config).items():
             special.add_special_token[typ] = value
         special.add_to_gguf(writer, quiet=True)
-        if isinstance(tok_config.get("add_prefix_space"), bool) and self.model != "bert":
+        if spec.space_prefix is not None and self.model == "llama":
+            writer.add_add_space_prefix(spec.space_prefix)
+        elif spec.space_prefix_from_config and isinstance(tok_config.get("add_prefix_space"), bool):
             writer.add_add_space_prefix(tok_config["add_prefix_space"])
         for key, value in normalizer_flags(tj.get("normalizer") or {}).items():
             writer.add_bool(f"tokenizer.ggml.normalizer.{key}", value)

@@ -46,7 +46,7 @@ class Checkpoint:
     revision: str | None
     config: dict[str, Any]
     tensors: dict[str, TensorRef] = field(repr=False)
-    weight_files: list[Path] = field(repr=False)
+    weight_files: list[Path] = field(repr=False)  # the source's own weight files (hashed in the manifest)
 
     @property
     def architecture(self) -> str:
@@ -168,7 +168,7 @@ def _load_weight_index(path: Path, allow_pickle: bool) -> tuple[list[Path], dict
                 "Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
             )
         if pickles:
-            return _pickle_to_safetensors(path, pickles)
+            return [path / p for p in pickles], _pickle_to_safetensors(path, pickles)
         raise CheckpointFormatError(f"{path}: no weights found (expected *.safetensors)")
     tensors: dict[str, TensorRef] = {}
     for f in files:
@@ -176,7 +176,7 @@ def _load_weight_index(path: Path, allow_pickle: bool) -> tuple[list[Path], dict
     return files, tensors
 
 
-def _pickle_to_safetensors(path: Path, pickles: list[str]) -> tuple[list[Path], dict[str, TensorRef]]:
+def _pickle_to_safetensors(path: Path, pickles: list[str]) -> dict[str, TensorRef]:
     """Opted-in pickle checkpoints: load with torch (weights_only) into a cached safetensors copy."""
     from edgekit.errors import require
 
@@ -197,4 +197,4 @@ def _pickle_to_safetensors(path: Path, pickles: list[str]) -> tuple[list[Path], 
         tmp = out.with_suffix(".partial")
         save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp))
         tmp.replace(out)
-    return [out], read_index(out)
+    return read_index(out)

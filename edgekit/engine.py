@@ -8,6 +8,8 @@ streaming and timing metrics (DESIGN.md section 7 words).
 from __future__ import annotations
 
 import codecs
+import platform
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -47,8 +49,9 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None) -> En
     from edgekit.runtimes.llamacpp import LlamaCppBackend, gpu_offload_supported
 
     chosen = device
-    if device == "auto":
-        chosen = "cuda" if gpu_offload_supported() else "cpu"
+    if device == "auto":  # llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere
+        gpu = "apple" if sys.platform == "darwin" and platform.machine() == "arm64" else "cuda"
+        chosen = gpu if gpu_offload_supported() else "cpu"
     return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen)
 
 

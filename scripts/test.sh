@@ -13,6 +13,11 @@ python -m pytest "$@"
 rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then
-  echo "pytest collected no tests" >&2
+  # No test collected: fine for a filtered run (-k/-m matched nothing), a broken suite otherwise.
+  if [[ $# -gt 0 ]]; then
+    echo "pytest: no test matched the selection $*" >&2
+    exit 0
+  fi
+  echo "pytest collected no tests: the suite is broken" >&2
 fi
 exit $rc

@@ -57,3 +57,21 @@ def test_absent_gpu_is_an_error_not_a_fallback(fp32_artifact, monkeypatch):
     monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: False)
     with pytest.raises(DeviceUnavailableError, match="no GPU offload"):
         edgekit.load(fp32_artifact, device="cuda")
+
+
+@pytest.mark.parametrize("plat,machine,expected", [("linux", "x86_64", "cuda"), ("darwin", "arm64", "apple")])
+def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, fp32_artifact, monkeypatch):
+    """Faked detection: CI has no GPU, the branch still runs (llama.cpp ignores offload on a CPU build)."""
+    import platform
+    import sys
+
+    from edgekit.runtimes import llamacpp
+
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(sys, "platform", plat)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    with edgekit.load(fp32_artifact, device="auto") as engine:
+        assert engine.device == expected
+    monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: False)
+    with edgekit.load(fp32_artifact, device="auto") as engine:
+        assert engine.device == "cpu"

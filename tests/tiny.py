@@ -67,8 +67,9 @@ def bpe_tokenizer(dest: Path, regex: str, vocab_size: int = 600) -> int:
     return tok.get_vocab_size()
 
 
-def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400) -> int:
-    """Train a small SentencePiece BPE with byte fallback (the Llama-2 / TinyLlama kind)."""
+def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = False) -> int:
+    """Train a small SentencePiece BPE with byte fallback: the Llama-2 / TinyLlama kind, or with
+    gemma=True the Gemma kind (no dummy-prefix space, GemmaTokenizer)."""
     import sentencepiece as spm
 
     text = dest / "corpus.txt"
@@ -76,14 +77,15 @@ def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400) -> int:
     spm.SentencePieceTrainer.train(
         input=str(text), model_prefix=str(dest / "spm"), vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        add_dummy_prefix=True, normalization_rule_name="identity", split_digits=True, minloglevel=2,
+        add_dummy_prefix=not gemma, normalization_rule_name="identity", split_digits=True, minloglevel=2,
     )
     (dest / "spm.model").rename(dest / "tokenizer.model")
     (dest / "spm.vocab").unlink()
     text.unlink()
     _write_json(dest / "tokenizer_config.json", {
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False, "legacy": False, "model_max_length": 2048,
+        "tokenizer_class": "GemmaTokenizer" if gemma else "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "model_max_length": 2048,
     })
     _write_json(dest / "special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
     return vocab_size
@@ -134,6 +136,16 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
         n = bpe_tokenizer(dest, QWEN2_REGEX)
         cfg = transformers.Qwen3Config(**_decoder_config(n), head_dim=32)
         model = transformers.Qwen3ForCausalLM(cfg)
+    elif arch == "gemma2":
+        n = sentencepiece_tokenizer(dest, gemma=True)
+        cfg = transformers.Gemma2Config(**_decoder_config(n, tie_word_embeddings=True), head_dim=16,
+                                        query_pre_attn_scalar=16, sliding_window=128)
+        model = transformers.Gemma2ForCausalLM(cfg)
+    elif arch == "gemma3":
+        n = sentencepiece_tokenizer(dest, gemma=True)
+        cfg = transformers.Gemma3TextConfig(**_decoder_config(n, tie_word_embeddings=True), head_dim=16,
+                                            query_pre_attn_scalar=16, sliding_window=128)
+        model = transformers.Gemma3ForCausalLM(cfg)
     elif arch == "bert":  # MiniLM's real WordPiece tokenizer and pooling config
         assert minilm_dir is not None
         _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -152,4 +164,4 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
     return dest
 
 
-ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "bert"]
+ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "bert"]

@@ -94,6 +94,18 @@ def test_pickle_only_refused(ckpt, tmp_path):
         _convert(ckpt, tmp_path / "out")
 
 
+def test_pickle_converts_when_allowed(ckpt, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    torch.save(load_file(ckpt / "model.safetensors"), ckpt / "pytorch_model.bin")
+    (ckpt / "model.safetensors").unlink()
+    result = _convert(ckpt, tmp_path / "out", allow_pickle=True)
+    assert result.manifest["source"]["files"]  # hashes of what was really read
+    assert result.tensor_types["F16"] > 0
+
+
 def test_missing_tokenizer(ckpt, tmp_path):
     (ckpt / "tokenizer.json").unlink()
     with pytest.raises(TokenizerError, match="no tokenizer"):
