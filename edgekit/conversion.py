@@ -6,8 +6,8 @@ import os
 import re
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,7 @@ def convert(
     The artifact directory holds the model file, tokenizer side files and edgekit.json; it appears
     only when complete. Raises an EdgekitError subclass for every problem with the inputs.
     """
+    from edgekit.converters.gguf_info import gguf_stats
     from edgekit.converters.quant import gguf_quant
     from edgekit.converters.source import inspect
 
@@ -107,7 +108,10 @@ def convert(
         progress("inspect", 1, 1)
     base = _basename(source, ckpt.path)
     final = Path(output) if output is not None else Path.cwd() / f"{base}-{scheme.name.lower()}"
-    with staged_output(final, overwrite=overwrite) as stage:
+    # Hash the source on the other core while converting (hashlib releases the GIL).
+    hasher = ThreadPoolExecutor(max_workers=1)
+    source_hashes = hasher.submit(ckpt.file_hashes)
+    with hasher, staged_output(final, overwrite=overwrite) as stage:
         model_file = f"{base}.{scheme.name}.gguf"
         info = _write_gguf(ckpt, stage, model_file, scheme, base, progress)
         side = [n for n in _SIDE_FILES if ckpt.has(n)]
@@ -116,7 +120,7 @@ def convert(
         if progress:
             progress("hash", 0, 1)
         files = [file_entry(stage, n) for n in [model_file, *side]]
-        stats = gguf_stats(stage / model_file)
+        stats = gguf_stats(stage / model_file)  # from the file: llama.cpp chose the real types
         manifest = {
             "edgekit_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -125,7 +129,7 @@ def convert(
             "architecture": ckpt.architecture,
             "gguf_architecture": info["arch"],
             "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
-                       "files": ckpt.file_hashes()},
+                       "files": source_hashes.result()},
             "quantization": {"scheme": scheme.name, "label": scheme.label,
                              "bits_per_weight": stats["bits_per_weight"], "tensor_types": stats["tensor_types"]},
             "model_file": model_file,
@@ -197,21 +201,6 @@ def _special_texts(ckpt) -> dict[str, str]:
         if isinstance(value, str):
             out[f"{typ}_text"] = value
     return out
-
-
-def gguf_stats(path: Path) -> dict[str, Any]:
-    """Tensor types and real bits per weight of a GGUF file ("int4" is a label, not a size)."""
-    import gguf
-
-    reader = gguf.GGUFReader(path)
-    counts: Counter[str] = Counter()
-    bits = 0
-    params = 0
-    for t in reader.tensors:
-        counts[t.tensor_type.name] += 1
-        bits += int(t.n_bytes) * 8
-        params += int(t.n_elements)
-    return {"tensor_types": dict(counts), "bits_per_weight": round(bits / max(params, 1), 3)}
 
 
 def _tool_versions() -> dict[str, str]:
