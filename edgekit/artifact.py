@@ -129,4 +129,24 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
             digest = file_entry(root, entry["name"])["sha256"]
             if digest != entry.get("sha256"):
                 raise ManifestMismatch(f"{member}: sha256 differs from the manifest; the file was altered or corrupted")
+    if manifest.get("format") == "onnx":
+        check_external_data(root, str(manifest.get("model_file", "model.onnx")))
     return manifest
+
+
+def check_external_data(root: Path, model_file: str) -> None:
+    """Every external-data location of an ONNX model must stay inside the artifact directory.
+
+    ONNX Runtime would otherwise open whatever path the file names (../../secret, /etc/...).
+    """
+    import onnx
+
+    path = safe_member(root, model_file)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            safe_member(root, location)

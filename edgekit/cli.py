@@ -74,7 +74,7 @@ class _StageProgress:
 def convert(
     source: Annotated[str, typer.Argument(help="HF checkpoint directory, hub id (owner/name) or bundled:NAME")],
     to: Annotated[str, typer.Option("--to", help="output format(s), comma-separated")] = "gguf",
-    quant: Annotated[str, typer.Option("--quant", "-q", help="fp32, fp16, bf16, int8, int4 or a llama.cpp type")] = "int4",
+    quant: Annotated[str, typer.Option("--quant", "-q", help="fp32, fp16, int8, int4 (GGUF also: bf16, llama.cpp types)")] = "int4",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="artifact directory to create")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output")] = False,
     revision: Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")] = None,
@@ -82,7 +82,7 @@ def convert(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="read pickle (.bin) weights")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Convert a Hugging Face checkpoint into a GGUF artifact (edgekit.convert)."""
+    """Convert a Hugging Face checkpoint into GGUF and/or ONNX artifacts (edgekit.convert)."""
     from .conversion import convert as run_convert
 
     _quiet_gguf_logs()
@@ -92,9 +92,10 @@ def convert(
                                  allow_remote_code=allow_remote_code, allow_pickle=allow_pickle, progress=progress)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
-    data = result.to_dict()
-    _emit(data, as_json, f"wrote {result.path} ({result.quant}, {result.size_bytes / 1e6:.1f} MB, "
-                         f"{result.bits_per_weight:.2f} bits/weight) in {result.seconds:.1f} s")
+    results = result if isinstance(result, list) else [result]
+    data = results[0].to_dict() if len(results) == 1 else {"artifacts": [r.to_dict() for r in results]}
+    _emit(data, as_json, "\n".join(f"wrote {r.path} ({r.format}, {r.quant}, {r.size_bytes / 1e6:.1f} MB, "
+                                   f"{r.bits_per_weight:.2f} bits/weight) in {r.seconds:.1f} s" for r in results))
 
 
 @app.command()

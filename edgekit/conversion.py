@@ -14,9 +14,9 @@ from typing import Any
 
 from . import __version__
 from .artifact import file_entry, staged_output, write_manifest
-from .errors import ConversionError
+from .errors import ConversionError, UnsupportedArchitectureError
 
-FORMATS = ("gguf",)
+FORMATS = ("gguf", "onnx")
 # Side files every artifact carries so runtimes can render chat templates and read generation defaults.
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                "chat_template.jinja")
@@ -51,8 +51,6 @@ def _parse_formats(to: str | list[str] | tuple[str, ...]) -> list[str]:
     if not items:
         raise ConversionError("no output format given; use to='gguf'")
     for item in items:
-        if item == "onnx":
-            raise ConversionError("the ONNX path is not available in this version yet; use to='gguf'")
         if item not in FORMATS:
             raise ConversionError(f"unknown format '{item}'; supported: {', '.join(FORMATS)}")
     return list(dict.fromkeys(items))
@@ -83,79 +81,116 @@ def convert(
     allow_remote_code: bool = False,
     allow_pickle: bool = False,
     progress: Progress | None = None,
-) -> ConversionResult:
-    """Convert a Hugging Face checkpoint (directory, hub id or 'bundled:NAME') into an artifact.
+) -> ConversionResult | list[ConversionResult]:
+    """Convert a Hugging Face checkpoint (directory, hub id or 'bundled:NAME') into artifacts.
 
-    quant: "fp32", "fp16", "bf16", "int8" (Q8_0), "int4" (Q4_K_M) or a llama.cpp type name.
-    The artifact directory holds the model file, tokenizer side files and edgekit.json; it appears
-    only when complete. Raises an EdgekitError subclass for every problem with the inputs.
+    to: "gguf", "onnx" or both ("onnx,gguf"); with several formats the source is inspected once,
+    `output` is a parent directory holding one artifact per format, and a list is returned.
+    quant: "fp32", "fp16", "int8" or "int4" for both formats; GGUF also takes "bf16" and any
+    llama.cpp type name ("int8" = Q8_0, "int4" = Q4_K_M there).
+    Each artifact directory holds the model, tokenizer side files and edgekit.json; it appears only
+    when complete. Raises an EdgekitError subclass for every problem with the inputs.
     """
-    from edgekit.converters.gguf_info import gguf_stats
-    from edgekit.converters.quant import gguf_quant
     from edgekit.converters.source import inspect
 
     start = time.perf_counter()
-    _parse_formats(to)  # only GGUF exists in this version; anything else fails here, before work starts
-    scheme = gguf_quant(quant)
+    formats = _parse_formats(to)
+    schemes = {fmt: _scheme(fmt, quant) for fmt in formats}  # bad names fail before any work
     if progress:
         progress("inspect", 0, 1)
     ckpt = inspect(_resolve_bundled(source), revision=revision, allow_remote_code=allow_remote_code,
                    allow_pickle=allow_pickle)
-    from edgekit.converters.gguf_convert import spec_for
-
-    spec_for(ckpt)  # unsupported architectures fail before anything is created
+    for fmt in formats:
+        _check_supported(fmt, ckpt)  # unsupported architectures fail before anything is created
     if progress:
         progress("inspect", 1, 1)
     base = _basename(source, ckpt.path)
-    final = Path(output) if output is not None else Path.cwd() / f"{base}-{scheme.name.lower()}"
+    if len(formats) == 1:
+        finals = {formats[0]: Path(output) if output is not None else Path.cwd() / f"{base}-{_suffix(formats[0], schemes)}"}
+    else:
+        parent = Path(output) if output is not None else Path.cwd() / f"{base}-{quant.lower()}"
+        finals = {fmt: parent / fmt for fmt in formats}
+    for final in finals.values():
+        if final.exists() and not overwrite:  # refuse before writing the first of several artifacts
+            from .errors import OutputExistsError
+
+            raise OutputExistsError(f"{final}: output already exists; choose another path or pass overwrite=True (--overwrite)")
     # Hash the source on the other core while converting (hashlib releases the GIL).
-    hasher = ThreadPoolExecutor(max_workers=1)
-    source_hashes = hasher.submit(ckpt.file_hashes)
-    with hasher, staged_output(final, overwrite=overwrite) as stage:
-        model_file = f"{base}.{scheme.name}.gguf"
-        info = _write_gguf(ckpt, stage, model_file, scheme, base, progress)
-        side = [n for n in _SIDE_FILES if ckpt.has(n)]
-        for name in side:
-            shutil.copyfile(ckpt.path / name, stage / name)
-        if progress:
-            progress("hash", 0, 1)
-        files = [file_entry(stage, n) for n in [model_file, *side]]
-        stats = gguf_stats(stage / model_file)  # from the file: llama.cpp chose the real types
-        manifest = {
-            "edgekit_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "format": "gguf",
-            "task": info["task"],
-            "architecture": ckpt.architecture,
-            "gguf_architecture": info["arch"],
-            "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
-                       "files": source_hashes.result()},
-            "quantization": {"scheme": scheme.name, "label": scheme.label,
-                             "bits_per_weight": stats["bits_per_weight"], "tensor_types": stats["tensor_types"]},
-            "model_file": model_file,
-            "files": files,
-            "tokenizer": {**{k: info[k] for k in ("model", "pre", "vocab_size", "special_ids", "add_bos", "add_eos")},
-                          **_special_texts(ckpt)},
-            "chat_template": info["chat_template_text"],
-            "context_length": ckpt.config.get("max_position_embeddings"),
-            "tool_versions": _tool_versions(),
-            "fidelity": None,
-            "profile": None,
-        }
-        write_manifest(stage, manifest)
-        if progress:
-            progress("hash", 1, 1)
-    return ConversionResult(
-        path=final.absolute(), format="gguf", quant=scheme.name, label=scheme.label,
-        architecture=ckpt.architecture, files=files, size_bytes=sum(f["size"] for f in files),
-        bits_per_weight=stats["bits_per_weight"], tensor_types=stats["tensor_types"],
-        seconds=round(time.perf_counter() - start, 3), manifest=manifest,
-    )
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        source_hashes = hasher.submit(ckpt.file_hashes)
+        results = []
+        for fmt in formats:
+            t0 = time.perf_counter()
+            with staged_output(finals[fmt], overwrite=overwrite) as stage:
+                writer = _write_gguf if fmt == "gguf" else _write_onnx
+                model_file, fmt_info = writer(ckpt, stage, schemes[fmt], base, progress)
+                side = [n for n in _SIDE_FILES if ckpt.has(n)]
+                for name in side:
+                    shutil.copyfile(ckpt.path / name, stage / name)
+                if progress:
+                    progress("hash", 0, 1)
+                files = [file_entry(stage, n) for n in [model_file, *fmt_info.pop("extra_files", []), *side]]
+                manifest = {
+                    "edgekit_version": __version__,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "format": fmt,
+                    "architecture": ckpt.architecture,
+                    "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
+                               "files": source_hashes.result()},
+                    "model_file": model_file,
+                    "files": files,
+                    "chat_template": _chat_template(ckpt),
+                    "context_length": ckpt.config.get("max_position_embeddings"),
+                    "tool_versions": _tool_versions(),
+                    "fidelity": None,
+                    "profile": None,
+                    **fmt_info,
+                }
+                manifest["tokenizer"] = {**manifest.get("tokenizer", {}), **_special_texts(ckpt)}
+                write_manifest(stage, manifest)
+                if progress:
+                    progress("hash", 1, 1)
+            q = manifest["quantization"]
+            results.append(ConversionResult(
+                path=finals[fmt].absolute(), format=fmt, quant=q["scheme"], label=q["label"],
+                architecture=ckpt.architecture, files=files, size_bytes=sum(f["size"] for f in files),
+                bits_per_weight=q["bits_per_weight"], tensor_types=q["tensor_types"],
+                seconds=round(time.perf_counter() - (start if len(results) == 0 else t0), 3), manifest=manifest,
+            ))
+    return results[0] if len(results) == 1 else results
 
 
-def _write_gguf(ckpt, stage: Path, model_file: str, scheme, base: str, progress: Progress | None) -> dict[str, Any]:
+def _scheme(fmt: str, quant: str):
+    if fmt == "gguf":
+        from edgekit.converters.quant import gguf_quant
+
+        return gguf_quant(quant)
+    from edgekit.converters.onnx_decoder import onnx_precision
+
+    return onnx_precision(quant)
+
+
+def _suffix(fmt: str, schemes: dict) -> str:
+    return schemes[fmt].name.lower() if fmt == "gguf" else f"onnx-{schemes[fmt].name}"
+
+
+def _check_supported(fmt: str, ckpt) -> None:
+    if fmt == "gguf":
+        from edgekit.converters.gguf_convert import spec_for
+
+        spec_for(ckpt)
+    else:
+        from edgekit.converters.onnx_decoder import DECODERS
+
+        if ckpt.architecture not in DECODERS:
+            raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, list(DECODERS))
+
+
+def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
     from edgekit.converters.gguf_convert import source_precision, write_gguf
+    from edgekit.converters.gguf_info import gguf_stats
 
+    model_file = f"{base}.{scheme.name}.gguf"
     if scheme.direct is not None:
         info = write_gguf(ckpt, stage / model_file, scheme.direct, scheme.file_type, base, progress)
     else:
@@ -177,8 +212,36 @@ def _write_gguf(ckpt, stage: Path, model_file: str, scheme, base: str, progress:
                 progress("quantize", 1, 1)
         finally:
             intermediate.unlink(missing_ok=True)
-    info["chat_template_text"] = _chat_template(ckpt)
-    return info
+    stats = gguf_stats(stage / model_file)  # from the file: llama.cpp chose the real types
+    return model_file, {
+        "task": info["task"],
+        "gguf_architecture": info["arch"],
+        "quantization": {"scheme": scheme.name, "label": scheme.label,
+                         "bits_per_weight": stats["bits_per_weight"], "tensor_types": stats["tensor_types"]},
+        "tokenizer": {k: info[k] for k in ("model", "pre", "vocab_size", "special_ids", "add_bos", "add_eos")},
+    }
+
+
+def _write_onnx(ckpt, stage: Path, precision, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
+    from edgekit.converters.onnx_decoder import build_decoder
+
+    model_file = "model.onnx"
+    info = build_decoder(ckpt, stage / model_file, precision, progress)
+    return model_file, {
+        "task": "text-generation",
+        "extra_files": info.pop("external_data"),
+        "quantization": {"scheme": precision.scheme, "label": precision.name,
+                         "bits_per_weight": info.pop("bits_per_weight"), "tensor_types": info.pop("tensor_types")},
+        "onnx": info,
+        "tokenizer": _tokenizer_ids(ckpt),
+    }
+
+
+def _tokenizer_ids(ckpt) -> dict[str, Any]:
+    """Special ids for runtimes that read tokenizer.json (the GGUF path gets them from gguf's reader)."""
+    config = ckpt.json_file("generation_config.json") or {}
+    ids = {k: config.get(f"{k}_token_id", ckpt.config.get(f"{k}_token_id")) for k in ("bos", "eos", "pad")}
+    return {"special_ids": {k: v for k, v in ids.items() if v is not None}}
 
 
 def _chat_template(ckpt) -> str | None:

@@ -101,3 +101,25 @@ def reference_convert(checkpoint: Path, outtype: str, out: Path) -> Path:
                            "--outtype", outtype, "--outfile", str(out)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> np.ndarray:
+    """Logits from an edgekit ONNX decoder: the whole sequence in one pass (prompt=None), or the
+    first `prompt` tokens in one pass and the rest one token at a time through the KV cache."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    kv = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    kv_type = np.float16 if "float16" in kv[0].type else np.float32
+    heads, head_dim = kv[0].shape[1], kv[0].shape[3]
+    outputs = [o.name for o in sess.get_outputs()]
+    past = {i.name: np.zeros((1, heads, 0, head_dim), kv_type) for i in kv}
+    chunks = [ids] if prompt is None else [ids[:prompt]] + [[t] for t in ids[prompt:]]
+    done, logits = 0, []
+    for chunk in chunks:
+        done += len(chunk)
+        feeds = {"input_ids": np.array([chunk], np.int64), "attention_mask": np.ones((1, done), np.int64), **past}
+        result = dict(zip(outputs, sess.run(outputs, feeds), strict=True))
+        logits.append(result["logits"][0])
+        past = {n.replace("present.", "past_key_values."): v for n, v in result.items() if n.startswith("present.")}
+    return np.concatenate(logits).astype(np.float32)

@@ -1,0 +1,325 @@
+"""Hugging Face decoder -> ONNX graph built directly from the checkpoint's tensors (no tracing).
+
+The graph uses ONNX Runtime's fused contrib ops, the ones its CPU and CUDA providers implement:
+SimplifiedLayerNormalization / SkipSimplifiedLayerNormalization for RMSNorm + residual,
+GroupQueryAttention with rotary embedding and a KV cache, and MatMulNBits for int4/int8 weights.
+
+I/O contract (recorded in edgekit.json so runtimes need not guess):
+  input_ids [batch, seq] int64, attention_mask [batch, total] int64,
+  past_key_values.{i}.key/value [batch, kv_heads, past, head_dim]
+  -> logits [batch, seq, vocab] float32, present.{i}.key/value.
+GroupQueryAttention takes its lengths from the mask: seqlens_k = sum(mask) - 1 and
+total_sequence_length = mask width. A runtime can therefore preallocate one buffer per layer
+[batch, kv_heads, max_len, head_dim], bind it as both past and present, and pass a mask of width
+max_len with ones up to the current length: nothing is copied per token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConversionError, UnsupportedArchitectureError
+
+from .onnx_quant import quantize_blockwise
+from .source import Checkpoint
+
+Progress = Callable[[str, int, int], None]
+MAX_CONTEXT = 32768  # rotary caches beyond this cost memory few edge users want
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    qkv_bias: bool = False  # Qwen2 has biases on q/k/v
+    qk_norm: bool = False  # Qwen3 normalizes q and k per head before rotary
+
+
+# HF architecture -> graph facts. Rotary is NEOX-style (rotate halves) for all of them in HF layout.
+DECODERS: dict[str, DecoderSpec] = {
+    "LlamaForCausalLM": DecoderSpec(),  # SmolLM2, TinyLlama, Llama-3.x
+    "MistralForCausalLM": DecoderSpec(),
+    "Qwen2ForCausalLM": DecoderSpec(qkv_bias=True),  # Qwen2, Qwen2.5
+    "Qwen3ForCausalLM": DecoderSpec(qk_norm=True),
+}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How weights are stored. bits None = float (dtype); otherwise MatMulNBits per tensor."""
+
+    name: str  # fp32, fp16, int8, int4
+    float_type: str  # activations and float weights: "float32" or "float16"
+    bits: int | None = None
+    block_size: int = 32
+    accuracy_level: int = 4  # CPU: int8 activations inside the 4-bit kernels
+    # Tensors kept at 8 bits in an int4 model: the ones whose error reaches the output most directly
+    # (DESIGN.md section 6: v/o/down at 8 bits took mean KL from 0.45 to 0.14 on SmolLM2).
+    eight_bit: tuple[str, ...] = ()
+    head_bits: int | None = None  # embedding / lm_head bits when they differ from `bits`
+    search: bool = True  # scale search in quantize_blockwise
+
+    @property
+    def scheme(self) -> str:
+        """What was really chosen, in words (the manifest's quantization.scheme)."""
+        if self.bits is None:
+            return self.float_type
+        parts = [f"MatMulNBits {self.bits}-bit block {self.block_size} asymmetric"]
+        if self.eight_bit:
+            parts.append("8-bit " + "/".join(self.eight_bit))
+        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit")
+        return "; ".join(parts)
+
+
+PRECISIONS = {
+    "fp32": Precision("fp32", "float32"),
+    "fp16": Precision("fp16", "float16"),
+    "int8": Precision("int8", "float32", bits=8),
+    "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj")),
+}
+ALIASES = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "q8": "int8", "q4": "int4"}
+
+
+def onnx_precision(name: str) -> Precision:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in PRECISIONS:
+        raise ConversionError(f"unknown ONNX quantization '{name}'; use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[key]
+
+
+def rotary_caches(config: dict[str, Any], head_dim: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [length, head_dim/2] with the checkpoint's rope base and scaling (linear, llama3)."""
+    from .gguf_convert import rope_parameters
+
+    rope = rope_parameters(config)
+    base = float(rope.get("rope_theta", 10000.0))
+    inv_freq = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+    kind = str(rope.get("rope_type", "default")).lower()
+    if kind == "linear":
+        inv_freq = inv_freq / float(rope["factor"])
+    elif kind == "llama3":
+        factor, low, high = float(rope["factor"]), float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+        old = float(rope.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv_freq
+        smooth = np.clip((old / wavelen - low) / (high - low), 0.0, 1.0)
+        scaled = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = np.where(wavelen > old / low, inv_freq / factor, np.where(wavelen < old / high, inv_freq, scaled))
+    elif kind not in ("default", "none"):
+        raise ConversionError(f"config.json: rope scaling '{kind}' is not supported by the ONNX builder yet")
+    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class _Graph:
+    """A small helper over onnx.helper that names values and collects initializers."""
+
+    def __init__(self, float_type: str) -> None:
+        import onnx
+
+        self.onnx = onnx
+        self.np_float = np.float16 if float_type == "float16" else np.float32
+        self.elem = onnx.TensorProto.FLOAT16 if float_type == "float16" else onnx.TensorProto.FLOAT
+        self.nodes: list = []
+        self.inits: list = []
+        self.names: set[str] = set()
+        self.count = 0
+        self.weight_bytes = 0
+        self.kinds: dict[str, int] = {}  # weight matrices by storage: float32 / float16 / int4 / int8
+
+    def count_kind(self, kind: str) -> None:
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        if name in self.names:  # shared constants (shapes, axes) are registered once
+            return name
+        self.names.add(name)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.weight_bytes += array.nbytes
+        return name
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str | None = None,
+           outputs: list[str] | None = None, **attrs: Any) -> list[str]:
+        self.count += 1
+        name = name or f"{op_type}_{self.count}"
+        outs = outputs or [f"{name}/out{i}" for i in range(n_out)]
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs
+
+
+def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the ONNX decoder for `ckpt` to out_file; return the facts a runtime needs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    spec = DECODERS.get(ckpt.architecture)
+    if spec is None:
+        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, list(DECODERS))
+    cfg = ckpt.config
+    hidden, n_layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or hidden // n_heads
+    vocab = cfg["vocab_size"]
+    eps = float(cfg.get("rms_norm_eps", 1e-6))
+    context = min(int(cfg.get("max_position_embeddings", 2048)), MAX_CONTEXT)
+    if head_dim % 16:
+        raise ConversionError(f"{ckpt.path}: head_dim {head_dim} is not a multiple of 16, which GroupQueryAttention needs")
+    g = _Graph(precision.float_type)
+    ft = g.np_float
+
+    def weight(name: str) -> np.ndarray:
+        return ckpt.tensor(name).astype(np.float32)
+
+    def linear(x: str, hf_name: str, bias: str | None = None) -> str:
+        w = weight(hf_name)  # [out, in]
+        bits = precision.bits
+        if bits == 4 and any(tag in hf_name for tag in precision.eight_bit):
+            bits = 8
+        g.count_kind(precision.float_type if bits is None else f"int{bits}")
+        if bits is None:
+            out = g.op("MatMul", [x, g.init(hf_name + ".T", w.T.astype(ft))])[0]
+        else:
+            q = quantize_blockwise(w, bits, precision.block_size, precision.search)
+            ins = [x, g.init(hf_name + ".q", q.packed), g.init(hf_name + ".scales", q.scales.astype(ft)),
+                   g.init(hf_name + ".zp", q.zero_points)]
+            out = g.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=bits,
+                       block_size=precision.block_size, accuracy_level=precision.accuracy_level)[0]
+        if bias is not None:
+            out = g.op("Add", [out, g.init(bias, weight(bias).astype(ft))])[0]
+        return out
+
+    # ---- inputs and shared values -----------------------------------------------------------
+    kv_dtype = g.elem
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", vocab])]
+    for i in range(n_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", kv_dtype,
+                                                        ["batch", n_kv, "past", head_dim]))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", kv_dtype,
+                                                         ["batch", n_kv, "present", head_dim]))
+    mask_sum = g.op("ReduceSum", ["attention_mask", g.init("one_axis", np.array([1], np.int64))], keepdims=0)[0]
+    seqlens = g.op("Cast", [g.op("Sub", [mask_sum, g.init("one_i64", np.array(1, np.int64))])[0]],
+                   to=TensorProto.INT32)[0]
+    total = g.op("Cast", [g.op("Gather", [g.op("Shape", ["attention_mask"])[0], g.init("one_idx", np.array(1, np.int64))],
+                              axis=0)[0]], to=TensorProto.INT32)[0]
+    cos, sin = rotary_caches(cfg, head_dim, context)
+    cos_name, sin_name = g.init("cos_cache", cos.astype(ft)), g.init("sin_cache", sin.astype(ft))
+    cache_bytes = g.weight_bytes  # rotary tables are not weights; bits per weight leaves them out
+
+    embed = weight("model.embed_tokens.weight")
+    tied = "lm_head.weight" not in ckpt.tensors
+    embed_q = None
+    g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
+    if precision.bits is None:
+        x = g.op("Gather", [g.init("model.embed_tokens.weight", embed.astype(ft)), "input_ids"], axis=0)[0]
+    else:
+        # Quantized embedding read by GatherBlockQuantized; when tied, the lm_head reuses the very
+        # same bytes (MatMulNBits' B is the embedding matrix itself, [vocab, hidden]).
+        embed_q = quantize_blockwise(embed, precision.head_bits or precision.bits, precision.block_size,
+                                     precision.search)
+        n_blocks = embed_q.packed.shape[1]
+        data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
+        scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks))
+        zps = g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1))
+        x = g.op("GatherBlockQuantized", [data, "input_ids", scales, zps], domain="com.microsoft", gather_axis=0,
+                 quantize_axis=1, block_size=precision.block_size, bits=embed_q.bits)[0]
+    lm_head_source = embed if tied and embed_q is None else None
+    del embed
+
+    residual = None
+    pending = x  # what the next norm adds to the residual stream
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        ln = g.init(p + "input_layernorm.weight", weight(p + "input_layernorm.weight").astype(ft))
+        if residual is None:
+            normed = g.op("SimplifiedLayerNormalization", [pending, ln], axis=-1, epsilon=eps, stash_type=1)[0]
+            residual = pending
+        else:
+            normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln], n_out=4,
+                                          domain="com.microsoft", epsilon=eps)
+        a = p + "self_attn."
+        q, k, v = (linear(normed, f"{a}{n}_proj.weight", f"{a}{n}_proj.bias" if spec.qkv_bias else None)
+                   for n in ("q", "k", "v"))
+        if spec.qk_norm:
+            q = _head_norm(g, q, n_heads, head_dim, g.init(a + "q_norm.weight", weight(a + "q_norm.weight").astype(ft)), eps)
+            k = _head_norm(g, k, n_kv, head_dim, g.init(a + "k_norm.weight", weight(a + "k_norm.weight").astype(ft)), eps)
+        attn = g.op("GroupQueryAttention",
+                    [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total, cos_name, sin_name],
+                    domain="com.microsoft", name=f"layer{i}/attn",
+                    outputs=[f"layer{i}/attn_out", f"present.{i}.key", f"present.{i}.value"],
+                    num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0, local_window_size=-1,
+                    scale=1.0 / math.sqrt(head_dim))[0]
+        o = linear(attn, a + "o_proj.weight")
+        ln2 = g.init(p + "post_attention_layernorm.weight", weight(p + "post_attention_layernorm.weight").astype(ft))
+        normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2], n_out=4,
+                                      domain="com.microsoft", epsilon=eps)
+        m = p + "mlp."
+        gate = linear(normed, m + "gate_proj.weight")
+        up = linear(normed, m + "up_proj.weight")
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0], up])[0]
+        pending = linear(act, m + "down_proj.weight")
+        if progress:
+            progress("write", i + 1, n_layers + 1)
+
+    final = g.init("model.norm.weight", weight("model.norm.weight").astype(ft))
+    normed = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final], n_out=4, domain="com.microsoft",
+                  epsilon=eps)[0]
+    if tied and embed_q is not None:
+        b = g.op("Reshape", ["embed.q", g.init("b_shape", np.array(embed_q.packed.shape, np.int64))])[0]
+        flat = g.init("flat", np.array([-1], np.int64))
+        ins = [normed, b, g.op("Reshape", ["embed.scales", flat])[0], g.op("Reshape", ["embed.zp", flat])[0]]
+        logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n, bits=embed_q.bits,
+                      block_size=precision.block_size, accuracy_level=precision.accuracy_level)[0]
+    else:
+        g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
+        logits = _lm_head(g, normed, lm_head_source if tied else weight("lm_head.weight"), precision)
+    if precision.float_type != "float32":
+        logits = g.op("Cast", [logits], to=TensorProto.FLOAT)[0]
+    g.op("Identity", [logits], outputs=["logits"], name="logits_out")
+
+    graph = helper.make_graph(g.nodes, "edgekit-decoder", inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="edgekit")
+    model.ir_version = 8
+    external = g.weight_bytes > 1_800_000_000  # protobuf's 2 GB limit
+    onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=out_file.name + ".data" if external else None, size_threshold=1024)
+    if progress:
+        progress("write", n_layers + 1, n_layers + 1)
+    n_params = sum(int(np.prod(r.shape)) for r in ckpt.tensors.values())
+    return {
+        "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "num_heads": n_heads,
+        "vocab_size": vocab, "context_length": context, "kv_dtype": precision.float_type,
+        "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value"],
+        "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
+        "kv_shape": ["batch", n_kv, "sequence", head_dim],
+        "external_data": [out_file.name + ".data"] if external else [],
+        "bits_per_weight": round((g.weight_bytes - cache_bytes) * 8 / n_params, 3),
+        "tensor_types": dict(g.kinds),
+    }
+
+
+def _head_norm(g: _Graph, x: str, heads: int, head_dim: int, weight: str, eps: float) -> str:
+    """RMSNorm over each head's vector (Qwen3's q_norm / k_norm)."""
+    shape4 = g.init(f"shape_heads_{heads}", np.array([0, 0, heads, head_dim], np.int64))
+    shape3 = g.init(f"shape_flat_{heads}", np.array([0, 0, heads * head_dim], np.int64))
+    y = g.op("Reshape", [x, shape4])[0]
+    y = g.op("SimplifiedLayerNormalization", [y, weight], axis=-1, epsilon=eps, stash_type=1)[0]
+    return g.op("Reshape", [y, shape3])[0]
+
+
+def _lm_head(g: _Graph, x: str, head: np.ndarray, precision: Precision) -> str:
+    """Output projection; quantized too, also when tied to the embedding (no fp32 copy left behind)."""
+    if precision.bits is None:
+        return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
+    bits = precision.head_bits or precision.bits
+    q = quantize_blockwise(head, bits, precision.block_size, precision.search)
+    ins = [x, g.init("lm_head.q", q.packed), g.init("lm_head.scales", q.scales), g.init("lm_head.zp", q.zero_points)]
+    return g.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=bits, block_size=precision.block_size,
+                accuracy_level=precision.accuracy_level)[0]
