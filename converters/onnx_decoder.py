@@ -61,7 +61,6 @@ class Precision:
     # (DESIGN.md section 6: v/o/down at 8 bits took mean KL from 0.45 to 0.14 on SmolLM2).
     eight_bit: tuple[str, ...] = ()
     head_bits: int | None = None  # embedding / lm_head bits when they differ from `bits`
-    search: bool = True  # scale search in quantize_blockwise
 
     @property
     def scheme(self) -> str:
@@ -183,7 +182,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         if bits is None:
             out = g.op("MatMul", [x, g.init(hf_name + ".T", w.T.astype(ft))])[0]
         else:
-            q = quantize_blockwise(w, bits, precision.block_size, precision.search)
+            q = quantize_blockwise(w, bits, precision.block_size)
             ins = [x, g.init(hf_name + ".q", q.packed), g.init(hf_name + ".scales", q.scales.astype(ft)),
                    g.init(hf_name + ".zp", q.zero_points)]
             out = g.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=bits,
@@ -221,8 +220,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     else:
         # Quantized embedding read by GatherBlockQuantized; when tied, the lm_head reuses the very
         # same bytes (MatMulNBits' B is the embedding matrix itself, [vocab, hidden]).
-        embed_q = quantize_blockwise(embed, precision.head_bits or precision.bits, precision.block_size,
-                                     precision.search)
+        embed_q = quantize_blockwise(embed, precision.head_bits or precision.bits, precision.block_size)
         n_blocks = embed_q.packed.shape[1]
         data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
         scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks))
@@ -319,7 +317,7 @@ def _lm_head(g: _Graph, x: str, head: np.ndarray, precision: Precision) -> str:
     if precision.bits is None:
         return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
     bits = precision.head_bits or precision.bits
-    q = quantize_blockwise(head, bits, precision.block_size, precision.search)
+    q = quantize_blockwise(head, bits, precision.block_size)
     ins = [x, g.init("lm_head.q", q.packed), g.init("lm_head.scales", q.scales), g.init("lm_head.zp", q.zero_points)]
     return g.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=bits, block_size=precision.block_size,
                 accuracy_level=precision.accuracy_level)[0]

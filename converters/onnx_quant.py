@@ -4,9 +4,10 @@ Layout (com.microsoft.MatMulNBits): B is uint8 [N, k_blocks, block_size * bits /
 packed low nibble first along K; scales are [N * k_blocks] in the activation type; zero points are
 uint8, packed the same way for 4 bits. Dequantized value = (code - zero_point) * scale.
 
-Asymmetric (min/max) blocks with a small scale search: for each block we try shrinking the
-range towards its mean and keep the grid with the least squared error. Plain round-to-nearest on
-min/max wastes levels on outliers; the search costs a few array passes and no calibration data.
+Asymmetric min/max blocks (the range always includes 0, which MatMulNBits' integer zero point
+needs). A per-block search that shrinks the range to minimize squared error was tried and made
+SmolLM2's output distribution worse (mean KL 0.385 vs 0.350 on off-grid weights): clipping the
+largest weights costs more than the finer grid gains, so plain min/max stays.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-_SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8)
 
 
 @dataclass
@@ -41,7 +40,7 @@ def _grid(blocks: np.ndarray, lo: np.ndarray, hi: np.ndarray, qmax: int) -> tupl
     return codes, scale, zp
 
 
-def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, search: bool = True) -> BlockQuantized:
+def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32) -> BlockQuantized:
     """Quantize a [N, K] weight (rows = output features) block-wise along K."""
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
@@ -53,18 +52,7 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, search: b
     qmax = (1 << bits) - 1
     lo = np.minimum(blocks.min(axis=-1, keepdims=True), 0.0)
     hi = np.maximum(blocks.max(axis=-1, keepdims=True), 0.0)
-    best = _grid(blocks, lo, hi, qmax)
-    if search:
-        best_err = _error(blocks, *best)
-        mid = (lo + hi) / 2
-        for shrink in _SHRINK[1:]:
-            cand = _grid(blocks, mid + (lo - mid) * shrink, mid + (hi - mid) * shrink, qmax)
-            err = _error(blocks, *cand)
-            better = err < best_err
-            if better.any():
-                best = tuple(np.where(better, c, b) for c, b in zip(cand, best, strict=True))
-                best_err = np.minimum(err, best_err)
-    codes, scale, zp = best
+    codes, scale, zp = _grid(blocks, lo, hi, qmax)
     codes = codes.astype(np.uint8)
     zp = zp.reshape(n, k_blocks).astype(np.uint8)
     if bits == 4:
@@ -75,10 +63,6 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, search: b
     else:
         packed = codes
     return BlockQuantized(packed, scale.reshape(-1).astype(np.float32), zp.reshape(-1), bits, block_size, n, k)
-
-
-def _error(blocks: np.ndarray, codes: np.ndarray, scale: np.ndarray, zp: np.ndarray) -> np.ndarray:
-    return np.sum(((codes - zp) * scale - blocks) ** 2, axis=-1, keepdims=True)
 
 
 def dequantize(q: BlockQuantized) -> np.ndarray:

@@ -44,15 +44,23 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None) -> En
     manifest = read_manifest(root)
     if device not in DEVICES:
         raise DeviceUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
-    if manifest.get("format") != "gguf":
-        raise ArtifactError(f"{root}: format '{manifest.get('format')}' has no runtime in this version yet")
-    from edgekit.runtimes.llamacpp import LlamaCppBackend, gpu_offload_supported
+    fmt = manifest.get("format")
+    if fmt == "gguf":
+        from edgekit.runtimes.llamacpp import LlamaCppBackend, gpu_offload_supported
 
-    chosen = device
-    if device == "auto":  # llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere
-        gpu = "apple" if sys.platform == "darwin" and platform.machine() == "arm64" else "cuda"
-        chosen = gpu if gpu_offload_supported() else "cpu"
-    return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen)
+        chosen = device
+        if device == "auto":  # llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere
+            gpu = "apple" if sys.platform == "darwin" and platform.machine() == "arm64" else "cuda"
+            chosen = gpu if gpu_offload_supported() else "cpu"
+        return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen)
+    if fmt == "onnx":
+        from edgekit.runtimes.onnxrt import PROVIDERS, OnnxRuntimeBackend, available_providers
+
+        chosen = device
+        if device == "auto":  # CoreML cannot run the contrib ops, so auto prefers CUDA, else CPU
+            chosen = "cuda" if PROVIDERS["cuda"] in available_providers() else "cpu"
+        return Engine(root, manifest, OnnxRuntimeBackend(root, manifest, chosen, n_ctx), chosen)
+    raise ArtifactError(f"{root}: format '{fmt}' has no runtime")
 
 
 class Engine:

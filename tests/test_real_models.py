@@ -13,6 +13,11 @@ import pytest
 import edgekit
 
 pytestmark = pytest.mark.real
+FIDELITY_TEXT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
+    "movable metal type with an oil-based ink. def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    "La biblioteca de la ciudad abre todos los días a las nueve de la mañana."
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +25,39 @@ def smollm2_artifacts(tmp_path_factory):
     root = tmp_path_factory.mktemp("smol")
     return {q: edgekit.convert("bundled:smollm2-135m-instruct", to="gguf", quant=q, output=root / q).path
             for q in ("int8", "int4")}
+
+
+@pytest.fixture(scope="module")
+def smollm2_onnx(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smol-onnx")
+    return {q: edgekit.convert("bundled:smollm2-135m-instruct", to="onnx", quant=q, output=root / q).path
+            for q in ("int8", "int4")}
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_smollm2_onnx_answers_sensibly(quant, smollm2_onnx):
+    """Through onnxruntime: at least two of three simple questions answered right."""
+    answers = [
+        sum(c in _ask(smollm2_onnx[quant], "Name three colors.").lower() for c in ("red", "blue", "green", "yellow")) >= 2,
+        "paris" in _ask(smollm2_onnx[quant], "What is the capital of France?").lower()
+        or "4" in _ask(smollm2_onnx[quant], "What is 2 + 2?"),
+        "blue" in _ask(smollm2_onnx[quant], "What color is the sky on a clear day?").lower(),
+    ]
+    assert sum(answers) >= 2, answers
+
+
+# Grid-aligned bundled weights, 83 tokens. Measured: ONNX int8 0.006, int4 0.24. The off-grid
+# comparison against llama.cpp and the issue's targets lives in bench/fidelity.py.
+@pytest.mark.parametrize("quant,bound", [("int8", 0.015), ("int4", 0.45)])
+def test_smollm2_onnx_fidelity(quant, bound, smollm2_onnx):
+    from edgekit import bundled
+
+    from helpers import hf_logits, hf_tokenizer, mean_kl, onnx_logits
+
+    ids = hf_tokenizer(bundled.path())(FIDELITY_TEXT, add_special_tokens=False)["input_ids"]
+    ours = onnx_logits(smollm2_onnx[quant] / "model.onnx", ids)
+    kl = mean_kl(ours, hf_logits(bundled.path(), ids))
+    assert kl <= bound, f"ONNX {quant}: mean KL {kl:.4f}"
 
 
 def _ask(path, question: str) -> str:
@@ -45,10 +83,7 @@ def test_smollm2_fidelity_against_transformers(quant, bound, smollm2_artifacts):
 
     from helpers import hf_logits, hf_tokenizer, llama_logits, mean_kl
 
-    text = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-            "movable metal type with an oil-based ink. def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
-            "La biblioteca de la ciudad abre todos los días a las nueve de la mañana.")
-    ids = hf_tokenizer(bundled.path())(text, add_special_tokens=False)["input_ids"]
+    ids = hf_tokenizer(bundled.path())(FIDELITY_TEXT, add_special_tokens=False)["input_ids"]
     artifact = smollm2_artifacts[quant]
     manifest = edgekit.read_manifest(artifact)
     kl = mean_kl(llama_logits(artifact / manifest["model_file"], ids), hf_logits(bundled.path(), ids))

@@ -1,0 +1,132 @@
+"""ONNX Runtime backend for edgekit's ONNX decoders (CPU, CUDA, CoreML execution providers).
+
+The decode loop is written for speed: one KV buffer per layer, [1, kv_heads, n_ctx, head_dim],
+allocated once and bound as both past and present (GroupQueryAttention appends in place); an
+attention mask of width n_ctx whose ones mark the current length; the prompt in one pass; IO
+binding so that only the logits cross back into Python each step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import BackendError, DeviceUnavailableError, require
+
+from .base import Backend, GenerationOptions, TokenEvent
+from .sampling import Sampler
+from .text import TextTokenizer
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "apple": "CoreMLExecutionProvider"}
+
+
+def available_providers() -> list[str]:
+    ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX artifacts")
+    return list(ort.get_available_providers())
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    formats = frozenset({"onnx"})
+    devices = frozenset(PROVIDERS)
+
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
+        ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX artifacts")
+        provider = PROVIDERS[device]
+        if provider not in available_providers():
+            raise DeviceUnavailableError(
+                f"device '{device}' asked for, but onnxruntime here has no {provider} "
+                f"(available: {', '.join(available_providers())}); install the matching onnxruntime build or use device='cpu'"
+            )
+        facts = manifest.get("onnx") or {}
+        try:
+            self._layers, self._kv_heads, self._head_dim = facts["num_layers"], facts["num_kv_heads"], facts["head_dim"]
+        except KeyError as exc:
+            raise BackendError(f"{artifact}: edgekit.json lacks the ONNX decoder facts ({exc})") from exc
+        self._n_ctx = min(n_ctx or 4096, int(facts.get("context_length") or 4096))
+        self._vocab = int(facts["vocab_size"])
+        self._kv_type = np.float16 if facts.get("kv_dtype") == "float16" else np.float32
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("EDGEKIT_THREADS", 0)) or (os.cpu_count() or 1)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self._sess = ort.InferenceSession(str(artifact / manifest["model_file"]), options, providers=[provider])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(f"{artifact / manifest['model_file']}: onnxruntime could not load it ({exc})") from exc
+        if self._sess.get_providers()[0] != provider:  # onnxruntime falls back silently; we do not
+            raise DeviceUnavailableError(
+                f"onnxruntime could not start {provider} for {artifact} (it offered {self._sess.get_providers()}); "
+                "use device='cpu' or fix the provider's installation"
+            )
+        self._ort = ort
+        self._tok = TextTokenizer(artifact / "tokenizer.json")
+        special = (manifest.get("tokenizer") or {}).get("special_ids") or {}
+        eos = special.get("eos")
+        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self._add_bos = special.get("bos") if manifest.get("tokenizer", {}).get("add_bos") else None
+        self._device = "cuda" if device == "cuda" else "cpu"
+        shape = (1, self._kv_heads, self._n_ctx, self._head_dim)
+        self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_type, self._device)
+                    for _ in range(2 * self._layers)]
+        self._mask = np.zeros((1, self._n_ctx), dtype=np.int64)
+
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self._tok.encode(text, add_special)
+
+    def is_end(self, token_id: int) -> bool:
+        return token_id in self._eos
+
+    def _step(self, binding, ids: Sequence[int], length: int, logits) -> np.ndarray:
+        """Run tokens `ids`, the cache then holding `length` tokens; return the last logits row.
+
+        logits: a preallocated [1, 1, vocab] OrtValue for single-token steps, or None to let
+        onnxruntime allocate the prompt's [1, n, vocab].
+        """
+        self._mask[0, :length] = 1
+        self._mask[0, length:] = 0
+        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", self._mask)
+        if logits is None:
+            binding.bind_output("logits", "cpu")
+        else:
+            binding.bind_ortvalue_output("logits", logits)
+        self._sess.run_with_iobinding(binding)
+        out = logits if logits is not None else binding.get_outputs()[0]
+        return out.numpy()[0, -1]
+
+    def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
+        binding = self._sess.io_binding()
+        binding.bind_output("logits", "cpu")  # bound first: get_outputs()[0] is the logits
+        step_logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, 1, self._vocab), np.float32, "cpu")
+        for i in range(self._layers):  # past and present are one buffer: nothing copied per token
+            for j, kind in enumerate(("key", "value")):
+                buf = self._kv[2 * i + j]
+                binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
+                binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+        sampler = Sampler(options)
+        history = list(prompt_ids)
+        logits = self._step(binding, history, len(history), None)
+        for _ in range(options.max_tokens):
+            token = sampler(logits, history)
+            if self.is_end(token):
+                return
+            yield TokenEvent(token, self._tok.token_bytes(token))
+            history.append(token)
+            if len(history) >= self._n_ctx:
+                return
+            logits = self._step(binding, [token], len(history), step_logits)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        raise BackendError("this ONNX artifact is a text-generation model; embeddings need a feature-extraction one")
+
+    def close(self) -> None:
+        self._sess = None
+        self._kv = []
