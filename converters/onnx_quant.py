@@ -7,7 +7,8 @@ uint8, packed the same way for 4 bits. Dequantized value = (code - zero_point) *
 Asymmetric min/max blocks (the range always includes 0, which MatMulNBits' integer zero point
 needs). A per-block search that shrinks the range to minimize squared error was tried and made
 SmolLM2's output distribution worse (mean KL 0.385 vs 0.350 on off-grid weights): clipping the
-largest weights costs more than the finer grid gains, so plain min/max stays.
+largest weights costs more than the finer grid gains, so plain min/max stays. HQQ-style
+optimized float zero points (which MatMulNBits accepts) gained only 0.350 -> 0.344 for 7 MB more.
 """
 
 from __future__ import annotations
