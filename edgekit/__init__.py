@@ -53,6 +53,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "convert",
+    "devices",
     "load",
     "read_manifest",
 ]
@@ -61,6 +62,7 @@ _LAZY = {
     "convert": ("conversion", "convert"),
     "ConversionResult": ("conversion", "ConversionResult"),
     "load": ("engine", "load"),
+    "devices": ("devices", "devices"),
 }
 
 

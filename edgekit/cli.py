@@ -131,6 +131,77 @@ def info(
           f"({q.get('bits_per_weight')} bits/weight), files verified")
 
 
+@app.command()
+def run(
+    artifact: Annotated[Path, typer.Argument(help="artifact directory")],
+    prompt: Annotated[str, typer.Argument(help="text to complete")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
+    chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the artifact's chat template")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
+) -> None:
+    """Generate from a prompt, streaming the text (edgekit.load(...).generate / .chat)."""
+    from .engine import load
+
+    try:
+        with load(artifact, device=device) as engine:
+            kwargs = {"max_tokens": max_tokens, "temperature": temperature}
+            messages = [{"role": "user", "content": prompt}]
+            if as_json:
+                result = engine.chat(messages, **kwargs) if chat else engine.generate(prompt, **kwargs)
+                _emit({"device": engine.device, **result.to_dict()}, True, "")
+                return
+            pieces = engine.chat(messages, stream=True, **kwargs) if chat else engine.generate(prompt, stream=True, **kwargs)
+            for piece in pieces:
+                typer.echo(piece, nl=False)
+            typer.echo("")
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+
+
+@app.command()
+def chat(
+    artifact: Annotated[Path, typer.Argument(help="artifact directory")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
+) -> None:
+    """Interactive chat in the terminal (an empty line or Ctrl-D ends it)."""
+    from .engine import load
+
+    try:
+        with load(artifact, device=device) as engine:
+            messages: list[dict[str, str]] = []
+            while True:
+                try:
+                    line = input("> ").strip()
+                except EOFError:
+                    break
+                if not line:
+                    break
+                messages.append({"role": "user", "content": line})
+                reply = ""
+                for piece in engine.chat(messages, max_tokens=max_tokens, temperature=temperature, stream=True):
+                    reply += piece
+                    typer.echo(piece, nl=False)
+                typer.echo("")
+                messages.append({"role": "assistant", "content": reply})
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, False)
+
+
+@app.command()
+def devices(as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False) -> None:
+    """What each backend can run on here, and what device='auto' would pick (edgekit.devices)."""
+    from .devices import devices as detect
+
+    report = detect()
+    lines = [f"{name}: {', '.join(info.get('devices', [])) or 'unavailable'} (auto: {info.get('auto', '-')}; "
+             f"{info.get('why', '')})" for name, info in report.items() if isinstance(info, dict)]
+    _emit(report, as_json, "\n".join(lines))
+
+
 def _quiet_gguf_logs() -> None:
     import logging
 

@@ -32,6 +32,11 @@ class GenerationResult:
     total_s: float
     finish_reason: str  # "stop" (end token or stop string) or "length"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "ttft_s": round(self.ttft_s, 4), "total_s": round(self.total_s, 4),
+                "decode_tok_s": round(self.decode_tok_s, 2), "finish_reason": self.finish_reason}
+
     @property
     def decode_tok_s(self) -> float:
         span = self.total_s - self.ttft_s

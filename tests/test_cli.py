@@ -50,3 +50,20 @@ def test_info_detects_tampering(tiny_checkpoint, tmp_path):
     model.write_bytes(bytes(data))
     p = _cli("info", str(out))
     assert p.returncode == 1 and "sha256 differs" in p.stderr
+
+
+def test_run_and_devices(tiny_checkpoint, tmp_path):
+    out = tmp_path / "onnx"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "onnx", "--quant", "fp32", "-o", str(out)).returncode == 0
+    p = _cli("run", str(out), "Hello", "-n", "5", "--device", "cpu", "--json")
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["tokens_out"] <= 5 and data["device"] == "cpu" and data["ttft_s"] > 0
+    d = _cli("devices", "--json")
+    report = json.loads(d.stdout)
+    assert "cpu" in report["onnxruntime"]["devices"] and "cpu" in report["llama.cpp"]["devices"]
+
+
+def test_run_on_missing_artifact_is_one_line(tmp_path):
+    p = _cli("run", str(tmp_path / "nothing"), "hi")
+    assert p.returncode == 1 and "not an edgekit artifact" in p.stderr and "Traceback" not in p.stderr
