@@ -1,5 +1,7 @@
 """Conversion wall time and peak RSS: edgekit vs llama.cpp's convert_hf_to_gguf.py (+ quantize).
 
+Also, when its venv exists, edgekit's ONNX int4 against onnxruntime-genai's model builder.
+
 Interleaved runs (ours, reference, ours, reference ...), medians, ratios in one run, on the
 bundled SmolLM2-135M-Instruct (fp32 safetensors, 540 MB). Each conversion runs in a fresh process;
 peak RSS is that process's own maximum resident set (os.wait4). The reference's Q4_K_M pipeline is
@@ -71,8 +73,24 @@ def main() -> None:
             wall, rss = wall + w2, max(rss, r2)
         return wall, rss
 
+    def ours_onnx(quant: str) -> tuple[float, float]:
+        out = work / "ours-onnx"
+        shutil.rmtree(out, ignore_errors=True)
+        return measure([py, "-m", "edgekit.cli", "convert", "bundled:smollm2-135m-instruct", "--to", "onnx",
+                        "--quant", "int4", "-o", str(out), "--json"], env)
+
+    def genai(quant: str) -> tuple[float, float]:
+        out = work / "genai"
+        shutil.rmtree(out, ignore_errors=True)
+        return measure([str(genai_py), "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-m", str(src),
+                        "-o", str(out), "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")], env)
+
     cases = [("edgekit", "F16", ours), ("llama.cpp", "F16", reference),
              ("edgekit", "Q4_K_M", ours), ("llama.cpp", "Q4_K_M", reference)]
+    # onnxruntime-genai's builder lives in its own venv (../shared/anchors/build-genai-anchor.sh makes it)
+    genai_py = Path(os.environ.get("GENAI_ANCHOR_VENV", Path(tempfile.gettempdir()) / "genai-anchor-venv")) / "bin/python"
+    if genai_py.exists():
+        cases += [("edgekit", "ONNX int4", ours_onnx), ("onnxruntime-genai", "ONNX int4", genai)]
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {(n, q): [] for n, q, _ in cases}
     ours("F16")  # warm the page cache and the bundled model before measuring
     for _ in range(args.runs):
@@ -84,14 +102,15 @@ def main() -> None:
     for (name, quant), values in samples.items():
         rows[f"{name} {quant}"] = {"wall_s": statistics.median(v[0] for v in values),
                                    "peak_rss_mb": statistics.median(v[1] for v in values), "runs": len(values)}
-    ratios = {q: {"time": rows[f"edgekit {q}"]["wall_s"] / rows[f"llama.cpp {q}"]["wall_s"],
-                  "rss": rows[f"edgekit {q}"]["peak_rss_mb"] / rows[f"llama.cpp {q}"]["peak_rss_mb"]}
-              for q in ("F16", "Q4_K_M")}
+    anchors = {"F16": "llama.cpp", "Q4_K_M": "llama.cpp", "ONNX int4": "onnxruntime-genai"}
+    ratios = {q: {"time": rows[f"edgekit {q}"]["wall_s"] / rows[f"{a} {q}"]["wall_s"],
+                  "rss": rows[f"edgekit {q}"]["peak_rss_mb"] / rows[f"{a} {q}"]["peak_rss_mb"]}
+              for q, a in anchors.items() if f"{a} {q}" in rows}
     print(f"{'case':<22}{'wall s (median)':>18}{'peak RSS MB':>14}")
     for key, row in rows.items():
         print(f"{key:<22}{row['wall_s']:>18.2f}{row['peak_rss_mb']:>14.0f}")
     for q, r in ratios.items():
-        print(f"edgekit / llama.cpp {q}: time {r['time']:.2f}x, peak RSS {r['rss']:.2f}x")
+        print(f"edgekit / {anchors[q]} {q}: time {r['time']:.2f}x, peak RSS {r['rss']:.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"rows": rows, "ratios": ratios}, indent=2))

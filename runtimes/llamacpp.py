@@ -41,6 +41,8 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{path}: llama.cpp could not load the model ({exc})") from exc
+        self._vocab = self._llm._model.vocab  # looked up once: is_end runs on every token
+        self._is_eog = llama_cpp.llama_vocab_is_eog
 
     @property
     def context_length(self) -> int:
@@ -50,17 +52,16 @@ class LlamaCppBackend(Backend):
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
 
     def is_end(self, token_id: int) -> bool:
-        import llama_cpp
-
-        return bool(llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, token_id))
+        return bool(self._is_eog(self._vocab, token_id))
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         if options.seed is not None:
             self._llm.set_seed(options.seed)
         count = 0
+        greedy = options.temperature <= 0  # top_k=1 spares llama.cpp's sampler a sort per token
         for token in self._llm.generate(
-            list(prompt_ids), temp=options.temperature, top_k=options.top_k, top_p=options.top_p,
-            min_p=options.min_p, repeat_penalty=options.repeat_penalty, reset=True,
+            list(prompt_ids), temp=options.temperature, top_k=1 if greedy else options.top_k,
+            top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty, reset=True,
         ):
             if self.is_end(token):
                 return

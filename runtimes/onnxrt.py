@@ -1,9 +1,10 @@
 """ONNX Runtime backend for edgekit's ONNX decoders (CPU, CUDA, CoreML execution providers).
 
 The decode loop is written for speed: one KV buffer per layer, [1, kv_heads, n_ctx, head_dim],
-allocated once and bound as both past and present (GroupQueryAttention appends in place); an
-attention mask of width n_ctx whose ones mark the current length; the prompt in one pass; IO
-binding so that only the logits cross back into Python each step.
+allocated once and bound as both past and present (GroupQueryAttention appends in place); the
+attention mask is a view of a preallocated row of ones, as wide as the current length, so that
+attention never scans the unused tail of the buffer; the prompt in one pass; IO binding so that
+only the logits cross back into Python each step.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class OnnxRuntimeBackend(Backend):
         shape = (1, self._kv_heads, self._n_ctx, self._head_dim)
         self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_type, self._device)
                     for _ in range(2 * self._layers)]
-        self._mask = np.zeros((1, self._n_ctx), dtype=np.int64)
+        self._ones = np.ones((1, self._n_ctx), dtype=np.int64)
+        self._one_token = np.zeros((1, 1), dtype=np.int64)  # reused input_ids for decode steps
 
     @property
     def context_length(self) -> int:
@@ -90,10 +92,12 @@ class OnnxRuntimeBackend(Backend):
         logits: a preallocated [1, 1, vocab] OrtValue for single-token steps, or None to let
         onnxruntime allocate the prompt's [1, n, vocab].
         """
-        self._mask[0, :length] = 1
-        self._mask[0, length:] = 0
-        binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
-        binding.bind_cpu_input("attention_mask", self._mask)
+        if len(ids) == 1:
+            self._one_token[0, 0] = ids[0]
+            binding.bind_cpu_input("input_ids", self._one_token)
+        else:
+            binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", self._ones[:, :length])
         if logits is None:
             binding.bind_output("logits", "cpu")
         else:

@@ -1,0 +1,152 @@
+"""Decode speed and TTFT: edgekit's runtimes against the raw engines underneath and the anchors.
+
+DESIGN.md section 6 shape: a ~176-token chat prompt, 64 greedy tokens, warm-up first, runs
+interleaved (A, B, A, B ...), medians, ratios in one run, and each as a share of the memory-
+bandwidth limit (decode reads every weight once per token: tok/s <= bandwidth / weight bytes).
+
+  GGUF Q4_K_M: edgekit.load(...).generate  vs  raw llama_cpp.Llama on the same file
+  ONNX int4:   edgekit (our graph, IO binding)  vs  onnxruntime-genai on its own int4 model
+               (built by ../shared/anchors/build-genai-anchor.sh; skipped if absent)
+
+    python bench/decode_bench.py --gguf out/smol-q4 --onnx out/smol-onnx [--genai /tmp/genai-int4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+SYSTEM = ("You are a careful assistant who writes short, factual answers. You never invent facts, you say when "
+          "you are unsure, and you prefer plain words to jargon. When asked about history, give dates; when "
+          "asked about science, give the mechanism in one or two sentences.")
+QUESTION = ("I am preparing a short talk for a local library about how printing changed Europe. Could you "
+            "explain, in a few sentences, what Johannes Gutenberg invented, roughly when, and why movable type "
+            "mattered so much for the spread of books, literacy and new ideas across the continent? Please keep "
+            "it simple enough for a general audience and mention one concrete example of a famous early book.")
+N_TOKENS = 64
+
+
+def bandwidth_gbs() -> float:
+    a = np.ones(64 * 1024 * 1024 // 8)  # 64 MB
+    b = np.empty_like(a)
+    best = min(_time(lambda: np.copyto(b, a)) for _ in range(10))
+    return 2 * a.nbytes / best / 1e9  # read + write
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def edgekit_run(engine, prompt_text: str) -> tuple[float, float]:
+    if hasattr(engine.backend, "_llm"):
+        engine.backend._llm.reset()  # measure a fresh prefill, not llama-cpp-python's prefix cache
+    r = engine.generate(prompt_text, max_tokens=N_TOKENS, temperature=0, add_special=False)
+    return r.decode_tok_s, r.ttft_s
+
+
+def raw_llama_run(llm, ids: list[int]) -> tuple[float, float]:
+    llm.reset()
+    start = time.perf_counter()
+    first = None
+    n = 0
+    for _tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        n += 1
+        if first is None:
+            first = time.perf_counter()
+        if n >= N_TOKENS:
+            break
+    end = time.perf_counter()
+    return (n - 1) / (end - first), first - start
+
+
+def genai_run(og, model, tokenizer, prompt_text: str) -> tuple[float, float]:
+    start = time.perf_counter()
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=4096, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(tokenizer.encode(prompt_text))
+    first, n = None, 0
+    while not gen.is_done() and n < N_TOKENS:
+        gen.generate_next_token()
+        n += 1
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return (n - 1) / (end - first), first - start
+
+
+def main() -> None:
+    import edgekit
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gguf", type=Path, required=True)
+    ap.add_argument("--onnx", type=Path, required=True)
+    ap.add_argument("--genai", type=Path, default=None)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    gguf_engine = edgekit.load(args.gguf, device="cpu")
+    onnx_engine = edgekit.load(args.onnx, device="cpu")
+    prompt = gguf_engine.render_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
+    from llama_cpp import Llama
+
+    # same thread count as edgekit's backend (llama-cpp-python's default is half the cores)
+    raw = Llama(model_path=str(args.gguf / gguf_engine.manifest["model_file"]), n_ctx=4096, verbose=False,
+                n_threads=os.cpu_count())
+    ids = raw.tokenize(prompt.encode(), add_bos=False, special=True)
+    cases = {
+        "edgekit gguf": lambda: edgekit_run(gguf_engine, prompt),
+        "llama-cpp-python": lambda: raw_llama_run(raw, ids),
+        "edgekit onnx": lambda: edgekit_run(onnx_engine, prompt),
+    }
+    weights = {"edgekit gguf": (args.gguf / gguf_engine.manifest["model_file"]).stat().st_size,
+               "llama-cpp-python": (args.gguf / gguf_engine.manifest["model_file"]).stat().st_size,
+               "edgekit onnx": (args.onnx / "model.onnx").stat().st_size}
+    if args.genai and args.genai.is_dir():
+        import onnxruntime_genai as og
+
+        gmodel = og.Model(str(args.genai))
+        gtok = og.Tokenizer(gmodel)
+        cases["onnxruntime-genai"] = lambda: genai_run(og, gmodel, gtok, prompt)
+        weights["onnxruntime-genai"] = sum(p.stat().st_size for p in args.genai.glob("*.onnx*"))
+    for fn in cases.values():  # warm-up
+        fn()
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
+    for _ in range(args.runs):
+        for name, fn in cases.items():
+            samples[name].append(fn())
+    bw = bandwidth_gbs()
+    rows = {}
+    for name, vals in samples.items():
+        tok_s = statistics.median(v[0] for v in vals)
+        rows[name] = {"decode_tok_s": round(tok_s, 1), "ttft_s": round(statistics.median(v[1] for v in vals), 3),
+                      "weight_mb": round(weights[name] / 1e6, 1),
+                      "pct_of_bandwidth_limit": round(100 * tok_s * weights[name] / (bw * 1e9), 1)}
+    print(f"prompt {len(ids)} tokens, {N_TOKENS} generated, {args.runs} interleaved runs after warm-up, "
+          f"copy bandwidth {bw:.1f} GB/s")
+    print(f"{'engine':<20}{'decode tok/s':>14}{'TTFT s':>9}{'weights MB':>12}{'% of limit':>12}")
+    for name, r in rows.items():
+        print(f"{name:<20}{r['decode_tok_s']:>14.1f}{r['ttft_s']:>9.3f}{r['weight_mb']:>12.1f}{r['pct_of_bandwidth_limit']:>12.1f}")
+    ratios = {"gguf_decode_vs_raw": rows["edgekit gguf"]["decode_tok_s"] / rows["llama-cpp-python"]["decode_tok_s"],
+              "gguf_ttft_vs_raw": rows["edgekit gguf"]["ttft_s"] / rows["llama-cpp-python"]["ttft_s"]}
+    if "onnxruntime-genai" in rows:
+        ratios["onnx_decode_vs_genai"] = rows["edgekit onnx"]["decode_tok_s"] / rows["onnxruntime-genai"]["decode_tok_s"]
+        ratios["onnx_ttft_vs_genai"] = rows["edgekit onnx"]["ttft_s"] / rows["onnxruntime-genai"]["ttft_s"]
+    for k, v in ratios.items():
+        print(f"{k}: {v:.2f}x")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": rows, "ratios": ratios, "bandwidth_gbs": bw}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
