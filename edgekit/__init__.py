@@ -17,6 +17,7 @@ from .errors import (
     ConversionError,
     DeviceUnavailableError,
     EdgekitError,
+    LatencyBudgetExceeded,
     ManifestMismatch,
     MissingDependencyError,
     OutputExistsError,
@@ -42,6 +43,8 @@ __all__ = [
     "ConversionResult",
     "DeviceUnavailableError",
     "EdgekitError",
+    "LatencyBudget",
+    "LatencyBudgetExceeded",
     "ManifestMismatch",
     "MissingDependencyError",
     "OutputExistsError",
@@ -62,6 +65,7 @@ _LAZY = {
     "convert": ("conversion", "convert"),
     "ConversionResult": ("conversion", "ConversionResult"),
     "load": ("engine", "load"),
+    "LatencyBudget": ("metrics", "LatencyBudget"),
     "devices": ("devices", "devices"),
 }
 

@@ -1,8 +1,9 @@
 """edgekit.load(): open an artifact on a local backend and generate, chat or embed.
 
-This first version runs GGUF artifacts through llama.cpp; the Engine adds what every backend
-shares: the artifact's chat template (rendered in jinja2's sandbox), stop strings, UTF-8-safe
-streaming and timing metrics (DESIGN.md section 7 words).
+GGUF artifacts run through llama.cpp, ONNX ones through ONNX Runtime. The Engine adds what every
+backend shares, once: the artifact's chat template (rendered in jinja2's sandbox, so both
+backends see the same prompt text), stop strings, UTF-8-safe streaming, cancellation, one lock
+so calls from several threads take turns, metrics (DESIGN.md section 7) and the latency budget.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from .artifact import read_manifest
 from .errors import ArtifactError, ContextOverflowError, DeviceUnavailableError
+from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
 
@@ -26,25 +28,47 @@ DEVICES = ("auto", "cpu", "cuda", "apple")
 @dataclass
 class GenerationResult:
     text: str
-    tokens_in: int
-    tokens_out: int
-    ttft_s: float  # request start to first generated token, tokenization included
-    total_s: float
-    finish_reason: str  # "stop" (end token or stop string) or "length"
+    finish_reason: str  # "stop" (end token or stop string), "length" or "cancelled"
+    metrics: DecodeMetrics
+    budget: BudgetVerdict | None = None  # set when the engine has a LatencyBudget
+
+    # the headline numbers, straight from the metrics
+    tokens_in = property(lambda self: self.metrics.tokens_in)
+    tokens_out = property(lambda self: self.metrics.tokens_out)
+    ttft_s = property(lambda self: self.metrics.ttft_s)
+    decode_tok_s = property(lambda self: self.metrics.decode_tok_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-                "ttft_s": round(self.ttft_s, 4), "total_s": round(self.total_s, 4),
-                "decode_tok_s": round(self.decode_tok_s, 2), "finish_reason": self.finish_reason}
-
-    @property
-    def decode_tok_s(self) -> float:
-        span = self.total_s - self.ttft_s
-        return (self.tokens_out - 1) / span if self.tokens_out > 1 and span > 0 else 0.0
+        return {"text": self.text, "finish_reason": self.finish_reason, **self.metrics.to_dict(),
+                "budget": self.budget.to_dict() if self.budget else None}
 
 
-def load(path: str | Path, device: str = "auto", n_ctx: int | None = None) -> Engine:
-    """Open an artifact directory (verifying its files against edgekit.json) on a backend."""
+class Stream:
+    """Text pieces as they are generated; `.result` once exhausted; `.cancel()` from any thread."""
+
+    def __init__(self, events: Iterator[str | GenerationResult], cancel: threading.Event) -> None:
+        self._events, self._cancel = events, cancel
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for event in self._events:
+            if isinstance(event, GenerationResult):
+                self.result = event
+            else:
+                yield event
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+
+def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
+         budget: LatencyBudget | None = None) -> Engine:
+    """Open an artifact directory (verifying its files against edgekit.json) on a backend.
+
+    device: "auto" picks the best device the backend really has, "cpu"/"cuda"/"apple" insist
+    (an absent device is a DeviceUnavailableError, never a silent fallback). budget: checked on
+    every call; each result says whether it was met and by how much.
+    """
     root = Path(path)
     manifest = read_manifest(root)
     if device not in DEVICES:
@@ -57,43 +81,59 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None) -> En
         if device == "auto":  # llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere
             gpu = "apple" if sys.platform == "darwin" and platform.machine() == "arm64" else "cuda"
             chosen = gpu if gpu_offload_supported() else "cpu"
-        return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen)
+        return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen, budget)
     if fmt == "onnx":
         from edgekit.runtimes.onnxrt import PROVIDERS, OnnxRuntimeBackend, available_providers
 
         chosen = device
         if device == "auto":  # CoreML cannot run the contrib ops, so auto prefers CUDA, else CPU
             chosen = "cuda" if PROVIDERS["cuda"] in available_providers() else "cpu"
-        return Engine(root, manifest, OnnxRuntimeBackend(root, manifest, chosen, n_ctx), chosen)
+        return Engine(root, manifest, OnnxRuntimeBackend(root, manifest, chosen, n_ctx), chosen, budget)
     raise ArtifactError(f"{root}: format '{fmt}' has no runtime")
 
 
 class Engine:
-    def __init__(self, root: Path, manifest: dict[str, Any], backend, device: str) -> None:
-        self.path, self.manifest, self.backend, self.device = root, manifest, backend, device
+    def __init__(self, root: Path, manifest: dict[str, Any], backend, device: str,
+                 budget: LatencyBudget | None = None) -> None:
+        self.path, self.manifest, self.backend, self.device, self.budget = root, manifest, backend, device, budget
         self._lock = threading.Lock()  # one native context: calls from several threads take turns
+        self._running: threading.Event | None = None
         self._template = None
 
     # ---- text generation ------------------------------------------------------------------
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, stream: bool = False,
-                 stop: Sequence[str] = (), seed: int | None = None, add_special: bool = True, **sampling: Any):
-        """Complete `prompt`. stream=True yields text pieces; otherwise returns a GenerationResult."""
+                 stop: Sequence[str] = (), seed: int | None = None, add_special: bool = True,
+                 **sampling: Any) -> GenerationResult | Stream:
+        """Complete `prompt`. stream=True returns a Stream of text pieces; otherwise a GenerationResult.
+
+        sampling: top_k, top_p, min_p, repeat_penalty (GenerationOptions).
+        """
         from edgekit.runtimes.base import GenerationOptions
 
-        options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop),
-                                    **sampling)
-        events = self._run(prompt, options, add_special)
+        try:
+            options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop),
+                                        **sampling)
+        except TypeError as exc:
+            raise ValueError(f"unknown sampling option: {exc}") from None
+        cancel = threading.Event()
+        events = self._run(prompt, options, add_special, cancel)
         if stream:
-            return (e for e in events if isinstance(e, str))
+            return Stream(events, cancel)
         return next(e for e in events if isinstance(e, GenerationResult))
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int = 128, temperature: float = 0.0,
-             stream: bool = False, **kwargs: Any):
+             stream: bool = False, **kwargs: Any) -> GenerationResult | Stream:
         """Render the artifact's chat template and generate the assistant's reply."""
         prompt = self.render_chat(messages)
         # the template already wrote BOS if the model wants one
         return self.generate(prompt, max_tokens=max_tokens, temperature=temperature, stream=stream,
                              add_special=False, **kwargs)
+
+    def cancel(self) -> None:
+        """Stop the generation running now (from another thread); it ends with finish_reason "cancelled"."""
+        running = self._running
+        if running is not None:
+            running.set()
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         if self._template is None:
@@ -108,35 +148,49 @@ class Engine:
         return self._template.render(messages=messages, add_generation_prompt=True,
                                      bos_token=special.get("bos_text", ""), eos_token=special.get("eos_text", ""))
 
-    def _run(self, prompt: str, options, add_special: bool) -> Iterator[str | GenerationResult]:
+    def _run(self, prompt: str, options, add_special: bool,
+             cancel: threading.Event) -> Iterator[str | GenerationResult]:
         """Yield text pieces as they become final, then one GenerationResult."""
         with self._lock:
-            start = time.perf_counter()
-            ids = self.backend.tokenize(prompt, add_special)
-            limit = self.backend.context_length
-            if len(ids) + options.max_tokens > limit:
-                raise ContextOverflowError(len(ids), options.max_tokens, limit)
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            text, emitted, n_out, first, reason = "", 0, 0, None, "stop"
-            for event in self.backend.generate(ids, options):
-                n_out += 1
-                first = first or time.perf_counter()
-                text += decoder.decode(event.piece)
-                cut = _stop_at(text, options.stop)
-                if cut is not None:
-                    text = text[:cut]
-                    break
-                safe = len(text) - _max_partial(text, options.stop)  # hold back a possible stop prefix
-                if safe > emitted:
-                    yield text[emitted:safe]
-                    emitted = safe
-            else:
-                text += decoder.decode(b"", final=True)
-                reason = "length" if n_out >= options.max_tokens else "stop"
-            if len(text) > emitted:
-                yield text[emitted:]
-            end = time.perf_counter()
-            yield GenerationResult(text, len(ids), n_out, (first or end) - start, end - start, reason)
+            self._running = cancel
+            try:
+                yield from self._generate_locked(prompt, options, add_special, cancel)
+            finally:
+                self._running = None
+
+    def _generate_locked(self, prompt: str, options, add_special: bool,
+                         cancel: threading.Event) -> Iterator[str | GenerationResult]:
+        start = time.perf_counter()
+        ids = self.backend.tokenize(prompt, add_special)
+        limit = self.backend.context_length
+        if len(ids) + options.max_tokens > limit:
+            raise ContextOverflowError(len(ids), options.max_tokens, limit)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, emitted, times, reason = "", 0, [], "stop"
+        events = self.backend.generate(ids, options)
+        for event in events:
+            times.append(time.perf_counter())
+            text += decoder.decode(event.piece)
+            cut = _stop_at(text, options.stop)
+            if cut is not None:
+                text = text[:cut]
+                break
+            safe = len(text) - _max_partial(text, options.stop)  # hold back a possible stop prefix
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            if cancel.is_set():
+                reason = "cancelled"
+                break
+        else:
+            text += decoder.decode(b"", final=True)
+            reason = "length" if len(times) >= options.max_tokens else "stop"
+        events.close()  # release the backend's generator (and its native state) now
+        if len(text) > emitted:
+            yield text[emitted:]
+        metrics = DecodeMetrics.from_times(start, times, time.perf_counter(), len(ids))
+        verdict = self.budget.check(metrics) if self.budget else None
+        yield GenerationResult(text, reason, metrics, verdict)
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, texts: Sequence[str]):

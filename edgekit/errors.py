@@ -13,9 +13,10 @@ EdgekitError
 ├─ ArtifactError                 an artifact directory is missing, incomplete or altered
 │  ├─ ManifestMismatch           a file's size or sha256 differs from edgekit.json
 │  └─ UnsafePathError            a path in an artifact escapes its directory
-└─ BackendError                  the runtime could not load or run an artifact
-   ├─ DeviceUnavailableError     asked for a device this machine does not have
-   └─ ContextOverflowError       prompt longer than the context window
+├─ BackendError                  the runtime could not load or run an artifact
+│  ├─ DeviceUnavailableError     asked for a device this machine does not have
+│  └─ ContextOverflowError       prompt longer than the context window
+└─ LatencyBudgetExceeded         a call missed its LatencyBudget in mode="raise"; carries the numbers
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ class ContextOverflowError(BackendError):
             f"prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}, but the context window is "
             f"{context_length}; shorten the prompt or lower max_tokens"
         )
+
+
+class LatencyBudgetExceeded(EdgekitError):
+    def __init__(self, message: str, budget, metrics, verdict) -> None:
+        self.budget, self.metrics, self.verdict = budget, metrics, verdict
+        super().__init__(message)
 
 
 def require(module: str, package: str, extra: str, purpose: str):

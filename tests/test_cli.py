@@ -58,7 +58,7 @@ def test_run_and_devices(tiny_checkpoint, tmp_path):
     p = _cli("run", str(out), "Hello", "-n", "5", "--device", "cpu", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert data["tokens_out"] <= 5 and data["device"] == "cpu" and data["ttft_s"] > 0
+    assert data["tokens_out"] <= 5 and data["device"] == "cpu" and data["ttft_ms"] > 0
     d = _cli("devices", "--json")
     report = json.loads(d.stdout)
     assert "cpu" in report["onnxruntime"]["devices"] and "cpu" in report["llama.cpp"]["devices"]

@@ -92,3 +92,93 @@ def test_onnx_auto_prefers_cuda_when_onnxruntime_has_it(tiny_checkpoint, tmp_pat
     monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(BackendError):  # chosen "cuda": onnxruntime (CPU build) cannot create it
         edgekit.load(artifact, device="auto")
+
+
+def _slowed(engine, seconds: float):
+    """Make every generated token take at least `seconds` (a backend slowed on purpose)."""
+    import time
+
+    real = engine.backend.generate
+
+    def slow(ids, options):
+        for event in real(ids, options):
+            time.sleep(seconds)
+            yield event
+
+    engine.backend.generate = slow
+    return engine
+
+
+def test_metrics_on_every_result(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        r = engine.generate("Numbers: 1 2 3", max_tokens=12, temperature=0)
+    m = r.metrics
+    assert m.tokens_out == 12 and len(m.itl_s) == 11 and m.tokens_in > 0
+    assert 0 < m.ttft_s <= m.total_s and m.prefill_tok_s > 0 and m.decode_tok_s > 0
+    assert m.itl_percentile_ms(50) <= m.itl_percentile_ms(99)
+    assert set(r.to_dict()) >= {"ttft_ms", "tpot_ms", "itl_p95_ms", "prefill_tok_s", "decode_tok_s", "budget"}
+
+
+def test_budget_met_and_missed_with_a_slowed_backend(fp32_artifact):
+    generous = edgekit.LatencyBudget(ttft_ms=60_000, tpot_ms=60_000, mode="record")
+    with edgekit.load(fp32_artifact, device="cpu", budget=generous) as engine:
+        r = engine.generate("Hello", max_tokens=4)
+        assert r.budget.met and r.budget.ttft_margin_ms > 0 and r.budget.tpot_margin_ms > 0
+    tight = edgekit.LatencyBudget(tpot_ms=20, mode="record")
+    with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=tight), 0.05) as engine:
+        r = engine.generate("Hello", max_tokens=4)
+        assert not r.budget.met and r.budget.tpot_margin_ms <= -25  # ~50 ms a token against 20
+        assert r.budget.ttft_margin_ms is None
+
+
+def test_budget_warn_and_raise_modes(fp32_artifact):
+    from edgekit.metrics import LatencyBudgetWarning
+
+    with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=edgekit.LatencyBudget(tpot_ms=10)), 0.03) as engine:
+        with pytest.warns(LatencyBudgetWarning, match="latency budget missed"):
+            engine.generate("Hello", max_tokens=3)
+    strict = edgekit.LatencyBudget(tpot_ms=10, mode="raise")
+    with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=strict), 0.03) as engine:
+        with pytest.raises(edgekit.LatencyBudgetExceeded) as info:
+            engine.generate("Hello", max_tokens=3)
+    assert info.value.metrics.tpot_s >= 0.03 and info.value.budget.tpot_ms == 10
+
+
+def test_threads_take_turns(fp32_artifact):
+    import threading
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        expected = engine.generate("Once upon", max_tokens=16, temperature=0).text
+        results, errors = [], []
+
+        def worker():
+            try:
+                results.append(engine.generate("Once upon", max_tokens=16, temperature=0).text)
+            except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors and results == [expected] * 4
+
+
+def test_cancel_a_running_generation(fp32_artifact):
+    import threading
+
+    with _slowed(edgekit.load(fp32_artifact, device="cpu"), 0.02) as engine:
+        stream = engine.generate("Once upon", max_tokens=200, temperature=0, stream=True)
+        timer = threading.Timer(0.2, engine.cancel)
+        timer.start()
+        "".join(stream)
+        timer.join()
+    assert stream.result.finish_reason == "cancelled" and stream.result.tokens_out < 200
+    stream2 = None
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        stream2 = engine.generate("Once upon", max_tokens=50, temperature=0, stream=True)
+        for i, _ in enumerate(stream2):
+            if i == 2:
+                stream2.cancel()
+    assert stream2.result.finish_reason == "cancelled"
