@@ -31,6 +31,7 @@ class GenerationResult:
     finish_reason: str  # "stop" (end token or stop string), "length" or "cancelled"
     metrics: DecodeMetrics
     budget: BudgetVerdict | None = None  # set when the engine has a LatencyBudget
+    token_ids: tuple[int, ...] = ()  # the generated tokens (stop strings cut text, not these)
 
     # the headline numbers, straight from the metrics
     tokens_in = property(lambda self: self.metrics.tokens_in)
@@ -166,10 +167,11 @@ class Engine:
         if len(ids) + options.max_tokens > limit:
             raise ContextOverflowError(len(ids), options.max_tokens, limit)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, emitted, times, reason = "", 0, [], "stop"
+        text, emitted, times, tokens, reason = "", 0, [], [], "stop"
         events = self.backend.generate(ids, options)
         for event in events:
             times.append(time.perf_counter())
+            tokens.append(event.token_id)
             text += decoder.decode(event.piece)
             cut = _stop_at(text, options.stop)
             if cut is not None:
@@ -190,7 +192,7 @@ class Engine:
             yield text[emitted:]
         metrics = DecodeMetrics.from_times(start, times, time.perf_counter(), len(ids))
         verdict = self.budget.check(metrics) if self.budget else None
-        yield GenerationResult(text, reason, metrics, verdict)
+        yield GenerationResult(text, reason, metrics, verdict, tuple(tokens))
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, texts: Sequence[str]):

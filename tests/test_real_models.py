@@ -129,3 +129,30 @@ def test_sigterm_midway_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert list(tmp_path.iterdir()) == [], err.decode()[-500:]
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, smollm2_onnx):
+    """First 32 greedy tokens against transformers fp32. int8 is allowed a small divergence: the
+    tokens must agree up to the first point where the reference's top-2 logits are close (a tie
+    that any rounding can flip), and at least the first 8 must agree."""
+    import torch
+    import transformers
+
+    from edgekit import bundled
+
+    artifact = smollm2_artifacts["int8"] if fmt == "gguf" else smollm2_onnx["int8"]
+    messages = [{"role": "user", "content": "Write one sentence about the sea."}]
+    with edgekit.load(artifact, device="cpu") as engine:
+        prompt = engine.render_chat(messages)
+        ours = list(engine.chat(messages, max_tokens=32, temperature=0).token_ids)
+    tok = transformers.AutoTokenizer.from_pretrained(bundled.path())
+    model = transformers.AutoModelForCausalLM.from_pretrained(bundled.path()).eval()
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=32, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    ref = out.sequences[0, ids.shape[1]:].tolist()
+    agree = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=False)) if a != b), min(len(ours), len(ref)))
+    if agree < min(len(ours), len(ref)):
+        top2 = torch.topk(out.scores[agree][0].float(), 2).values
+        assert agree >= 8 and float(top2[0] - top2[1]) < 1.0, f"diverged at token {agree}: {ours[:agree + 2]} vs {ref[:agree + 2]}"
