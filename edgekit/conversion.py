@@ -181,9 +181,11 @@ def _check_supported(fmt: str, ckpt) -> None:
         spec_for(ckpt)
     else:
         from edgekit.converters.onnx_decoder import DECODERS
+        from edgekit.converters.onnx_encoder import ENCODERS
 
-        if ckpt.architecture not in DECODERS:
-            raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, list(DECODERS))
+        if ckpt.architecture not in DECODERS and ckpt.architecture not in ENCODERS:
+            raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture,
+                                               [*DECODERS, *ENCODERS])
 
 
 def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
@@ -224,13 +226,16 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None)
 
 def _write_onnx(ckpt, stage: Path, precision, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
     from edgekit.converters.onnx_decoder import build_decoder
+    from edgekit.converters.onnx_encoder import ENCODERS, build_encoder
 
     model_file = "model.onnx"
-    info = build_decoder(ckpt, stage / model_file, precision, progress)
+    encoder = ckpt.architecture in ENCODERS
+    info = (build_encoder if encoder else build_decoder)(ckpt, stage / model_file, precision, progress)
     return model_file, {
-        "task": "text-generation",
+        "task": "feature-extraction" if encoder else "text-generation",
         "extra_files": info.pop("external_data"),
-        "quantization": {"scheme": precision.scheme, "label": precision.name,
+        "quantization": {"scheme": precision.scheme.replace("embedding+lm_head", "embedding") if encoder
+                         else precision.scheme, "label": precision.name,
                          "bits_per_weight": info.pop("bits_per_weight"), "tensor_types": info.pop("tensor_types")},
         "onnx": info,
         "tokenizer": _tokenizer_ids(ckpt),

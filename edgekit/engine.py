@@ -84,12 +84,18 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
             chosen = gpu if gpu_offload_supported() else "cpu"
         return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen, budget)
     if fmt == "onnx":
-        from edgekit.runtimes.onnxrt import PROVIDERS, OnnxRuntimeBackend, available_providers
+        from edgekit.runtimes.onnxrt import (
+            PROVIDERS,
+            OnnxEncoderBackend,
+            OnnxRuntimeBackend,
+            available_providers,
+        )
 
         chosen = device
         if device == "auto":  # CoreML cannot run the contrib ops, so auto prefers CUDA, else CPU
             chosen = "cuda" if PROVIDERS["cuda"] in available_providers() else "cpu"
-        return Engine(root, manifest, OnnxRuntimeBackend(root, manifest, chosen, n_ctx), chosen, budget)
+        kind = OnnxEncoderBackend if manifest.get("task") == "feature-extraction" else OnnxRuntimeBackend
+        return Engine(root, manifest, kind(root, manifest, chosen, n_ctx), chosen, budget)
     raise ArtifactError(f"{root}: format '{fmt}' has no runtime")
 
 

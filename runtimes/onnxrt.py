@@ -30,19 +30,38 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+def _session(artifact: Path, manifest: dict[str, Any], device: str):
+    """An InferenceSession on exactly the provider asked for (onnxruntime itself would fall back)."""
+    ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX artifacts")
+    provider = PROVIDERS[device]
+    if provider not in available_providers():
+        raise DeviceUnavailableError(
+            f"device '{device}' asked for, but onnxruntime here has no {provider} "
+            f"(available: {', '.join(available_providers())}); install the matching onnxruntime build or use device='cpu'"
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("EDGEKIT_THREADS", 0)) or (os.cpu_count() or 1)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    path = artifact / manifest["model_file"]
+    try:
+        sess = ort.InferenceSession(str(path), options, providers=[provider])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise BackendError(f"{path}: onnxruntime could not load it ({exc})") from exc
+    if sess.get_providers()[0] != provider:
+        raise DeviceUnavailableError(
+            f"onnxruntime could not start {provider} for {artifact} (it offered {sess.get_providers()}); "
+            "use device='cpu' or fix the provider's installation"
+        )
+    return sess, ort
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     formats = frozenset({"onnx"})
     devices = frozenset(PROVIDERS)
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
-        ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX artifacts")
-        provider = PROVIDERS[device]
-        if provider not in available_providers():
-            raise DeviceUnavailableError(
-                f"device '{device}' asked for, but onnxruntime here has no {provider} "
-                f"(available: {', '.join(available_providers())}); install the matching onnxruntime build or use device='cpu'"
-            )
+        self._sess, ort = _session(artifact, manifest, device)
         facts = manifest.get("onnx") or {}
         try:
             self._layers, self._kv_heads, self._head_dim = facts["num_layers"], facts["num_kv_heads"], facts["head_dim"]
@@ -51,18 +70,6 @@ class OnnxRuntimeBackend(Backend):
         self._n_ctx = min(n_ctx or 4096, int(facts.get("context_length") or 4096))
         self._vocab = int(facts["vocab_size"])
         self._kv_type = np.float16 if facts.get("kv_dtype") == "float16" else np.float32
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("EDGEKIT_THREADS", 0)) or (os.cpu_count() or 1)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self._sess = ort.InferenceSession(str(artifact / manifest["model_file"]), options, providers=[provider])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BackendError(f"{artifact / manifest['model_file']}: onnxruntime could not load it ({exc})") from exc
-        if self._sess.get_providers()[0] != provider:  # onnxruntime falls back silently; we do not
-            raise DeviceUnavailableError(
-                f"onnxruntime could not start {provider} for {artifact} (it offered {self._sess.get_providers()}); "
-                "use device='cpu' or fix the provider's installation"
-            )
         self._ort = ort
         self._tok = TextTokenizer(artifact / "tokenizer.json")
         special = (manifest.get("tokenizer") or {}).get("special_ids") or {}
@@ -134,3 +141,53 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._sess = None
         self._kv = []
+
+
+class OnnxEncoderBackend(Backend):
+    """Embeddings from an edgekit ONNX encoder: batch, run, pool and normalize as the manifest says."""
+
+    name = "onnxruntime"
+    formats = frozenset({"onnx"})
+    devices = frozenset(PROVIDERS)
+
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
+        self._sess, self._ort = _session(artifact, manifest, device)
+        facts = manifest.get("onnx") or {}
+        self._n_ctx = min(n_ctx or 512, int(facts.get("context_length") or 512))
+        self._pooling = facts.get("pooling") or {"mode": "mean", "normalize": False}
+        self._tok = TextTokenizer(artifact / "tokenizer.json")
+
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self._tok.encode(text, add_special)
+
+    def is_end(self, token_id: int) -> bool:
+        return False
+
+    def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
+        raise BackendError("this ONNX artifact is an embedding model; use embed(), not generate()")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        rows = [self._tok.encode(t, True)[: self._n_ctx] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        hidden = self._sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask,
+                                                        "token_type_ids": np.zeros_like(ids)})[0]
+        if self._pooling.get("mode") == "cls":
+            vectors = hidden[:, 0]
+        else:
+            weights = mask[..., None].astype(np.float32)
+            vectors = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+        if self._pooling.get("normalize"):
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors.astype(np.float32)
+
+    def close(self) -> None:
+        self._sess = None

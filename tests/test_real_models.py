@@ -101,8 +101,10 @@ def test_smollm2_manifest_reports_real_bits(smollm2_artifacts):
     assert manifest["tokenizer"]["special_ids"]["eos"] == 2
 
 
-@pytest.mark.parametrize("quant", ["fp16", "int8"])
-def test_minilm_gguf_embeddings_match_sentence_transformers(quant, tmp_path):
+# int8 must reach 0.99 (the issues' target); int4 measured 0.9885-0.991, held to 0.98
+@pytest.mark.parametrize("fmt,quant,min_cos", [("gguf", "fp16", 0.99), ("gguf", "int8", 0.99), ("onnx", "int8", 0.99),
+                                               ("onnx", "int4", 0.98)])
+def test_minilm_embeddings_match_sentence_transformers(fmt, quant, min_cos, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     from edgekit import bundled
@@ -110,11 +112,11 @@ def test_minilm_gguf_embeddings_match_sentence_transformers(quant, tmp_path):
     sentences = ["The cat sits outside.", "A man is playing guitar.", "I love pasta.",
                  "Quantum computers use qubits.", "Der Hund schläft im Garten.", "Stocks fell sharply on Monday."]
     reference = SentenceTransformer(str(bundled.path("all-minilm-l6-v2")), device="cpu").encode(sentences)
-    artifact = edgekit.convert("bundled:all-minilm-l6-v2", to="gguf", quant=quant, output=tmp_path / quant).path
+    artifact = edgekit.convert("bundled:all-minilm-l6-v2", to=fmt, quant=quant, output=tmp_path / quant).path
     with edgekit.load(artifact, device="cpu") as engine:
         ours = engine.embed(sentences)
     cos = np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
-    assert cos.min() >= 0.99, cos
+    assert cos.min() >= min_cos, cos
 
 
 def test_sigterm_midway_leaves_nothing(tmp_path):

@@ -19,8 +19,9 @@ from edgekit.errors import (
 
 def test_unsupported_architecture_lists_onnx_families(tiny_checkpoint, tmp_path):
     with pytest.raises(UnsupportedArchitectureError) as info:
-        edgekit.convert(str(tiny_checkpoint("bert")), to="onnx", quant="int8", output=tmp_path / "o")
-    assert "BertModel" in str(info.value) and "Qwen2ForCausalLM" in str(info.value)
+        edgekit.convert(str(tiny_checkpoint("gemma2")), to="onnx", quant="int8", output=tmp_path / "o")
+    assert "Gemma2ForCausalLM" in str(info.value) and "Qwen2ForCausalLM" in str(info.value)
+    assert "BertModel" in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -14,6 +14,7 @@ import pytest
 
 import edgekit
 from edgekit.converters.onnx_decoder import DECODERS
+from edgekit.converters.onnx_encoder import ENCODERS
 
 import tiny
 from helpers import hf_logits, hf_tokenizer, mean_kl, onnx_logits, rel_error
@@ -25,6 +26,28 @@ BOUNDS = {"fp32": ("rel", 1e-4), "fp16": ("rel", 1e-2), "int8": ("kl", 0.01), "i
 
 def test_every_onnx_family_has_a_tiny_model():
     assert set(DECODERS) <= set(ARCHS.values())
+    assert "BertModel" in ENCODERS  # tiny "bert" below
+
+
+@pytest.mark.parametrize("quant,min_cos", [("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.995), ("int4", 0.95)])
+def test_onnx_encoder_embeddings_match_transformers(quant, min_cos, tiny_checkpoint, tmp_path):
+    import torch
+    import transformers
+
+    ckpt = tiny_checkpoint("bert")
+    artifact = edgekit.convert(str(ckpt), to="onnx", quant=quant, output=tmp_path / quant).path
+    sentences = ["A cat sat on the mat.", "Quantum tunnelling in semiconductors", "short", tiny.PROBE_TEXT[:120]]
+    tok = hf_tokenizer(ckpt)
+    model = transformers.AutoModel.from_pretrained(ckpt).eval()
+    batch = tok(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].float()
+    ref = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    with edgekit.load(artifact, device="cpu") as engine:
+        ours = engine.embed(sentences)  # padded batch: the mask must keep padding out of the mean
+    cos = np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() >= min_cos, cos
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,152 @@
+"""BERT-family encoder -> ONNX graph built from the checkpoint's tensors (no tracing), for embeddings.
+
+Standard ONNX ops plus ORT's Gelu; linear layers become MatMulNBits when quantized. Output is the
+last hidden state [batch, seq, hidden]; pooling and normalization (from the sentence-transformers
+config) are recorded in the manifest and applied by the runtime, as sentence-transformers does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ConversionError, UnsupportedArchitectureError
+
+from .onnx_decoder import Precision, Progress, _Graph
+from .onnx_quant import quantize_blockwise
+from .source import Checkpoint
+
+ENCODERS = ("BertModel", "BertForMaskedLM")  # MiniLM (all-MiniLM-L6-v2), bge-small, e5-small ...
+# BERT's names for the roles Precision.eight_bit speaks of (decoder names)
+_ROLES = {"attention.self.value": "v_proj", "attention.output.dense": "o_proj", "output.dense": "down_proj"}
+
+
+def sentence_pooling(ckpt: Checkpoint) -> dict[str, Any]:
+    """Pooling mode and normalization from sentence-transformers' modules.json, else mean."""
+    mode, normalize = "mean", False
+    if ckpt.has("modules.json"):
+        try:
+            entries = json.loads((ckpt.path / "modules.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConversionError(f"{ckpt.path / 'modules.json'}: invalid JSON ({exc})") from exc
+        for entry in entries if isinstance(entries, list) else []:
+            kind = str(entry.get("type", ""))
+            if kind.endswith("Pooling"):
+                cfg = ckpt.json_file(f"{entry.get('path', '1_Pooling')}/config.json") or {}
+                mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+            elif kind.endswith("Normalize"):
+                normalize = True
+    return {"mode": mode, "normalize": normalize}
+
+
+def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:
+    import onnx
+    from onnx import TensorProto, helper
+
+    if ckpt.architecture not in ENCODERS:
+        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, list(ENCODERS))
+    cfg = ckpt.config
+    hidden, n_layers, n_heads = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    head_dim = hidden // n_heads
+    eps = float(cfg.get("layer_norm_eps", 1e-12))
+    if cfg.get("hidden_act", "gelu") != "gelu":
+        raise ConversionError(f"{ckpt.path / 'config.json'}: hidden_act {cfg.get('hidden_act')} is not supported for ONNX yet")
+    g = _Graph(precision.float_type)
+    ft = g.np_float
+    prefix = "bert." if any(n.startswith("bert.") for n in ckpt.tensors) else ""
+
+    def weight(name: str) -> np.ndarray:
+        return ckpt.tensor(prefix + name).astype(np.float32)
+
+    def const(name: str) -> str:
+        return g.init(name, weight(name).astype(ft))
+
+    def linear(x: str, name: str) -> str:
+        w = weight(name + ".weight")
+        role = _ROLES.get(name.split(".", 3)[-1])  # "encoder.layer.3.output.dense" -> "output.dense"
+        bits = 8 if precision.bits == 4 and role in precision.eight_bit else precision.bits
+        if bits is None:
+            g.count_kind(precision.float_type)
+            out = g.op("MatMul", [x, g.init(name + ".T", w.T.astype(ft))])[0]
+        else:
+            g.count_kind(f"int{bits}")
+            q = quantize_blockwise(w, bits, precision.block_size)
+            out = g.op("MatMulNBits", [x, g.init(name + ".q", q.packed), g.init(name + ".scales", q.scales.astype(ft)),
+                                       g.init(name + ".zp", q.zero_points)], domain="com.microsoft", K=q.k, N=q.n,
+                       bits=bits, block_size=precision.block_size, accuracy_level=precision.accuracy_level)[0]
+        return g.op("Add", [out, const(name + ".bias")])[0]
+
+    def layer_norm(x: str, name: str) -> str:
+        return g.op("LayerNormalization", [x, const(name + ".weight"), const(name + ".bias")], axis=-1, epsilon=eps)[0]
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+              for n in ("input_ids", "attention_mask", "token_type_ids")]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden])]
+    # positions 0..seq-1 for every row, as a cumulative sum (no Shape/Range arithmetic)
+    ones = g.op("Add", [g.op("Mul", ["input_ids", g.init("zero_i", np.array(0, np.int64))])[0],
+                        g.init("one_i", np.array(1, np.int64))])[0]
+    positions = g.op("Sub", [g.op("CumSum", [ones, g.init("axis1", np.array(1, np.int64))])[0], "one_i"])[0]
+    words = weight("embeddings.word_embeddings.weight")
+    if precision.bits is None:
+        g.count_kind(precision.float_type)
+        word_vecs = g.op("Gather", [g.init("embeddings.word_embeddings.weight", words.astype(ft)), "input_ids"])[0]
+    else:  # the vocabulary table is most of a small encoder: quantized like the linear layers
+        bits = precision.head_bits or precision.bits
+        g.count_kind(f"int{bits}")
+        q = quantize_blockwise(words, bits, precision.block_size)
+        word_vecs = g.op("GatherBlockQuantized", [g.init("embed.q", q.packed.reshape(q.n, -1)), "input_ids",
+                                                  g.init("embed.scales", q.scales.reshape(q.n, -1).astype(ft)),
+                                                  g.init("embed.zp", q.zero_points.reshape(q.n, -1))],
+                         domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=precision.block_size,
+                         bits=bits)[0]
+    del words
+    x = g.op("Add", [word_vecs, g.op("Gather", [const("embeddings.position_embeddings.weight"), positions])[0]])[0]
+    x = g.op("Add", [x, g.op("Gather", [const("embeddings.token_type_embeddings.weight"), "token_type_ids"])[0]])[0]
+    x = layer_norm(x, "embeddings.LayerNorm")
+    # additive mask [batch, 1, 1, seq]: 0 where attended, a large negative where padded
+    mask = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.init("axes12", np.array([1, 2], np.int64))])[0]],
+                to=g.elem)[0]
+    bias = g.op("Mul", [g.op("Sub", [g.init("one_f", np.array(1.0, ft)), mask])[0], g.init("neg", np.array(-1e4, ft))])[0]
+    heads_shape = g.init("heads_shape", np.array([0, 0, n_heads, head_dim], np.int64))
+    flat_shape = g.init("flat_shape", np.array([0, 0, hidden], np.int64))
+    scale = g.init("scale", np.array(1.0 / math.sqrt(head_dim), ft))
+    for i in range(n_layers):
+        p = f"encoder.layer.{i}."
+
+        def split(t: str, perm: list[int]) -> str:
+            return g.op("Transpose", [g.op("Reshape", [t, heads_shape])[0]], perm=perm)[0]
+
+        q = split(linear(x, p + "attention.self.query"), [0, 2, 1, 3])
+        k = split(linear(x, p + "attention.self.key"), [0, 2, 3, 1])
+        v = split(linear(x, p + "attention.self.value"), [0, 2, 1, 3])
+        scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k])[0], scale])[0], bias])[0]
+        ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1)[0], v])[0]
+        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3])[0], flat_shape])[0]
+        x = layer_norm(g.op("Add", [linear(ctx, p + "attention.output.dense"), x])[0], p + "attention.output.LayerNorm")
+        h = g.op("Gelu", [linear(x, p + "intermediate.dense")], domain="com.microsoft")[0]
+        x = layer_norm(g.op("Add", [linear(h, p + "output.dense"), x])[0], p + "output.LayerNorm")
+        if progress:
+            progress("write", i + 1, n_layers)
+    if precision.float_type != "float32":
+        x = g.op("Cast", [x], to=TensorProto.FLOAT)[0]
+    g.op("Identity", [x], outputs=["last_hidden_state"], name="output")
+    graph = helper.make_graph(g.nodes, "edgekit-encoder", inputs, outputs, g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              producer_name="edgekit")
+    model.ir_version = 8
+    external = g.weight_bytes > 1_800_000_000
+    onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=out_file.name + ".data" if external else None, size_threshold=1024)
+    n_params = sum(int(np.prod(r.shape)) for n, r in ckpt.tensors.items() if "pooler" not in n and "cls." not in n)
+    return {
+        "hidden_size": hidden, "num_layers": n_layers, "context_length": int(cfg.get("max_position_embeddings", 512)),
+        "inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["last_hidden_state"],
+        "pooling": sentence_pooling(ckpt),
+        "external_data": [out_file.name + ".data"] if external else [],
+        "bits_per_weight": round(g.weight_bytes * 8 / n_params, 3),
+        "tensor_types": dict(g.kinds),
+    }
