@@ -26,6 +26,7 @@ import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
+from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
 from .source import Checkpoint
 
@@ -118,45 +119,8 @@ def rotary_caches(config: dict[str, Any], head_dim: int, length: int) -> tuple[n
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-class _Graph:
-    """A small helper over onnx.helper that names values and collects initializers."""
-
-    def __init__(self, float_type: str) -> None:
-        import onnx
-
-        self.onnx = onnx
-        self.np_float = np.float16 if float_type == "float16" else np.float32
-        self.elem = onnx.TensorProto.FLOAT16 if float_type == "float16" else onnx.TensorProto.FLOAT
-        self.nodes: list = []
-        self.inits: list = []
-        self.names: set[str] = set()
-        self.count = 0
-        self.weight_bytes = 0
-        self.kinds: dict[str, int] = {}  # weight matrices by storage: float32 / float16 / int4 / int8
-
-    def count_kind(self, kind: str) -> None:
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-
-    def init(self, name: str, array: np.ndarray) -> str:
-        if name in self.names:  # shared constants (shapes, axes) are registered once
-            return name
-        self.names.add(name)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
-        self.weight_bytes += array.nbytes
-        return name
-
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str | None = None,
-           outputs: list[str] | None = None, **attrs: Any) -> list[str]:
-        self.count += 1
-        name = name or f"{op_type}_{self.count}"
-        outs = outputs or [f"{name}/out{i}" for i in range(n_out)]
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
-        return outs
-
-
 def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:
     """Write the ONNX decoder for `ckpt` to out_file; return the facts a runtime needs."""
-    import onnx
     from onnx import TensorProto, helper
 
     spec = DECODERS.get(ckpt.architecture)
@@ -172,7 +136,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     context = min(int(cfg.get("max_position_embeddings", 2048)), MAX_CONTEXT)
     if head_dim % 16:
         raise ConversionError(f"{ckpt.path}: head_dim {head_dim} is not a multiple of 16, which GroupQueryAttention needs")
-    g = _Graph(precision.float_type)
+    g = GraphBuilder(precision.float_type)
     ft = g.np_float
 
     def weight(name: str) -> np.ndarray:
@@ -187,11 +151,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         if bits is None:
             out = g.op("MatMul", [x, g.init(hf_name + ".T", w.T.astype(ft))])[0]
         else:
-            q = quantize_blockwise(w, bits, precision.block_size)
-            ins = [x, g.init(hf_name + ".q", q.packed), g.init(hf_name + ".scales", q.scales.astype(ft)),
-                   g.init(hf_name + ".zp", q.zero_points)]
-            out = g.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=bits,
-                       block_size=precision.block_size, accuracy_level=precision.accuracy_level)[0]
+            out = g.matmul_nbits(x, hf_name, quantize_blockwise(w, bits, precision.block_size), precision.accuracy_level)
         if bias is not None:
             out = g.op("Add", [out, g.init(bias, weight(bias).astype(ft))])[0]
         return out
@@ -286,13 +246,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)[0]
     g.op("Identity", [logits], outputs=["logits"], name="logits_out")
 
-    graph = helper.make_graph(g.nodes, "edgekit-decoder", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="edgekit")
-    model.ir_version = 8
-    external = g.weight_bytes > 1_800_000_000  # protobuf's 2 GB limit
-    onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=out_file.name + ".data" if external else None, size_threshold=1024)
+    external = g.save(out_file, "edgekit-decoder", inputs, outputs)
     if progress:
         progress("write", n_layers + 1, n_layers + 1)
     n_params = sum(int(np.prod(r.shape)) for r in ckpt.tensors.values())
@@ -302,13 +256,13 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value"],
         "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
         "kv_shape": ["batch", n_kv, "sequence", head_dim],
-        "external_data": [out_file.name + ".data"] if external else [],
+        "external_data": external,
         "bits_per_weight": round((g.weight_bytes - cache_bytes) * 8 / n_params, 3),
         "tensor_types": dict(g.kinds),
     }
 
 
-def _head_norm(g: _Graph, x: str, heads: int, head_dim: int, weight: str, eps: float) -> str:
+def _head_norm(g: GraphBuilder, x: str, heads: int, head_dim: int, weight: str, eps: float) -> str:
     """RMSNorm over each head's vector (Qwen3's q_norm / k_norm)."""
     shape4 = g.init(f"shape_heads_{heads}", np.array([0, 0, heads, head_dim], np.int64))
     shape3 = g.init(f"shape_flat_{heads}", np.array([0, 0, heads * head_dim], np.int64))
@@ -317,12 +271,9 @@ def _head_norm(g: _Graph, x: str, heads: int, head_dim: int, weight: str, eps: f
     return g.op("Reshape", [y, shape3])[0]
 
 
-def _lm_head(g: _Graph, x: str, head: np.ndarray, precision: Precision) -> str:
+def _lm_head(g: GraphBuilder, x: str, head: np.ndarray, precision: Precision) -> str:
     """Output projection; quantized too, also when tied to the embedding (no fp32 copy left behind)."""
     if precision.bits is None:
         return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
-    bits = precision.head_bits or precision.bits
-    q = quantize_blockwise(head, bits, precision.block_size)
-    ins = [x, g.init("lm_head.q", q.packed), g.init("lm_head.scales", q.scales), g.init("lm_head.zp", q.zero_points)]
-    return g.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=bits, block_size=precision.block_size,
-                accuracy_level=precision.accuracy_level)[0]
+    q = quantize_blockwise(head, precision.head_bits or precision.bits, precision.block_size)
+    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level)

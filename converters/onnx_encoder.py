@@ -16,7 +16,8 @@ import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
-from .onnx_decoder import Precision, Progress, _Graph
+from .onnx_decoder import Precision, Progress
+from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
 from .source import Checkpoint
 
@@ -44,7 +45,6 @@ def sentence_pooling(ckpt: Checkpoint) -> dict[str, Any]:
 
 
 def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:
-    import onnx
     from onnx import TensorProto, helper
 
     if ckpt.architecture not in ENCODERS:
@@ -55,7 +55,7 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     if cfg.get("hidden_act", "gelu") != "gelu":
         raise ConversionError(f"{ckpt.path / 'config.json'}: hidden_act {cfg.get('hidden_act')} is not supported for ONNX yet")
-    g = _Graph(precision.float_type)
+    g = GraphBuilder(precision.float_type)
     ft = g.np_float
     prefix = "bert." if any(n.startswith("bert.") for n in ckpt.tensors) else ""
 
@@ -74,10 +74,7 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
             out = g.op("MatMul", [x, g.init(name + ".T", w.T.astype(ft))])[0]
         else:
             g.count_kind(f"int{bits}")
-            q = quantize_blockwise(w, bits, precision.block_size)
-            out = g.op("MatMulNBits", [x, g.init(name + ".q", q.packed), g.init(name + ".scales", q.scales.astype(ft)),
-                                       g.init(name + ".zp", q.zero_points)], domain="com.microsoft", K=q.k, N=q.n,
-                       bits=bits, block_size=precision.block_size, accuracy_level=precision.accuracy_level)[0]
+            out = g.matmul_nbits(x, name, quantize_blockwise(w, bits, precision.block_size), precision.accuracy_level)
         return g.op("Add", [out, const(name + ".bias")])[0]
 
     def layer_norm(x: str, name: str) -> str:
@@ -134,19 +131,13 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     if precision.float_type != "float32":
         x = g.op("Cast", [x], to=TensorProto.FLOAT)[0]
     g.op("Identity", [x], outputs=["last_hidden_state"], name="output")
-    graph = helper.make_graph(g.nodes, "edgekit-encoder", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="edgekit")
-    model.ir_version = 8
-    external = g.weight_bytes > 1_800_000_000
-    onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=out_file.name + ".data" if external else None, size_threshold=1024)
+    external = g.save(out_file, "edgekit-encoder", inputs, outputs)
     n_params = sum(int(np.prod(r.shape)) for n, r in ckpt.tensors.items() if "pooler" not in n and "cls." not in n)
     return {
         "hidden_size": hidden, "num_layers": n_layers, "context_length": int(cfg.get("max_position_embeddings", 512)),
         "inputs": ["input_ids", "attention_mask", "token_type_ids"], "outputs": ["last_hidden_state"],
         "pooling": sentence_pooling(ckpt),
-        "external_data": [out_file.name + ".data"] if external else [],
+        "external_data": external,
         "bits_per_weight": round(g.weight_bytes * 8 / n_params, 3),
         "tensor_types": dict(g.kinds),
     }

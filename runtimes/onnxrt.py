@@ -55,11 +55,24 @@ def _session(artifact: Path, manifest: dict[str, Any], device: str):
     return sess, ort
 
 
-class OnnxRuntimeBackend(Backend):
+class _OnnxBackend(Backend):
+    """What edgekit's decoder and encoder backends share: the session's facts and the tokenizer."""
+
     name = "onnxruntime"
     formats = frozenset({"onnx"})
     devices = frozenset(PROVIDERS)
+    _n_ctx: int
+    _tok: TextTokenizer
 
+    @property
+    def context_length(self) -> int:
+        return self._n_ctx
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self._tok.encode(text, add_special)
+
+
+class OnnxRuntimeBackend(_OnnxBackend):
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
         self._sess, ort = _session(artifact, manifest, device)
         facts = manifest.get("onnx") or {}
@@ -82,13 +95,6 @@ class OnnxRuntimeBackend(Backend):
                     for _ in range(2 * self._layers)]
         self._ones = np.ones((1, self._n_ctx), dtype=np.int64)
         self._one_token = np.zeros((1, 1), dtype=np.int64)  # reused input_ids for decode steps
-
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx
-
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self._tok.encode(text, add_special)
 
     def is_end(self, token_id: int) -> bool:
         return token_id in self._eos
@@ -143,12 +149,8 @@ class OnnxRuntimeBackend(Backend):
         self._kv = []
 
 
-class OnnxEncoderBackend(Backend):
+class OnnxEncoderBackend(_OnnxBackend):
     """Embeddings from an edgekit ONNX encoder: batch, run, pool and normalize as the manifest says."""
-
-    name = "onnxruntime"
-    formats = frozenset({"onnx"})
-    devices = frozenset(PROVIDERS)
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
         self._sess, self._ort = _session(artifact, manifest, device)
@@ -156,13 +158,6 @@ class OnnxEncoderBackend(Backend):
         self._n_ctx = min(n_ctx or 512, int(facts.get("context_length") or 512))
         self._pooling = facts.get("pooling") or {"mode": "mean", "normalize": False}
         self._tok = TextTokenizer(artifact / "tokenizer.json")
-
-    @property
-    def context_length(self) -> int:
-        return self._n_ctx
-
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        return self._tok.encode(text, add_special)
 
     def is_end(self, token_id: int) -> bool:
         return False

@@ -1,0 +1,64 @@
+"""A small ONNX graph builder over onnx.helper: named values, deduplicated initializers, the
+MatMulNBits pattern, and saving with external data past protobuf's 2 GB limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class GraphBuilder:
+    """A small helper over onnx.helper that names values and collects initializers."""
+
+    def __init__(self, float_type: str) -> None:
+        import onnx
+
+        self.onnx = onnx
+        self.np_float = np.float16 if float_type == "float16" else np.float32
+        self.elem = onnx.TensorProto.FLOAT16 if float_type == "float16" else onnx.TensorProto.FLOAT
+        self.nodes: list = []
+        self.inits: list = []
+        self.names: set[str] = set()
+        self.count = 0
+        self.weight_bytes = 0
+        self.kinds: dict[str, int] = {}  # weight matrices by storage: float32 / float16 / int4 / int8
+
+    def count_kind(self, kind: str) -> None:
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        if name in self.names:  # shared constants (shapes, axes) are registered once
+            return name
+        self.names.add(name)
+        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.weight_bytes += array.nbytes
+        return name
+
+    def matmul_nbits(self, x: str, name: str, q, accuracy_level: int) -> str:
+        """x @ dequant(q)^T with MatMulNBits; q's packed weights, scales and zero points become initializers."""
+        ins = [x, self.init(name + ".q", q.packed), self.init(name + ".scales", q.scales.astype(self.np_float)),
+               self.init(name + ".zp", q.zero_points)]
+        return self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
+                       accuracy_level=accuracy_level)[0]
+
+    def save(self, out_file: Path, graph_name: str, inputs: list, outputs: list) -> list[str]:
+        """Write the model (weights in a side file past protobuf's 2 GB limit); return side-file names."""
+        helper = self.onnx.helper
+        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.inits)
+        model = helper.make_model(graph, producer_name="edgekit",
+                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 8
+        external = self.weight_bytes > 1_800_000_000
+        self.onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
+                             location=out_file.name + ".data" if external else None, size_threshold=1024)
+        return [out_file.name + ".data"] if external else []
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str | None = None,
+           outputs: list[str] | None = None, **attrs: Any) -> list[str]:
+        self.count += 1
+        name = name or f"{op_type}_{self.count}"
+        outs = outputs or [f"{name}/out{i}" for i in range(n_out)]
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        return outs
