@@ -29,8 +29,7 @@ SCHEMA_VERSION = 1
 def staged_output(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory that becomes `final` only if the block succeeds."""
     final = Path(final).absolute()
-    if final.exists() and not overwrite:
-        raise OutputExistsError(f"{final}: output already exists; choose another path or pass overwrite=True (--overwrite)")
+    refuse_existing(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     umask = os.umask(0)
@@ -49,6 +48,11 @@ def staged_output(final: Path, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if stage.exists():
             _remove(stage)
+
+
+def refuse_existing(final: Path, overwrite: bool) -> None:
+    if final.exists() and not overwrite:
+        raise OutputExistsError(f"{final}: output already exists; choose another path or pass overwrite=True (--overwrite)")
 
 
 def _remove(path: Path) -> None:

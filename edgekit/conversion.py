@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifact import file_entry, staged_output, write_manifest
+from .artifact import file_entry, refuse_existing, staged_output, write_manifest
 from .errors import ConversionError, UnsupportedArchitectureError
 
 FORMATS = ("gguf", "onnx")
@@ -110,11 +110,8 @@ def convert(
     else:
         parent = Path(output) if output is not None else Path.cwd() / f"{base}-{quant.lower()}"
         finals = {fmt: parent / fmt for fmt in formats}
-    for final in finals.values():
-        if final.exists() and not overwrite:  # refuse before writing the first of several artifacts
-            from .errors import OutputExistsError
-
-            raise OutputExistsError(f"{final}: output already exists; choose another path or pass overwrite=True (--overwrite)")
+    for final in finals.values():  # refuse before writing the first of several artifacts
+        refuse_existing(final, overwrite)
     # Hash the source on the other core while converting (hashlib releases the GIL).
     with ThreadPoolExecutor(max_workers=1) as hasher:
         source_hashes = hasher.submit(ckpt.file_hashes)

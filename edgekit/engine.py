@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import read_manifest
-from .errors import ArtifactError, ContextOverflowError, DeviceUnavailableError
+from .errors import ArtifactError, ContextOverflowError, DeviceUnavailableError, InvalidOptionError
 from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
@@ -121,7 +121,7 @@ class Engine:
             options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop),
                                         **sampling)
         except TypeError as exc:
-            raise ValueError(f"unknown sampling option: {exc}") from None
+            raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, repeat_penalty") from None
         cancel = threading.Event()
         events = self._run(prompt, options, add_special, cancel)
         if stream:

@@ -13,6 +13,7 @@ EdgekitError
 ├─ ArtifactError                 an artifact directory is missing, incomplete or altered
 │  ├─ ManifestMismatch           a file's size or sha256 differs from edgekit.json
 │  └─ UnsafePathError            a path in an artifact escapes its directory
+├─ InvalidOptionError            a generation option out of range or unknown (also a ValueError)
 ├─ BackendError                  the runtime could not load or run an artifact
 │  ├─ DeviceUnavailableError     asked for a device this machine does not have
 │  └─ ContextOverflowError       prompt longer than the context window
@@ -80,6 +81,10 @@ class ManifestMismatch(ArtifactError):
 
 
 class UnsafePathError(ArtifactError):
+    pass
+
+
+class InvalidOptionError(EdgekitError, ValueError):
     pass
 
 

@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edgekit.errors import InvalidOptionError
+
 
 @dataclass(frozen=True)
 class GenerationOptions:
@@ -23,6 +25,17 @@ class GenerationOptions:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        checks = [(self.max_tokens >= 1, "max_tokens must be at least 1"),
+                  (self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+                  (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+                  (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
+                  (self.repeat_penalty > 0, "repeat_penalty must be > 0")]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidOptionError(message)
 
 
 @dataclass(frozen=True)

@@ -182,3 +182,13 @@ def test_cancel_a_running_generation(fp32_artifact):
             if i == 2:
                 stream2.cancel()
     assert stream2.result.finish_reason == "cancelled"
+
+
+def test_bad_options_are_typed_errors(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        with pytest.raises(edgekit.InvalidOptionError, match="top_p"):
+            engine.generate("hi", top_p=0)
+        with pytest.raises(edgekit.InvalidOptionError, match="unknown sampling option"):
+            engine.generate("hi", nucleus=0.9)
+        with pytest.raises(edgekit.InvalidOptionError, match="temperature"):
+            engine.generate("hi", temperature=-1)
