@@ -6,7 +6,8 @@ bandwidth limit (decode reads every weight once per token: tok/s <= bandwidth / 
 
   GGUF Q4_K_M: edgekit.load(...).generate  vs  raw llama_cpp.Llama on the same file
   ONNX int4:   edgekit (our graph, IO binding)  vs  onnxruntime-genai on its own int4 model
-               (built by ../shared/anchors/build-genai-anchor.sh; skipped if absent)
+               (built by ../shared/anchors/build-genai-anchor.sh; its runtime needs
+               `.venv/bin/pip install onnxruntime-genai`; skipped when --genai is not given)
 
     python bench/decode_bench.py --gguf out/smol-q4 --onnx out/smol-onnx [--genai /tmp/genai-int4]
 """

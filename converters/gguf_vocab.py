@@ -257,9 +257,8 @@ def wordpiece_vocab(directory: Path, vocab_size: int | None, type_vocab_size: in
 
 
 def sentencepiece_vocab(directory: Path, vocab_size: int | None) -> Vocab:
-    from edgekit.errors import require
+    import sentencepiece as spm
 
-    spm = require("sentencepiece", "sentencepiece", "core", "Reading a SentencePiece tokenizer.model")
     path = directory / "tokenizer.model"
     proc = spm.SentencePieceProcessor()
     try:
