@@ -68,6 +68,7 @@ class Vocab:
             ids["bos"] = ids["cls"]
         if "eos" not in ids and "sep" in ids:
             ids["eos"] = ids["sep"]
+        ids.pop("cls", None)  # GGUF has no cls key (gguf-py would only warn about it); it is BOS above
         for typ, value in added_special_flags(tj, tok_config).items():
             special.add_special_token[typ] = value
         special.add_to_gguf(writer, quiet=True)

@@ -7,7 +7,6 @@ config) are recorded in the manifest and applied by the runtime, as sentence-tra
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,29 +18,11 @@ from edgekit.errors import ConversionError, UnsupportedArchitectureError
 from .onnx_decoder import Precision, Progress
 from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
-from .source import Checkpoint
+from .source import Checkpoint, sentence_pooling
 
 ENCODERS = ("BertModel", "BertForMaskedLM")  # MiniLM (all-MiniLM-L6-v2), bge-small, e5-small ...
 # BERT's names for the roles Precision.eight_bit speaks of (decoder names)
 _ROLES = {"attention.self.value": "v_proj", "attention.output.dense": "o_proj", "output.dense": "down_proj"}
-
-
-def sentence_pooling(ckpt: Checkpoint) -> dict[str, Any]:
-    """Pooling mode and normalization from sentence-transformers' modules.json, else mean."""
-    mode, normalize = "mean", False
-    if ckpt.has("modules.json"):
-        try:
-            entries = json.loads((ckpt.path / "modules.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConversionError(f"{ckpt.path / 'modules.json'}: invalid JSON ({exc})") from exc
-        for entry in entries if isinstance(entries, list) else []:
-            kind = str(entry.get("type", ""))
-            if kind.endswith("Pooling"):
-                cfg = ckpt.json_file(f"{entry.get('path', '1_Pooling')}/config.json") or {}
-                mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
-            elif kind.endswith("Normalize"):
-                normalize = True
-    return {"mode": mode, "normalize": normalize}
 
 
 def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:

@@ -198,3 +198,21 @@ def _pickle_to_safetensors(path: Path, pickles: list[str]) -> dict[str, TensorRe
         save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(tmp))
         tmp.replace(out)
     return read_index(out)
+
+
+def sentence_pooling(ckpt: Checkpoint) -> dict[str, Any]:
+    """Pooling mode and normalization from sentence-transformers' modules.json, else mean."""
+    mode, normalize = "mean", False
+    if ckpt.has("modules.json"):
+        try:
+            entries = json.loads((ckpt.path / "modules.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointFormatError(f"{ckpt.path / 'modules.json'}: invalid JSON ({exc})") from exc
+        for entry in entries if isinstance(entries, list) else []:
+            kind = str(entry.get("type", ""))
+            if kind.endswith("Pooling"):
+                cfg = ckpt.json_file(f"{entry.get('path', '1_Pooling')}/config.json") or {}
+                mode = "cls" if cfg.get("pooling_mode_cls_token") else "mean"
+            elif kind.endswith("Normalize"):
+                normalize = True
+    return {"mode": mode, "normalize": normalize}

@@ -212,7 +212,13 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None)
         finally:
             intermediate.unlink(missing_ok=True)
     stats = gguf_stats(stage / model_file)  # from the file: llama.cpp chose the real types
+    extra = {}
+    if info["task"] == "feature-extraction":
+        from edgekit.converters.source import sentence_pooling
+
+        extra["pooling"] = sentence_pooling(ckpt)
     return model_file, {
+        **extra,
         "task": info["task"],
         "gguf_architecture": info["arch"],
         "quantization": {"scheme": scheme.name, "label": scheme.label,

@@ -32,6 +32,7 @@ class LlamaCppBackend(Backend):
                 "reinstall it with CMAKE_ARGS for CUDA or Metal, or use device='cpu'"
             )
         self._embedding = manifest.get("task") == "feature-extraction"
+        self._normalize = bool((manifest.get("pooling") or {}).get("normalize"))
         path = artifact / manifest["model_file"]
         try:
             self._llm = llama_cpp.Llama(
@@ -73,7 +74,8 @@ class LlamaCppBackend(Backend):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not self._embedding:
             raise BackendError("this artifact is a text-generation model; embeddings need a feature-extraction one")
-        return np.asarray(self._llm.embed(list(texts)), dtype=np.float32)
+        # llama.cpp pools as the GGUF says; normalization follows the sentence-transformers config
+        return np.asarray(self._llm.embed(list(texts), normalize=self._normalize), dtype=np.float32)
 
     def close(self) -> None:
         llm, self._llm = getattr(self, "_llm", None), None
