@@ -62,6 +62,11 @@ class Precision:
     # (DESIGN.md section 6: v/o/down at 8 bits took mean KL from 0.45 to 0.14 on SmolLM2).
     eight_bit: tuple[str, ...] = ()
     head_bits: int | None = None  # embedding / lm_head bits when they differ from `bits`
+    # Activation-aware scaling before quantizing (AWQ without its search): each linear layer's input
+    # channels are scaled by mean|activation|^alpha, measured by running our own fp32 graph on a
+    # short built-in text, and the inverse is folded into the op before (norm weight, up or v rows).
+    # The fp32 function is unchanged; quantization error moves off the channels that matter.
+    awq_alpha: float | None = None
 
     @property
     def scheme(self) -> str:
@@ -72,6 +77,8 @@ class Precision:
         if self.eight_bit:
             parts.append("8-bit " + "/".join(self.eight_bit))
         parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit")
+        if self.awq_alpha is not None:
+            parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
         return "; ".join(parts)
 
 
@@ -82,9 +89,11 @@ PRECISIONS = {
     # 0.0074 on off-grid SmolLM2, but onnxruntime 1.32's CPU kernel then decoded over 10x slower.
     "int8": Precision("int8", "float32", bits=8),
     # int4: measured on off-grid SmolLM2 (bench/fidelity.py), mean KL / size: everything 4-bit
-    # 0.68 / 89 MB; v/o/down 8-bit 0.35 / 109 MB; plus embedding+lm_head 8-bit 0.22 / 124 MB
-    # (llama.cpp Q4_K_M: 0.18 / 105 MB). Quality first: "int4" must not buy size with quality.
-    "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj"), head_bits=8),
+    # 0.68 / 89 MB; v/o/down 8-bit 0.35 / 109 MB; plus embedding+lm_head 8-bit 0.22 / 124 MB;
+    # plus activation-aware scaling (alpha 0.5; 0.25 gave 0.156) 0.154 / 124 MB. llama.cpp Q4_K_M:
+    # 0.18 / 105 MB. Quality first: "int4" must not buy size with quality.
+    "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj"), head_bits=8,
+                      awq_alpha=0.5),
 }
 ALIASES = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "q8": "int8", "q4": "int4"}
 
@@ -119,8 +128,12 @@ def rotary_caches(config: dict[str, Any], head_dim: int, length: int) -> tuple[n
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:
-    """Write the ONNX decoder for `ckpt` to out_file; return the facts a runtime needs."""
+def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None,
+                  taps: bool = False) -> dict[str, Any]:
+    """Write the ONNX decoder for `ckpt` to out_file; return the facts a runtime needs.
+
+    taps: also output each linear layer's input (for calibration; used with fp32 only).
+    """
     from onnx import TensorProto, helper
 
     spec = DECODERS.get(ckpt.architecture)
@@ -136,11 +149,26 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     context = min(int(cfg.get("max_position_embeddings", 2048)), MAX_CONTEXT)
     if head_dim % 16:
         raise ConversionError(f"{ckpt.path}: head_dim {head_dim} is not a multiple of 16, which GroupQueryAttention needs")
+    awq = _activation_scales(ckpt, out_file, precision) if precision.awq_alpha is not None and not taps else {}
     g = GraphBuilder(precision.float_type)
     ft = g.np_float
+    tap_outputs: list = []
 
     def weight(name: str) -> np.ndarray:
-        return ckpt.tensor(name).astype(np.float32)
+        w = ckpt.tensor(name).astype(np.float32)
+        if name in awq:  # (column scale, row scale): w * cols[None, :] * rows[:, None]
+            cols, rows = awq[name]
+            if cols is not None:
+                w = w * cols if w.ndim == 1 else w * cols[None, :]
+            if rows is not None:
+                w = w * (rows if w.ndim == 1 else rows[:, None])
+        return w
+
+    def tap(value: str, kind: str, layer: int, width: int) -> None:
+        if taps:
+            name = f"tap.{layer}.{kind}"
+            g.op("Identity", [value], outputs=[name], name=name)
+            tap_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "seq", width]))
 
     def linear(x: str, hf_name: str, bias: str | None = None) -> str:
         w = weight(hf_name)  # [out, in]
@@ -188,9 +216,9 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         embed_q = quantize_blockwise(embed, precision.head_bits or precision.bits, precision.block_size)
         n_blocks = embed_q.packed.shape[1]
         data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
-        scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks))
+        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks))
         zps = g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1))
-        x = g.op("GatherBlockQuantized", [data, "input_ids", scales, zps], domain="com.microsoft", gather_axis=0,
+        x = g.op("GatherBlockQuantized", [data, "input_ids", embed_scales, zps], domain="com.microsoft", gather_axis=0,
                  quantize_axis=1, block_size=precision.block_size, bits=embed_q.bits)[0]
     lm_head_source = embed if tied and embed_q is None else None
     del embed
@@ -207,6 +235,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
             normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln], n_out=4,
                                           domain="com.microsoft", epsilon=eps)
         a = p + "self_attn."
+        tap(normed, "qkv", i, hidden)
         q, k, v = (linear(normed, f"{a}{n}_proj.weight", f"{a}{n}_proj.bias" if spec.qkv_bias else None)
                    for n in ("q", "k", "v"))
         if spec.qk_norm:
@@ -218,14 +247,17 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                     outputs=[f"layer{i}/attn_out", f"present.{i}.key", f"present.{i}.value"],
                     num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0, local_window_size=-1,
                     scale=1.0 / math.sqrt(head_dim))[0]
+        tap(attn, "o", i, n_heads * head_dim)
         o = linear(attn, a + "o_proj.weight")
         ln2 = g.init(p + "post_attention_layernorm.weight", weight(p + "post_attention_layernorm.weight").astype(ft))
         normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2], n_out=4,
                                       domain="com.microsoft", epsilon=eps)
         m = p + "mlp."
+        tap(normed, "gate_up", i, hidden)
         gate = linear(normed, m + "gate_proj.weight")
         up = linear(normed, m + "up_proj.weight")
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0], up])[0]
+        tap(act, "down", i, cfg["intermediate_size"])
         pending = linear(act, m + "down_proj.weight")
         if progress:
             progress("write", i + 1, n_layers + 1)
@@ -246,7 +278,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         logits = g.op("Cast", [logits], to=TensorProto.FLOAT)[0]
     g.op("Identity", [logits], outputs=["logits"], name="logits_out")
 
-    external = g.save(out_file, "edgekit-decoder", inputs, outputs)
+    external = g.save(out_file, "edgekit-decoder", inputs, outputs + tap_outputs)
     if progress:
         progress("write", n_layers + 1, n_layers + 1)
     n_params = sum(int(np.prod(r.shape)) for r in ckpt.tensors.values())
@@ -260,6 +292,76 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         "bits_per_weight": round((g.weight_bytes - cache_bytes) * 8 / n_params, 3),
         "tensor_types": dict(g.kinds),
     }
+
+
+# A short, varied text (prose, dialogue, code, numbers, Spanish) for the activation statistics.
+CALIBRATION_TEXT = (
+    "Once upon a time, in a small village by the sea, there lived an old fisherman and his wife. Every "
+    "morning he went out in his boat before sunrise and came back at noon with the day's catch.\n"
+    "User: What is the tallest mountain in the world?\nAssistant: Mount Everest, at about 8,849 metres.\n"
+    "import os\nfor name in sorted(os.listdir('.')):\n    print(name.upper(), len(name))\n"
+    "The mitochondria produce most of the energy a cell uses. Water boils at 100 degrees Celsius at sea level.\n"
+    "Hola, ¿cómo estás? Me gustaría reservar una mesa para dos personas esta noche, por favor."
+)
+
+
+def _calibration_ids(ckpt: Checkpoint) -> list[int]:
+    if ckpt.has("tokenizer.json"):
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(ckpt.path / "tokenizer.json")).encode(CALIBRATION_TEXT).ids
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
+
+
+def _activation_scales(ckpt: Checkpoint, out_file: Path, precision: Precision) -> dict[str, tuple]:
+    """Per-tensor (column, row) multipliers for activation-aware scaling, from our own fp32 graph."""
+    import onnxruntime as ort
+
+    cfg = ckpt.config
+    n_heads = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_heads
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
+    calib = out_file.with_name(".calibration.onnx")
+    try:
+        info = build_decoder(ckpt, calib, PRECISIONS["fp32"], taps=True)
+        sess = ort.InferenceSession(str(calib), providers=["CPUExecutionProvider"])
+        ids = _calibration_ids(ckpt)[: info["context_length"]]
+        feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+        for i in range(info["num_layers"]):
+            for kind in ("key", "value"):
+                feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, n_kv, 0, head_dim), np.float32)
+        names = [o.name for o in sess.get_outputs() if o.name.startswith("tap.")]
+        stats = {n: np.abs(v[0]).mean(axis=0) for n, v in zip(names, sess.run(names, feeds), strict=True)}
+        del sess
+    finally:
+        calib.unlink(missing_ok=True)
+        calib.with_name(calib.name + ".data").unlink(missing_ok=True)
+
+    def scale(x: np.ndarray) -> np.ndarray:
+        s = np.power(np.maximum(x, 1e-6), precision.awq_alpha)
+        return (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+
+    group = n_heads // n_kv
+    out: dict[str, tuple] = {}
+    for i in range(cfg["num_hidden_layers"]):
+        p, a, m = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        s_qkv, s_gu, s_down = (scale(stats[f"tap.{i}.{k}"]) for k in ("qkv", "gate_up", "down"))
+        # o_proj's input is a mix of v rows per kv head: heads sharing a kv head share one scale
+        s_kv = scale(stats[f"tap.{i}.o"]).reshape(n_kv, group, head_dim).mean(axis=1).reshape(-1)
+        s_o = np.repeat(s_kv.reshape(n_kv, head_dim), group, axis=0).reshape(-1)
+        out[p + "input_layernorm.weight"] = (1 / s_qkv, None)
+        out[a + "q_proj.weight"] = (s_qkv, None)
+        out[a + "k_proj.weight"] = (s_qkv, None)
+        out[a + "v_proj.weight"] = (s_qkv, 1 / s_kv)
+        out[a + "v_proj.bias"] = (None, 1 / s_kv)
+        out[a + "o_proj.weight"] = (s_o, None)
+        out[p + "post_attention_layernorm.weight"] = (1 / s_gu, None)
+        out[m + "gate_proj.weight"] = (s_gu, None)
+        out[m + "up_proj.weight"] = (s_gu, 1 / s_down)
+        out[m + "down_proj.weight"] = (s_down, None)
+    return out
 
 
 def _head_norm(g: GraphBuilder, x: str, heads: int, head_dim: int, weight: str, eps: float) -> str:
