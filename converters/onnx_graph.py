@@ -47,6 +47,7 @@ class GraphBuilder:
         """Write the model (weights in a side file past protobuf's 2 GB limit); return side-file names."""
         helper = self.onnx.helper
         graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.inits)
+        self.inits.clear()  # make_graph copied them: drop ours before serializing (peak memory)
         model = helper.make_model(graph, producer_name="edgekit",
                                   opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
         model.ir_version = 8
