@@ -124,6 +124,7 @@ def main() -> None:
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
     for _ in range(args.runs):
         for name, fn in cases.items():
+            time.sleep(0.5)  # let the previous engine's spinning worker threads park first
             samples[name].append(fn())
     bw = bandwidth_gbs()
     rows = {}
