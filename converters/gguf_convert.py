@@ -306,10 +306,8 @@ def write_gguf(ckpt: Checkpoint, out: Path, base: gguf.GGMLQuantizationType, fil
         "special_ids": {k: v for k, v in special.special_token_ids.items()},
         "add_bos": special.add_special_token.get("bos"),
         "add_eos": special.add_special_token.get("eos"),
-        "chat_template": bool(special.chat_template),
         "task": spec.task,
         "arch": spec.gguf_arch,
-        "types": dict(Counter(t.qtype.name for t in tensors)),
     }
 
 

@@ -42,7 +42,6 @@ class Checkpoint:
     """A Hugging Face checkpoint on disk, inspected but not loaded."""
 
     path: Path
-    source_id: str  # what the user gave: a hub id or a path
     revision: str | None
     config: dict[str, Any]
     tensors: dict[str, TensorRef] = field(repr=False)
@@ -143,7 +142,7 @@ def inspect(
     weight_files, tensors = _load_weight_index(path, allow_pickle)
     if not any(path.joinpath(n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.txt")):
         raise TokenizerError(f"{path}: no tokenizer found (expected tokenizer.json, tokenizer.model or vocab.txt)")
-    return Checkpoint(path, str(source), revision, config, tensors, weight_files)
+    return Checkpoint(path, revision, config, tensors, weight_files)
 
 
 def _load_weight_index(path: Path, allow_pickle: bool) -> tuple[list[Path], dict[str, TensorRef]]:

@@ -44,6 +44,7 @@ class LlamaCppBackend(Backend):
             raise BackendError(f"{path}: llama.cpp could not load the model ({exc})") from exc
         self._vocab = self._llm._model.vocab  # looked up once: is_end runs on every token
         self._is_eog = llama_cpp.llama_vocab_is_eog
+        self._pieces: dict[int, bytes] = {}
 
     @property
     def context_length(self) -> int:
@@ -66,10 +67,17 @@ class LlamaCppBackend(Backend):
         ):
             if self.is_end(token):
                 return
-            yield TokenEvent(int(token), self._llm.detokenize([token], special=False))
+            yield TokenEvent(int(token), self._piece(token))
             count += 1
             if count >= options.max_tokens:
                 return
+
+    def _piece(self, token: int) -> bytes:
+        """A token's bytes, looked up once per vocabulary entry (this runs on every decoded token)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._llm.detokenize([token], special=False)
+        return piece
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not self._embedding:

@@ -88,7 +88,6 @@ class OnnxRuntimeBackend(_OnnxBackend):
         special = (manifest.get("tokenizer") or {}).get("special_ids") or {}
         eos = special.get("eos")
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        self._add_bos = special.get("bos") if manifest.get("tokenizer", {}).get("add_bos") else None
         self._device = "cuda" if device == "cuda" else "cpu"
         shape = (1, self._kv_heads, self._n_ctx, self._head_dim)
         self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_type, self._device)
