@@ -8,8 +8,12 @@ bandwidth limit (decode reads every weight once per token: tok/s <= bandwidth / 
   ONNX int4:   edgekit (our graph, IO binding)  vs  onnxruntime-genai on its own int4 model
                (built by ../shared/anchors/build-genai-anchor.sh; its runtime needs
                `.venv/bin/pip install onnxruntime-genai`; skipped when --genai is not given)
+               and vs optimum's ORTModelForCausalLM on its export + MatMulNBits int4
+               (built by bench/optimum_anchor.py; skipped when --optimum is not given)
+  --onnx-fallback: an edgekit artifact made with exporter="optimum" (optimum's graph, our loop)
 
     python bench/decode_bench.py --gguf out/smol-q4 --onnx out/smol-onnx [--genai /tmp/genai-int4]
+        [--optimum /tmp/optimum-int4]
 """
 
 from __future__ import annotations
@@ -84,6 +88,28 @@ def genai_run(og, model, tokenizer, prompt_text: str) -> tuple[float, float]:
     return (n - 1) / (end - first), first - start
 
 
+def optimum_run(model, ids) -> tuple[float, float]:
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):  # put() gets the prompt first, then each new token
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def put(self, value) -> None:
+            self.times.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    clock = Clock()
+    start = time.perf_counter()
+    model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+                   max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False, streamer=clock)
+    first, end = clock.times[1], clock.times[-1]
+    return (len(clock.times) - 2) / (end - first), first - start
+
+
 def main() -> None:
     import edgekit
 
@@ -91,6 +117,8 @@ def main() -> None:
     ap.add_argument("--gguf", type=Path, required=True)
     ap.add_argument("--onnx", type=Path, required=True)
     ap.add_argument("--genai", type=Path, default=None)
+    ap.add_argument("--optimum", type=Path, default=None)
+    ap.add_argument("--onnx-fallback", type=Path, default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -119,6 +147,16 @@ def main() -> None:
         gtok = og.Tokenizer(gmodel)
         cases["onnxruntime-genai"] = lambda: genai_run(og, gmodel, gtok, prompt)
         weights["onnxruntime-genai"] = sum(p.stat().st_size for p in args.genai.glob("*.onnx*"))
+    if args.onnx_fallback:
+        fallback_engine = edgekit.load(args.onnx_fallback, device="cpu")
+        cases["edgekit onnx (optimum graph)"] = lambda: edgekit_run(fallback_engine, prompt)
+        weights["edgekit onnx (optimum graph)"] = (args.onnx_fallback / "model.onnx").stat().st_size
+    if args.optimum and args.optimum.is_dir():
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        omodel = ORTModelForCausalLM.from_pretrained(args.optimum, use_cache=True, provider="CPUExecutionProvider")
+        cases["optimum ORTModel"] = lambda: optimum_run(omodel, ids)
+        weights["optimum ORTModel"] = sum(p.stat().st_size for p in args.optimum.glob("model.onnx*"))
     for fn in cases.values():  # warm-up
         fn()
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
@@ -135,14 +173,17 @@ def main() -> None:
                       "pct_of_bandwidth_limit": round(100 * tok_s * weights[name] / (bw * 1e9), 1)}
     print(f"prompt {len(ids)} tokens, {N_TOKENS} generated, {args.runs} interleaved runs after warm-up, "
           f"copy bandwidth {bw:.1f} GB/s")
-    print(f"{'engine':<20}{'decode tok/s':>14}{'TTFT s':>9}{'weights MB':>12}{'% of limit':>12}")
+    print(f"{'engine':<30}{'decode tok/s':>14}{'TTFT s':>9}{'weights MB':>12}{'% of limit':>12}")
     for name, r in rows.items():
-        print(f"{name:<20}{r['decode_tok_s']:>14.1f}{r['ttft_s']:>9.3f}{r['weight_mb']:>12.1f}{r['pct_of_bandwidth_limit']:>12.1f}")
+        print(f"{name:<30}{r['decode_tok_s']:>14.1f}{r['ttft_s']:>9.3f}{r['weight_mb']:>12.1f}{r['pct_of_bandwidth_limit']:>12.1f}")
     ratios = {"gguf_decode_vs_raw": rows["edgekit gguf"]["decode_tok_s"] / rows["llama-cpp-python"]["decode_tok_s"],
               "gguf_ttft_vs_raw": rows["edgekit gguf"]["ttft_s"] / rows["llama-cpp-python"]["ttft_s"]}
     if "onnxruntime-genai" in rows:
         ratios["onnx_decode_vs_genai"] = rows["edgekit onnx"]["decode_tok_s"] / rows["onnxruntime-genai"]["decode_tok_s"]
         ratios["onnx_ttft_vs_genai"] = rows["edgekit onnx"]["ttft_s"] / rows["onnxruntime-genai"]["ttft_s"]
+    if "optimum ORTModel" in rows:
+        ratios["onnx_decode_vs_optimum"] = rows["edgekit onnx"]["decode_tok_s"] / rows["optimum ORTModel"]["decode_tok_s"]
+        ratios["onnx_ttft_vs_optimum"] = rows["edgekit onnx"]["ttft_s"] / rows["optimum ORTModel"]["ttft_s"]
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     if args.json:

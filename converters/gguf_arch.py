@@ -8,7 +8,7 @@ Tensor names come from gguf-py's TensorNameMap, the table every llama.cpp tool s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # (GGUFWriter method, config field, default when absent; None = skip the key when absent)
 KeySpec = tuple[str, str, object]
@@ -28,6 +28,10 @@ class ArchSpec:
     trim_embeddings: bool = False  # gemma3: drop embedding rows past the tokenizer's vocab
     vocab_size_key: bool = False  # also write {arch}.vocab_size
     rope_dim_key: bool = False  # also write {arch}.rope.dimension_count
+    # write attention.key/value_length = hidden / heads when config.json omits head_dim, as llama.cpp's
+    # converter does for families whose transformers config class derives it (LlamaConfig does,
+    # MistralConfig and Qwen2Config do not)
+    head_dim_default: bool = False
     keys: tuple[KeySpec, ...] = ()
     # HF tensor-name prefixes/suffixes that carry no weights llama.cpp uses
     skip_prefixes: tuple[str, ...] = ()
@@ -38,11 +42,11 @@ class ArchSpec:
 _LLAMA = ArchSpec(
     # SmolLM/SmolLM2, TinyLlama, Llama-3.x, Mistral 7B: llama.cpp runs all of them as "llama"
     "llama", "text-generation", "auto_llama", permute_qk=True, vocab_size_key=True, rope_dim_key=True,
-    space_prefix_from_config=True,
+    space_prefix_from_config=True, head_dim_default=True,
 )
 ARCHITECTURES: dict[str, ArchSpec] = {
     "LlamaForCausalLM": _LLAMA,
-    "MistralForCausalLM": _LLAMA,
+    "MistralForCausalLM": replace(_LLAMA, head_dim_default=False),
     # Qwen2 / Qwen2.5 (0.5B ...), Qwen3 (0.6B ...): byte-level BPE, NEOX rope (no permutation)
     "Qwen2ForCausalLM": ArchSpec("qwen2", "text-generation", "bpe"),
     "Qwen3ForCausalLM": ArchSpec("qwen3", "text-generation", "bpe"),

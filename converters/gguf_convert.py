@@ -114,8 +114,8 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n
     if (eps := config.get("layer_norm_eps")) is not None:
         w.add_layer_norm_eps(eps)
     head_dim = config.get("head_dim")
-    if head_dim is None and spec.task == "text-generation":
-        head_dim = config["hidden_size"] // n_head  # transformers' decoder configs default it so
+    if head_dim is None and spec.head_dim_default:
+        head_dim = config["hidden_size"] // n_head
     if head_dim is not None:
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)

@@ -284,7 +284,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     n_params = sum(int(np.prod(r.shape)) for r in ckpt.tensors.values())
     return {
         "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "num_heads": n_heads,
-        "vocab_size": vocab, "context_length": context, "kv_dtype": precision.float_type,
+        "vocab_size": vocab, "context_length": context, "kv_dtype": precision.float_type, "kv_layout": "shared",
         "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value"],
         "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
         "kv_shape": ["batch", n_kv, "sequence", head_dim],

@@ -80,6 +80,7 @@ def convert(
     revision: Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")] = None,
     allow_remote_code: Annotated[bool, typer.Option("--allow-remote-code", help="convert configs with auto_map")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="read pickle (.bin) weights")] = False,
+    exporter: Annotated[str, typer.Option("--exporter", help="ONNX: auto (native, else optimum), edgekit or optimum")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Convert a Hugging Face checkpoint into GGUF and/or ONNX artifacts (edgekit.convert)."""
@@ -89,13 +90,22 @@ def convert(
     try:
         with _StageProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
             result = run_convert(source, to=to, quant=quant, output=output, overwrite=overwrite, revision=revision,
-                                 allow_remote_code=allow_remote_code, allow_pickle=allow_pickle, progress=progress)
+                                 allow_remote_code=allow_remote_code, allow_pickle=allow_pickle, exporter=exporter,
+                                 progress=progress)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     results = result if isinstance(result, list) else [result]
     data = results[0].to_dict() if len(results) == 1 else {"artifacts": [r.to_dict() for r in results]}
     _emit(data, as_json, "\n".join(f"wrote {r.path} ({r.format}, {r.quant}, {r.size_bytes / 1e6:.1f} MB, "
-                                   f"{r.bits_per_weight:.2f} bits/weight) in {r.seconds:.1f} s" for r in results))
+                                   f"{r.bits_per_weight:.2f} bits/weight) in {r.seconds:.1f} s{_path_taken(r)}"
+                                   for r in results))
+
+
+def _path_taken(result) -> str:
+    if result.exporter == "edgekit":
+        return ""
+    return (f"\n  exported through {result.exporter} for {result.architecture} (the fallback path; edgekit's own "
+            "ONNX builders cover Llama, Mistral, Qwen2/3 and BERT)")
 
 
 @app.command()

@@ -17,6 +17,7 @@ from .artifact import file_entry, refuse_existing, staged_output, write_manifest
 from .errors import ConversionError, UnsupportedArchitectureError
 
 FORMATS = ("gguf", "onnx")
+EXPORTERS = ("auto", "edgekit", "optimum")  # how the ONNX graph is made
 # Side files every artifact carries so runtimes can render chat templates and read generation defaults.
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                "chat_template.jinja")
@@ -37,6 +38,7 @@ class ConversionResult:
     bits_per_weight: float
     tensor_types: dict[str, int]
     seconds: float
+    exporter: str  # "edgekit" (our own graph/file writer) or "optimum-onnx" (the ONNX fallback path)
     manifest: dict[str, Any] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def convert(
     revision: str | None = None,
     allow_remote_code: bool = False,
     allow_pickle: bool = False,
+    exporter: str = "auto",
     progress: Progress | None = None,
 ) -> ConversionResult | list[ConversionResult]:
     """Convert a Hugging Face checkpoint (directory, hub id or 'bundled:NAME') into artifacts.
@@ -88,6 +91,8 @@ def convert(
     `output` is a parent directory holding one artifact per format, and a list is returned.
     quant: "fp32", "fp16", "int8" or "int4" for both formats; GGUF also takes "bf16" and any
     llama.cpp type name ("int8" = Q8_0, "int4" = Q4_K_M there).
+    exporter (ONNX only): "auto" builds edgekit's own graph where it has one and falls back to
+    optimum-onnx otherwise; "edgekit" or "optimum" insists on one path.
     Each artifact directory holds the model, tokenizer side files and edgekit.json; it appears only
     when complete. Raises an EdgekitError subclass for every problem with the inputs.
     """
@@ -95,13 +100,18 @@ def convert(
 
     start = time.perf_counter()
     formats = _parse_formats(to)
+    if exporter not in EXPORTERS:
+        raise ConversionError(f"unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}")
     schemes = {fmt: _scheme(fmt, quant) for fmt in formats}  # bad names fail before any work
     if progress:
         progress("inspect", 0, 1)
     ckpt = inspect(_resolve_bundled(source), revision=revision, allow_remote_code=allow_remote_code,
                    allow_pickle=allow_pickle)
-    for fmt in formats:
-        _check_supported(fmt, ckpt)  # unsupported architectures fail before anything is created
+    route = _onnx_route(ckpt, exporter) if "onnx" in formats else None  # fails before anything is created
+    if "gguf" in formats:
+        from edgekit.converters.gguf_convert import spec_for
+
+        spec_for(ckpt)
     if progress:
         progress("inspect", 1, 1)
     base = _basename(source, ckpt.path)
@@ -119,8 +129,10 @@ def convert(
         for fmt in formats:
             t0 = time.perf_counter()
             with staged_output(finals[fmt], overwrite=overwrite) as stage:
-                writer = _write_gguf if fmt == "gguf" else _write_onnx
-                model_file, fmt_info = writer(ckpt, stage, schemes[fmt], base, progress)
+                if fmt == "gguf":
+                    model_file, fmt_info = _write_gguf(ckpt, stage, schemes[fmt], base, progress)
+                else:
+                    model_file, fmt_info = _write_onnx(ckpt, stage, schemes[fmt], route, progress)
                 side = [n for n in _SIDE_FILES if ckpt.has(n)]
                 for name in side:
                     shutil.copyfile(ckpt.path / name, stage / name)
@@ -135,6 +147,7 @@ def convert(
                     "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
                                "files": source_hashes.result()},
                     "model_file": model_file,
+                    "exporter": route[1] if fmt == "onnx" else "edgekit",
                     "files": files,
                     "chat_template": _chat_template(ckpt),
                     "context_length": ckpt.config.get("max_position_embeddings"),
@@ -152,7 +165,8 @@ def convert(
                 path=finals[fmt].absolute(), format=fmt, quant=q["scheme"], label=q["label"],
                 architecture=ckpt.architecture, files=files, size_bytes=sum(f["size"] for f in files),
                 bits_per_weight=q["bits_per_weight"], tensor_types=q["tensor_types"],
-                seconds=round(time.perf_counter() - (start if len(results) == 0 else t0), 3), manifest=manifest,
+                seconds=round(time.perf_counter() - (start if len(results) == 0 else t0), 3),
+                exporter=manifest["exporter"], manifest=manifest,
             ))
     return results[0] if len(results) == 1 else results
 
@@ -171,18 +185,27 @@ def _suffix(fmt: str, schemes: dict) -> str:
     return schemes[fmt].name.lower() if fmt == "gguf" else f"onnx-{schemes[fmt].name}"
 
 
-def _check_supported(fmt: str, ckpt) -> None:
-    if fmt == "gguf":
-        from edgekit.converters.gguf_convert import spec_for
+def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
+    """(graph kind, exporter) for the ONNX path: our own graphs for the native families, optimum-onnx's
+    exporter for anything else it knows (DESIGN.md: the fallback). Raises when neither applies."""
+    from edgekit.converters.onnx_decoder import DECODERS
+    from edgekit.converters.onnx_encoder import ENCODERS
 
-        spec_for(ckpt)
-    else:
-        from edgekit.converters.onnx_decoder import DECODERS
-        from edgekit.converters.onnx_encoder import ENCODERS
+    if exporter != "optimum" and ckpt.architecture in DECODERS:
+        return "decoder", "edgekit"
+    if exporter != "optimum" and ckpt.architecture in ENCODERS:
+        return "encoder", "edgekit"
+    if exporter == "edgekit":
+        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, [*DECODERS, *ENCODERS],
+                                           " natively (exporter='edgekit'); exporter='auto' tries optimum-onnx")
+    from edgekit.converters import onnx_optimum
 
-        if ckpt.architecture not in DECODERS and ckpt.architecture not in ENCODERS:
-            raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture,
-                                               [*DECODERS, *ENCODERS])
+    if not onnx_optimum.supports(ckpt):  # raises MissingDependencyError without the optimum extra
+        raise UnsupportedArchitectureError(
+            str(ckpt.path / "config.json"), ckpt.architecture, [*DECODERS, *ENCODERS],
+            f"; optimum-onnx has no '{onnx_optimum.task_for(ckpt)}' export for model_type "
+            f"'{ckpt.config.get('model_type')}' either")
+    return ("decoder" if onnx_optimum.task_for(ckpt) != "feature-extraction" else "encoder"), "optimum-onnx"
 
 
 def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
@@ -227,18 +250,26 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None)
     }
 
 
-def _write_onnx(ckpt, stage: Path, precision, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
+def _write_onnx(ckpt, stage: Path, precision, route: tuple[str, str],
+                progress: Progress | None) -> tuple[str, dict[str, Any]]:
     from edgekit.converters.onnx_decoder import build_decoder
-    from edgekit.converters.onnx_encoder import ENCODERS, build_encoder
+    from edgekit.converters.onnx_encoder import build_encoder
 
     model_file = "model.onnx"
-    encoder = ckpt.architecture in ENCODERS
-    info = (build_encoder if encoder else build_decoder)(ckpt, stage / model_file, precision, progress)
+    kind, exporter = route
+    encoder = kind == "encoder"
+    if exporter == "optimum-onnx":
+        from edgekit.converters.onnx_optimum import export, scheme
+
+        info = export(ckpt, stage / model_file, precision, progress)
+        words = scheme(precision)
+    else:
+        info = (build_encoder if encoder else build_decoder)(ckpt, stage / model_file, precision, progress)
+        words = precision.scheme.replace("embedding+lm_head", "embedding") if encoder else precision.scheme
     return model_file, {
         "task": "feature-extraction" if encoder else "text-generation",
         "extra_files": info.pop("external_data"),
-        "quantization": {"scheme": precision.scheme.replace("embedding+lm_head", "embedding") if encoder
-                         else precision.scheme, "label": precision.name,
+        "quantization": {"scheme": words, "label": precision.name,
                          "bits_per_weight": info.pop("bits_per_weight"), "tensor_types": info.pop("tensor_types")},
         "onnx": info,
         "tokenizer": _tokenizer_ids(ckpt),

@@ -45,10 +45,10 @@ class SourceNotFoundError(SourceError):
 
 
 class UnsupportedArchitectureError(SourceError):
-    def __init__(self, path: str, architecture: str, supported: list[str]) -> None:
+    def __init__(self, path: str, architecture: str, supported: list[str], hint: str = "") -> None:
         self.architecture, self.supported = architecture, supported
         super().__init__(
-            f"{path}: architecture '{architecture}' is not supported. Supported: {', '.join(sorted(supported))}"
+            f"{path}: architecture '{architecture}' is not supported. Supported: {', '.join(sorted(supported))}{hint}"
         )
 
 

@@ -5,6 +5,10 @@ allocated once and bound as both past and present (GroupQueryAttention appends i
 attention mask is a view of a preallocated row of ones, as wide as the current length, so that
 attention never scans the unused tail of the buffer; the prompt in one pass; IO binding so that
 only the logits cross back into Python each step.
+
+Graphs exported by optimum (manifest onnx.kv_layout "concat") return present = past + new tokens;
+each step binds the previous step's present OrtValues as its past, on the device, with no copy in
+Python (the graph's own Concat is the copy that layout costs).
 """
 
 from __future__ import annotations
@@ -89,11 +93,18 @@ class OnnxRuntimeBackend(_OnnxBackend):
         eos = special.get("eos")
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self._device = "cuda" if device == "cuda" else "cpu"
-        shape = (1, self._kv_heads, self._n_ctx, self._head_dim)
+        self._layout = facts.get("kv_layout", "shared")
+        if self._layout not in ("shared", "concat"):
+            raise BackendError(f"{artifact}: unknown onnx.kv_layout '{self._layout}' in edgekit.json")
+        self._positions = (np.arange(self._n_ctx, dtype=np.int64)[None]
+                           if "position_ids" in {i.name for i in self._sess.get_inputs()} else None)
+        shape = (1, self._kv_heads, self._n_ctx if self._layout == "shared" else 0, self._head_dim)
         self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_type, self._device)
-                    for _ in range(2 * self._layers)]
+                    for _ in range(2 * self._layers)]  # concat layout: the empty past of the first step
         self._ones = np.ones((1, self._n_ctx), dtype=np.int64)
         self._one_token = np.zeros((1, 1), dtype=np.int64)  # reused input_ids for decode steps
+        self._kv_names = [f"past_key_values.{i}.{kind}" for i in range(self._layers) for kind in ("key", "value")]
+        self._present_names = [n.replace("past_key_values.", "present.") for n in self._kv_names]
 
     def is_end(self, token_id: int) -> bool:
         return token_id in self._eos
@@ -110,23 +121,35 @@ class OnnxRuntimeBackend(_OnnxBackend):
         else:
             binding.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
         binding.bind_cpu_input("attention_mask", self._ones[:, :length])
+        if self._positions is not None:
+            binding.bind_cpu_input("position_ids", self._positions[:, length - len(ids) : length])
         if logits is None:
             binding.bind_output("logits", "cpu")
         else:
             binding.bind_ortvalue_output("logits", logits)
         self._sess.run_with_iobinding(binding)
-        out = logits if logits is not None else binding.get_outputs()[0]
+        if self._layout == "concat":  # this step's present is the next step's past
+            outputs = binding.get_outputs()
+            for n, value in enumerate(outputs[len(outputs) - 2 * self._layers:]):
+                binding.bind_ortvalue_input(self._kv_names[n], value)
+                binding.bind_output(self._present_names[n], self._device)  # a fresh, longer one next step
+            out = logits if logits is not None else outputs[0]
+        else:
+            out = logits if logits is not None else binding.get_outputs()[0]
         return out.numpy()[0, -1]
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         binding = self._sess.io_binding()
         binding.bind_output("logits", "cpu")  # bound first: get_outputs()[0] is the logits
         step_logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, 1, self._vocab), np.float32, "cpu")
-        for i in range(self._layers):  # past and present are one buffer: nothing copied per token
+        for i in range(self._layers):  # shared: past and present are one buffer, nothing copied per token
             for j, kind in enumerate(("key", "value")):
                 buf = self._kv[2 * i + j]
                 binding.bind_ortvalue_input(f"past_key_values.{i}.{kind}", buf)
-                binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+                if self._layout == "shared":
+                    binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
+                else:
+                    binding.bind_output(f"present.{i}.{kind}", self._device)
         sampler = Sampler(options)
         history = list(prompt_ids)
         logits = self._step(binding, history, len(history), None)
@@ -156,6 +179,7 @@ class OnnxEncoderBackend(_OnnxBackend):
         facts = manifest.get("onnx") or {}
         self._n_ctx = min(n_ctx or 512, int(facts.get("context_length") or 512))
         self._pooling = facts.get("pooling") or {"mode": "mean", "normalize": False}
+        self._inputs = {i.name for i in self._sess.get_inputs()}  # DistilBERT has no token_type_ids
         self._tok = TextTokenizer(artifact / "tokenizer.json")
 
     def is_end(self, token_id: int) -> bool:
@@ -172,8 +196,8 @@ class OnnxEncoderBackend(_OnnxBackend):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = r
             mask[i, : len(r)] = 1
-        hidden = self._sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask,
-                                                        "token_type_ids": np.zeros_like(ids)})[0]
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = self._sess.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in self._inputs})[0]
         if self._pooling.get("mode") == "cls":
             vectors = hidden[:, 0]
         else:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (once) and installs edgekit into it. Idempotent; later runs take seconds.
-#   usage: scripts/setup.sh [extras]      e.g. "all" (demo) or "all,test" (tests)
+#   usage: scripts/setup.sh [extras]      e.g. "all" (demo) or "all,optimum,test" (tests)
 # pip's output goes to .venv/setup.log; on failure its tail is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ run .venv/bin/python -m pip install --upgrade pip
 # AMX tiles to the process.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
-if [[ ,$extras, == *,test,* ]]; then
+if [[ ,$extras, == *,test,* || ,$extras, == *,optimum,* ]]; then
   # The CPU build of torch (the tests' reference); an unpinned torch would pull a multi-GB CUDA build.
   run .venv/bin/python -m pip install "torch==2.13.0"
 fi

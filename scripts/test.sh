@@ -3,7 +3,7 @@
 # are compared with) and run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh all,test
+bash scripts/setup.sh all,optimum,test
 # shellcheck disable=SC1091
 . .venv/bin/activate
 EDGEKIT_REFERENCE_LLAMA_CPP=$(bash scripts/fetch-reference.sh)

@@ -14,7 +14,10 @@ def hf_tokenizer(checkpoint: Path):
     import transformers
 
     config = json.loads((checkpoint / "tokenizer_config.json").read_text(encoding="utf-8"))
-    cls = getattr(transformers, str(config.get("tokenizer_class")), None) or transformers.AutoTokenizer
+    name = str(config.get("tokenizer_class"))
+    # the fast (tokenizers-backed) class: what transformers runs by default, and what llama.cpp mirrors
+    cls = (getattr(transformers, name if name.endswith("Fast") else name + "Fast", None)
+           or getattr(transformers, name, None) or transformers.AutoTokenizer)
     return cls.from_pretrained(checkpoint)
 
 
@@ -22,7 +25,9 @@ def hf_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
     import torch
     import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    # eager attention: the SDPA path of transformers 4.x skips Gemma-2's attention logit softcapping
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32,
+                                                              attn_implementation="eager")
     model.eval()
     with torch.no_grad():
         out = model(torch.tensor([ids]))
@@ -104,7 +109,7 @@ def reference_convert(checkpoint: Path, outtype: str, out: Path) -> Path:
 
 
 def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> np.ndarray:
-    """Logits from an edgekit ONNX decoder: the whole sequence in one pass (prompt=None), or the
+    """Logits from an ONNX decoder (ours or optimum's): the whole sequence in one pass (prompt=None), or the
     first `prompt` tokens in one pass and the rest one token at a time through the KV cache."""
     import onnxruntime as ort
 
@@ -115,10 +120,13 @@ def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> 
     outputs = [o.name for o in sess.get_outputs()]
     past = {i.name: np.zeros((1, heads, 0, head_dim), kv_type) for i in kv}
     chunks = [ids] if prompt is None else [ids[:prompt]] + [[t] for t in ids[prompt:]]
+    positions = any(i.name == "position_ids" for i in sess.get_inputs())  # optimum's exports may take them
     done, logits = 0, []
     for chunk in chunks:
         done += len(chunk)
         feeds = {"input_ids": np.array([chunk], np.int64), "attention_mask": np.ones((1, done), np.int64), **past}
+        if positions:
+            feeds["position_ids"] = np.arange(done - len(chunk), done, dtype=np.int64)[None]
         result = dict(zip(outputs, sess.run(outputs, feeds), strict=True))
         logits.append(result["logits"][0])
         past = {n.replace("present.", "past_key_values."): v for n, v in result.items() if n.startswith("present.")}

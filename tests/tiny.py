@@ -122,9 +122,11 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**_decoder_config(n)))
     elif arch == "llama3":  # Llama-3.x: llama-bpe pre-tokenizer, llama3 rope scaling
         n = bpe_tokenizer(dest, LLAMA3_REGEX)
+        # the config.json layout real Llama-3.x checkpoints have (rope_scaling + rope_theta)
         rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 64, "rope_theta": 500000.0}
-        cfg = transformers.LlamaConfig(**_decoder_config(n, tie_word_embeddings=True), rope_parameters=rope)
+                "original_max_position_embeddings": 64}
+        cfg = transformers.LlamaConfig(**_decoder_config(n, tie_word_embeddings=True), rope_scaling=rope,
+                                       rope_theta=500000.0)
         model = transformers.LlamaForCausalLM(cfg)
     elif arch == "mistral":
         n = sentencepiece_tokenizer(dest)
@@ -146,6 +148,13 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
         cfg = transformers.Gemma3TextConfig(**_decoder_config(n, tie_word_embeddings=True), head_dim=16,
                                             query_pre_attn_scalar=16, sliding_window=128)
         model = transformers.Gemma3ForCausalLM(cfg)
+    elif arch == "distilbert":  # no native builder: the ONNX path goes through optimum-onnx
+        assert minilm_dir is not None
+        _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                           "vocab.txt"])
+        cfg = transformers.DistilBertConfig(vocab_size=30522, dim=64, hidden_dim=128, n_layers=2, n_heads=4,
+                                            max_position_embeddings=128, initializer_range=0.2)
+        model = transformers.DistilBertModel(cfg)
     elif arch == "bert":  # MiniLM's real WordPiece tokenizer and pooling config
         assert minilm_dir is not None
         _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -164,4 +173,5 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
     return dest
 
 
+# The GGUF families; "distilbert" is built too, for the ONNX path's optimum fallback.
 ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "bert"]

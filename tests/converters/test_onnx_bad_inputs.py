@@ -18,11 +18,17 @@ from edgekit.errors import (
 
 
 def test_unsupported_architecture_lists_onnx_families(tiny_checkpoint, tmp_path):
+    """An architecture neither the native builders nor optimum-onnx's exporter know."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_checkpoint("qwen2"), src)
+    config = json.loads((src / "config.json").read_text())
+    config.update(architectures=["FooForCausalLM"], model_type="foo")
+    (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitectureError) as info:
-        edgekit.convert(str(tiny_checkpoint("gemma2")), to="onnx", quant="int8", output=tmp_path / "o")
-    assert "Gemma2ForCausalLM" in str(info.value) and "Qwen2ForCausalLM" in str(info.value)
-    assert "BertModel" in str(info.value)
-    assert list(tmp_path.iterdir()) == []
+        edgekit.convert(str(src), to="onnx", quant="int8", output=tmp_path / "o")
+    assert "FooForCausalLM" in str(info.value) and "Qwen2ForCausalLM" in str(info.value)
+    assert "BertModel" in str(info.value) and "optimum-onnx has no" in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_both_formats_refuse_before_writing_either(tiny_checkpoint, tmp_path):

@@ -1,0 +1,257 @@
+"""The fallback ONNX path: optimum-onnx's exporter (torch tracing) for what edgekit does not build
+natively (encoders such as DistilBERT, decoders outside onnx_decoder.DECODERS such as Gemma-2),
+then onnxruntime's own quantizers.
+
+Weights: int8/int4 are MatMulNBits weight-only (block 32, asymmetric, accuracy level 4) on every
+MatMul, the lm_head included (optimum writes a tied head as its own initializer), and
+GatherBlockQuantized on the embedding. Dynamic int8 activation quantization is not offered: it
+wrecks models this small (DESIGN.md section 6: mean KL 0.86 on SmolLM2). fp16 converts the float
+weights and keeps float32 inputs and outputs.
+
+The graph's KV cache concatenates: present = past + new tokens, so runtimes feed each step's
+present back as the next step's past (manifest onnx.kv_layout = "concat") instead of sharing one
+preallocated buffer as edgekit's native graphs allow.
+
+optimum-onnx pins transformers < 4.58 (DESIGN.md section 4): it is the "optimum" extra, and
+nothing else in edgekit imports transformers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ConversionError, require
+
+from .source import Checkpoint
+
+Progress = Callable[[str, int, int], None]
+PURPOSE = "Exporting architectures edgekit does not build natively to ONNX"
+
+
+def task_for(ckpt: Checkpoint) -> str:
+    """optimum's task name: causal LMs get a KV cache; anything else exports its hidden states."""
+    return "text-generation-with-past" if ckpt.architecture.endswith("ForCausalLM") else "feature-extraction"
+
+
+def supports(ckpt: Checkpoint) -> bool:
+    """Whether optimum's ONNX exporter knows this model type for the task (imports optimum)."""
+    require("optimum.exporters.onnx", "optimum-onnx", "optimum", PURPOSE)
+    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX export configs)
+    from optimum.exporters.tasks import TasksManager
+
+    model_type = str(ckpt.config.get("model_type", "")).replace("_", "-")
+    try:
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="onnx", library_name="transformers")
+    except KeyError:
+        return False
+    return task_for(ckpt) in tasks
+
+
+def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | None = None) -> dict[str, Any]:
+    """Export `ckpt` with optimum into out_file (quantized as `precision` says); return the facts."""
+    require("optimum.exporters.onnx", "optimum-onnx", "optimum", PURPOSE)
+    import onnx
+    import torch
+    import transformers
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    task = task_for(ckpt)
+    work = out_file.with_name(".optimum-export")
+    try:
+        if progress:
+            progress("export", 0, 2)
+        try:
+            with _quiet():
+                # loaded here, not by optimum's main_export, to ask for eager attention: the SDPA path
+                # of transformers 4.x traces without Gemma-2's attention logit softcapping
+                auto = transformers.AutoModelForCausalLM if task != "feature-extraction" else transformers.AutoModel
+                model = auto.from_pretrained(str(ckpt.path), dtype=torch.float32, attn_implementation="eager",
+                                             trust_remote_code=False).eval()
+                onnx_export_from_model(model, str(work), task=task, device="cpu", do_validation=False)
+                del model
+        except Exception as exc:  # torch tracing and optimum raise many kinds; name the source
+            raise ConversionError(f"{ckpt.path}: optimum's ONNX export failed ({type(exc).__name__}: {exc})") from exc
+        model = onnx.load(str(work / "model.onnx"))  # external data is read in too
+        if progress:
+            progress("export", 1, 2)
+        if precision.bits is not None:
+            model = _quantize(_untie_head(model), precision)
+            _quantize_embedding(model, int(ckpt.config.get("vocab_size") or 0), precision)
+        elif precision.float_type == "float16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        weight_bytes, kinds = _weights(model)
+        external = weight_bytes > 1_800_000_000
+        onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=out_file.name + ".data" if external else None, size_threshold=1024)
+        generated = []
+        if not ckpt.has("tokenizer.json") and (work / "tokenizer.json").is_file():
+            # a SentencePiece-only checkpoint: runtimes read tokenizer.json, which optimum just wrote
+            shutil.copyfile(work / "tokenizer.json", out_file.with_name("tokenizer.json"))
+            generated.append("tokenizer.json")
+        if progress:
+            progress("export", 2, 2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    n_params = sum(math.prod(r.shape) for r in ckpt.tensors.values())
+    return {"optimum_task": task, **_facts(ckpt, model, task),
+            "external_data": ([out_file.name + ".data"] if external else []) + generated,
+            "bits_per_weight": round(weight_bytes * 8 / max(n_params, 1), 3), "tensor_types": kinds}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch's tracer warnings and optimum's notes on tied weights are not the user's business."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "torch.onnx")]
+    levels = [log.level for log in loggers]
+    try:
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+def scheme(precision) -> str:
+    """What this path really writes for `precision`, in words (the manifest's quantization.scheme)."""
+    if precision.bits is None:
+        return precision.float_type
+    return (f"optimum-onnx export; MatMulNBits {precision.bits}-bit block {precision.block_size} asymmetric "
+            f"on every MatMul (lm_head included), GatherBlockQuantized embedding")
+
+
+def _untie_head(model):
+    """A tied lm_head exports as MatMul(x, Transpose(embedding)), which onnxruntime's quantizer skips
+    (no constant weight), leaving the largest matrix in float: give the MatMul its own transposed copy."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    transposes = {n.output[0]: n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in inits}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in transposes:
+            source = transposes[node.input[1]]
+            name = source.input[0] + ".T"
+            if name not in inits:
+                array = numpy_helper.to_array(inits[source.input[0]])
+                inits[name] = numpy_helper.from_array(array.T.copy(), name)
+                model.graph.initializer.append(inits[name])
+            node.input[1] = name
+    used = {i for n in model.graph.node for i in n.input}
+    for out, node in transposes.items():
+        if out not in used:
+            model.graph.node.remove(node)
+    return model
+
+
+def _quantize(model, precision):
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    config = DefaultWeightOnlyQuantConfig(block_size=precision.block_size, is_symmetric=False,
+                                          accuracy_level=precision.accuracy_level, bits=precision.bits,
+                                          op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = log.level
+    log.setLevel(logging.WARNING)  # it logs every node it visits at INFO
+    try:
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
+    finally:
+        log.setLevel(level)
+    return quantizer.model.model
+
+
+def _quantize_embedding(model, vocab: int, precision) -> None:
+    """The token embedding as GatherBlockQuantized at the model's bits (onnxruntime's quantizer does
+    Gather at 4 bits only): our own block quantizer, the layout edgekit's native graphs use."""
+    from onnx import helper, numpy_helper
+
+    from .onnx_quant import quantize_blockwise
+
+    inits = {t.name: t for t in model.graph.initializer}
+    for index, node in enumerate(list(model.graph.node)):
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or table.dims[0] != vocab or vocab < 2:
+            continue
+        q = quantize_blockwise(numpy_helper.to_array(table).astype("float32"), precision.bits, precision.block_size)
+        base = node.input[0]
+        model.graph.initializer.extend([
+            numpy_helper.from_array(q.packed.reshape(q.n, -1), base + ".q"),
+            numpy_helper.from_array(q.scales.reshape(q.n, -1), base + ".scales"),
+            numpy_helper.from_array(q.zero_points.reshape(q.n, -1), base + ".zp"),
+        ])
+        gathered = helper.make_node("GatherBlockQuantized", [base + ".q", node.input[1], base + ".scales", base + ".zp"],
+                                    list(node.output), name=node.name + "_q", domain="com.microsoft", gather_axis=0,
+                                    quantize_axis=1, block_size=precision.block_size, bits=q.bits)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, gathered)
+        if not any(base in n.input for n in model.graph.node):
+            model.graph.initializer.remove(table)
+
+
+def _weights(model) -> tuple[int, dict[str, int]]:
+    """Bytes of every initializer, and weight matrices counted by storage kind."""
+    import numpy as np
+    from onnx import TensorProto
+
+    sizes = {TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2, TensorProto.INT64: 8,
+             TensorProto.INT32: 4, TensorProto.UINT8: 1, TensorProto.INT8: 1}
+    total = sum(int(np.prod(t.dims)) * sizes.get(t.data_type, 4) for t in model.graph.initializer)
+    kinds: dict[str, int] = {}
+    names = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16"}
+    weight_input = {"MatMulNBits": 1, "GatherBlockQuantized": 0}  # which input holds the packed weight
+    packed, side = {}, set()
+    for n in model.graph.node:
+        if n.op_type in weight_input:
+            packed[n.input[weight_input[n.op_type]]] = next((a.i for a in n.attribute if a.name == "bits"), 4)
+            side.update(n.input)
+    for t in model.graph.initializer:
+        if t.name in packed:
+            kind = f"int{packed[t.name]}"
+        elif t.name not in side and len(t.dims) == 2 and t.data_type in names and min(t.dims) > 1:
+            kind = names[t.data_type]
+        else:
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return total, kinds
+
+
+def _facts(ckpt: Checkpoint, model, task: str) -> dict[str, Any]:
+    """What a runtime needs, read from the exported graph itself."""
+    from onnx import TensorProto
+
+    cfg = ckpt.config
+    inputs = {i.name: i for i in model.graph.input}
+    context = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 512)
+    if task == "feature-extraction":
+        from .source import sentence_pooling
+
+        return {"inputs": list(inputs), "outputs": [o.name for o in model.graph.output], "context_length": context,
+                "pooling": sentence_pooling(ckpt)}
+    past = [n for n in inputs if n.startswith("past_key_values.")]
+    if not past:
+        raise ConversionError(f"{ckpt.path}: optimum's export has no KV cache inputs; cannot decode with it")
+    first = inputs["past_key_values.0.key"].type.tensor_type
+    dims = [d.dim_value for d in first.shape.dim]
+    return {
+        "num_layers": len(past) // 2, "num_kv_heads": dims[1], "head_dim": dims[3],
+        "vocab_size": int(cfg["vocab_size"]), "context_length": context,
+        "kv_dtype": "float16" if first.elem_type == TensorProto.FLOAT16 else "float32",
+        "kv_layout": "concat", "inputs": list(inputs), "outputs": [o.name for o in model.graph.output],
+    }
