@@ -1,7 +1,7 @@
 """Decode speed and TTFT: edgekit's runtimes against the raw engines underneath and the anchors.
 
 DESIGN.md section 6 shape: a ~176-token chat prompt, 64 greedy tokens, warm-up first, runs
-interleaved (A, B, A, B ...), medians, ratios in one run, and each as a share of the memory-
+interleaved in an order that flips every run (A B C, C B A ...), medians, ratios in one run, and each as a share of the memory-
 bandwidth limit (decode reads every weight once per token: tok/s <= bandwidth / weight bytes).
 
   GGUF Q4_K_M: edgekit.load(...).generate  vs  raw llama_cpp.Llama on the same file
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -53,13 +52,15 @@ def _time(fn) -> float:
 def edgekit_run(engine, prompt_text: str) -> tuple[float, float]:
     if hasattr(engine.backend, "_llm"):
         engine.backend._llm.reset()  # measure a fresh prefill, not llama-cpp-python's prefix cache
-    r = engine.generate(prompt_text, max_tokens=N_TOKENS, temperature=0, add_special=False)
+    # all engines generate exactly N_TOKENS: the raw loops do not stop at EOS either
+    r = engine.generate(prompt_text, max_tokens=N_TOKENS, temperature=0, add_special=False, ignore_eos=True)
     return r.decode_tok_s, r.ttft_s
 
 
-def raw_llama_run(llm, ids: list[int]) -> tuple[float, float]:
+def raw_llama_run(llm, prompt_text: str) -> tuple[float, float]:
     llm.reset()
-    start = time.perf_counter()
+    start = time.perf_counter()  # TTFT counts tokenization (DESIGN.md section 7), as edgekit's does
+    ids = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
     first = None
     n = 0
     for _tok in llm.generate(ids, temp=0.0, top_k=1, reset=True):
@@ -74,10 +75,12 @@ def raw_llama_run(llm, ids: list[int]) -> tuple[float, float]:
 
 def genai_run(og, model, tokenizer, prompt_text: str) -> tuple[float, float]:
     start = time.perf_counter()
+    tokens = tokenizer.encode(prompt_text)
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=4096, do_sample=False)
+    # min_length: no stop at EOS before N_TOKENS, like the other engines here
+    params.set_search_options(max_length=4096, min_length=len(tokens) + N_TOKENS, do_sample=False)
     gen = og.Generator(model, params)
-    gen.append_tokens(tokenizer.encode(prompt_text))
+    gen.append_tokens(tokens)
     first, n = None, 0
     while not gen.is_done() and n < N_TOKENS:
         gen.generate_next_token()
@@ -88,7 +91,7 @@ def genai_run(og, model, tokenizer, prompt_text: str) -> tuple[float, float]:
     return (n - 1) / (end - first), first - start
 
 
-def optimum_run(model, ids) -> tuple[float, float]:
+def optimum_run(model, tokenizer, prompt_text: str) -> tuple[float, float]:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
@@ -104,6 +107,7 @@ def optimum_run(model, ids) -> tuple[float, float]:
 
     clock = Clock()
     start = time.perf_counter()
+    ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     model.generate(torch.tensor([ids]), attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
                    max_new_tokens=N_TOKENS, min_new_tokens=N_TOKENS, do_sample=False, streamer=clock)
     first, end = clock.times[1], clock.times[-1]
@@ -126,15 +130,14 @@ def main() -> None:
     gguf_engine = edgekit.load(args.gguf, device="cpu")
     onnx_engine = edgekit.load(args.onnx, device="cpu")
     prompt = gguf_engine.render_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
-    from llama_cpp import Llama
-
-    # same thread count as edgekit's backend (llama-cpp-python's default is half the cores)
-    raw = Llama(model_path=str(args.gguf / gguf_engine.manifest["model_file"]), n_ctx=4096, verbose=False,
-                n_threads=os.cpu_count())
+    # The raw side drives the very Llama object edgekit's backend holds: two identical Llama objects in
+    # one process differed by up to 7% in decode tok/s here (memory placement), which would swamp the
+    # wrapper's own cost, the thing this ratio measures.
+    raw = gguf_engine.backend._llm
     ids = raw.tokenize(prompt.encode(), add_bos=False, special=True)
     cases = {
         "edgekit gguf": lambda: edgekit_run(gguf_engine, prompt),
-        "llama-cpp-python": lambda: raw_llama_run(raw, ids),
+        "llama-cpp-python": lambda: raw_llama_run(raw, prompt),
         "edgekit onnx": lambda: edgekit_run(onnx_engine, prompt),
     }
     weights = {"edgekit gguf": (args.gguf / gguf_engine.manifest["model_file"]).stat().st_size,
@@ -153,17 +156,22 @@ def main() -> None:
         weights["edgekit onnx (optimum graph)"] = (args.onnx_fallback / "model.onnx").stat().st_size
     if args.optimum and args.optimum.is_dir():
         from optimum.onnxruntime import ORTModelForCausalLM
+        from transformers import AutoTokenizer
 
         omodel = ORTModelForCausalLM.from_pretrained(args.optimum, use_cache=True, provider="CPUExecutionProvider")
-        cases["optimum ORTModel"] = lambda: optimum_run(omodel, ids)
+        otok = AutoTokenizer.from_pretrained(args.optimum)
+        cases["optimum ORTModel"] = lambda: optimum_run(omodel, otok, prompt)
         weights["optimum ORTModel"] = sum(p.stat().st_size for p in args.optimum.glob("model.onnx*"))
     for fn in cases.values():  # warm-up
         fn()
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in cases}
-    for _ in range(args.runs):
-        for name, fn in cases.items():
+    order = list(cases)
+    for run in range(args.runs):
+        # counterbalanced: the order flips every run, so no engine always follows the same neighbour
+        # (an engine whose worker threads just woke up runs its first tokens faster)
+        for name in order if run % 2 == 0 else order[::-1]:
             time.sleep(0.5)  # let the previous engine's spinning worker threads park first
-            samples[name].append(fn())
+            samples[name].append(cases[name]())
     bw = bandwidth_gbs()
     rows = {}
     for name, vals in samples.items():

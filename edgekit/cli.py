@@ -147,6 +147,13 @@ def run(
     prompt: Annotated[str, typer.Argument(help="text to complete")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k")] = 40,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    min_p: Annotated[float, typer.Option("--min-p")] = 0.0,
+    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty")] = 1.0,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="generate max_tokens even past EOS")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
     chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the artifact's chat template")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
@@ -156,7 +163,9 @@ def run(
 
     try:
         with load(artifact, device=device) as engine:
-            kwargs = {"max_tokens": max_tokens, "temperature": temperature}
+            kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+                      "min_p": min_p, "repeat_penalty": repeat_penalty, "seed": seed, "stop": stop or (),
+                      "ignore_eos": ignore_eos}
             messages = [{"role": "user", "content": prompt}]
             if as_json:
                 result = engine.chat(messages, **kwargs) if chat else engine.generate(prompt, **kwargs)

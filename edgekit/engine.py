@@ -113,7 +113,7 @@ class Engine:
                  **sampling: Any) -> GenerationResult | Stream:
         """Complete `prompt`. stream=True returns a Stream of text pieces; otherwise a GenerationResult.
 
-        sampling: top_k, top_p, min_p, repeat_penalty (GenerationOptions).
+        sampling: top_k, top_p, min_p, repeat_penalty, ignore_eos (GenerationOptions).
         """
         from edgekit.runtimes.base import GenerationOptions
 
@@ -121,7 +121,7 @@ class Engine:
             options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop),
                                         **sampling)
         except TypeError as exc:
-            raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, repeat_penalty") from None
+            raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, repeat_penalty, ignore_eos") from None
         cancel = threading.Event()
         events = self._run(prompt, options, add_special, cancel)
         if stream:

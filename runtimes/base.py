@@ -25,6 +25,7 @@ class GenerationOptions:
     repeat_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default=())
+    ignore_eos: bool = False  # run to max_tokens past the end-of-generation token (benchmarks)
 
     def __post_init__(self) -> None:
         checks = [(self.max_tokens >= 1, "max_tokens must be at least 1"),

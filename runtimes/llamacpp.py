@@ -65,7 +65,7 @@ class LlamaCppBackend(Backend):
             list(prompt_ids), temp=options.temperature, top_k=1 if greedy else options.top_k,
             top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty, reset=True,
         ):
-            if self.is_end(token):
+            if not options.ignore_eos and self.is_end(token):
                 return
             yield TokenEvent(int(token), self._piece(token))
             count += 1

@@ -155,7 +155,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         logits = self._step(binding, history, len(history), None)
         for _ in range(options.max_tokens):
             token = sampler(logits, history)
-            if self.is_end(token):
+            if not options.ignore_eos and self.is_end(token):
                 return
             yield TokenEvent(token, self._tok.token_bytes(token))
             history.append(token)

@@ -67,3 +67,17 @@ def test_run_and_devices(tiny_checkpoint, tmp_path):
 def test_run_on_missing_artifact_is_one_line(tmp_path):
     p = _cli("run", str(tmp_path / "nothing"), "hi")
     assert p.returncode == 1 and "not an edgekit artifact" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
+    out = tmp_path / "g"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
+    args = ["run", str(out), "Numbers: 1 2 3", "-n", "8", "-t", "0.8", "--top-k", "5", "--top-p", "0.9",
+            "--min-p", "0.05", "--repeat-penalty", "1.1", "--seed", "7", "--ignore-eos", "--device", "cpu", "--json"]
+    first, second = _cli(*args), _cli(*args)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["tokens_out"] == 8 and data["finish_reason"] == "length"
+    assert json.loads(second.stdout)["text"] == data["text"]  # same seed, same text
+    bad = _cli("run", str(out), "x", "--top-p", "0", "--device", "cpu")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "top_p" in bad.stderr

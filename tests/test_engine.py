@@ -192,3 +192,12 @@ def test_bad_options_are_typed_errors(fp32_artifact):
             engine.generate("hi", nucleus=0.9)
         with pytest.raises(edgekit.InvalidOptionError, match="temperature"):
             engine.generate("hi", temperature=-1)
+
+
+def test_ignore_eos_runs_to_max_tokens(fp32_artifact, monkeypatch):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        monkeypatch.setattr(engine.backend, "is_end", lambda token_id: True)  # every token ends generation
+        ended = engine.generate("Hello", max_tokens=6, temperature=0)
+        assert ended.tokens_out == 0 and ended.finish_reason == "stop"
+        forced = engine.generate("Hello", max_tokens=6, temperature=0, ignore_eos=True)
+        assert forced.tokens_out == 6 and forced.finish_reason == "length"
