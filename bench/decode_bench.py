@@ -142,7 +142,7 @@ def main() -> None:
     }
     weights = {"edgekit gguf": (args.gguf / gguf_engine.manifest["model_file"]).stat().st_size,
                "llama-cpp-python": (args.gguf / gguf_engine.manifest["model_file"]).stat().st_size,
-               "edgekit onnx": (args.onnx / "model.onnx").stat().st_size}
+               "edgekit onnx": sum(p.stat().st_size for p in args.onnx.glob("model.onnx*"))}
     if args.genai and args.genai.is_dir():
         import onnxruntime_genai as og
 
@@ -153,7 +153,7 @@ def main() -> None:
     if args.onnx_fallback:
         fallback_engine = edgekit.load(args.onnx_fallback, device="cpu")
         cases["edgekit onnx (optimum graph)"] = lambda: edgekit_run(fallback_engine, prompt)
-        weights["edgekit onnx (optimum graph)"] = (args.onnx_fallback / "model.onnx").stat().st_size
+        weights["edgekit onnx (optimum graph)"] = sum(p.stat().st_size for p in args.onnx_fallback.glob("model.onnx*"))
     if args.optimum and args.optimum.is_dir():
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer

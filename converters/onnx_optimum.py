@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ConversionError, require
+from edgekit.errors import ConversionError, EdgekitError, require
 
 from .source import Checkpoint
 
@@ -33,9 +33,16 @@ Progress = Callable[[str, int, int], None]
 PURPOSE = "Exporting architectures edgekit does not build natively to ONNX"
 
 
-def task_for(ckpt: Checkpoint) -> str:
-    """optimum's task name: causal LMs get a KV cache; anything else exports its hidden states."""
-    return "text-generation-with-past" if ckpt.architecture.endswith("ForCausalLM") else "feature-extraction"
+def task_for(ckpt: Checkpoint) -> str | None:
+    """optimum's task for what edgekit's runtime can serve: causal LMs with a KV cache, and bare
+    encoders (or masked-LM checkpoints, exported as their encoder) as embedders. None otherwise:
+    seq2seq (T5, BART), classifiers and multimodal models are not served."""
+    arch = ckpt.architecture
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        return "text-generation-with-past"
+    if arch.endswith(("Model", "ForMaskedLM")) and not arch.endswith("LMHeadModel"):
+        return "feature-extraction"
+    return None
 
 
 def supports(ckpt: Checkpoint) -> bool:
@@ -44,12 +51,13 @@ def supports(ckpt: Checkpoint) -> bool:
     import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX export configs)
     from optimum.exporters.tasks import TasksManager
 
+    task = task_for(ckpt)
     model_type = str(ckpt.config.get("model_type", "")).replace("_", "-")
     try:
         tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="onnx", library_name="transformers")
     except KeyError:
         return False
-    return task_for(ckpt) in tasks
+    return task is not None and task in tasks
 
 
 def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | None = None) -> dict[str, Any]:
@@ -76,16 +84,26 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
                 del model
         except Exception as exc:  # torch tracing and optimum raise many kinds; name the source
             raise ConversionError(f"{ckpt.path}: optimum's ONNX export failed ({type(exc).__name__}: {exc})") from exc
+        if not (work / "model.onnx").is_file():
+            raise ConversionError(f"{ckpt.path}: optimum's export wrote no single model.onnx "
+                                  f"({', '.join(sorted(p.name for p in work.iterdir()))}); edgekit cannot run it")
         model = onnx.load(str(work / "model.onnx"))  # external data is read in too
+        facts = _facts(ckpt, model, task)  # refuses a graph the runtime could not feed, before writing
         if progress:
             progress("export", 1, 2)
-        if precision.bits is not None:
-            model = _quantize(_untie_head(model), precision)
-            _quantize_embedding(model, int(ckpt.config.get("vocab_size") or 0), precision)
-        elif precision.float_type == "float16":
-            from onnxruntime.transformers.float16 import convert_float_to_float16
+        try:
+            if precision.bits is not None:
+                model = _quantize(_untie_head(model), precision)
+                _quantize_embedding(model, precision)
+            elif precision.float_type == "float16":
+                from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+                model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+        except EdgekitError:
+            raise
+        except Exception as exc:  # onnxruntime's quantization tools raise plain exceptions
+            raise ConversionError(f"{ckpt.path}: quantizing optimum's export to {precision.name} failed "
+                                  f"({type(exc).__name__}: {exc})") from exc
         weight_bytes, kinds = _weights(model)
         external = weight_bytes > 1_800_000_000
         onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
@@ -100,7 +118,7 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
     finally:
         shutil.rmtree(work, ignore_errors=True)
     n_params = sum(math.prod(r.shape) for r in ckpt.tensors.values())
-    return {"optimum_task": task, **_facts(ckpt, model, task),
+    return {"optimum_task": task, **facts,
             "external_data": ([out_file.name + ".data"] if external else []) + generated,
             "bits_per_weight": round(weight_bytes * 8 / max(n_params, 1), 3), "tensor_types": kinds}
 
@@ -133,12 +151,15 @@ def scheme(precision) -> str:
 
 
 def _untie_head(model):
-    """A tied lm_head exports as MatMul(x, Transpose(embedding)), which onnxruntime's quantizer skips
-    (no constant weight), leaving the largest matrix in float: give the MatMul its own transposed copy."""
+    """optimum may export a tied lm_head as MatMul(x, Transpose(embedding)) (Gemma-2 does), which
+    onnxruntime's quantizer skips (no constant weight), leaving the largest matrix in float: give the
+    MatMul its own transposed copy. (Others, SmolLM2 among them, get a separate initializer.)"""
     from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
-    transposes = {n.output[0]: n for n in model.graph.node if n.op_type == "Transpose" and n.input[0] in inits}
+    transposes = {n.output[0]: n for n in model.graph.node
+                  if n.op_type == "Transpose" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2
+                  and all(list(a.ints) in ([], [1, 0]) for a in n.attribute if a.name == "perm")}
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in transposes:
             source = transposes[node.input[1]]
@@ -157,6 +178,8 @@ def _untie_head(model):
 
 def _quantize(model, precision):
     import logging
+
+    require("onnx_ir", "onnx-ir", "optimum", "onnxruntime's MatMulNBits quantizer")
 
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -177,7 +200,7 @@ def _quantize(model, precision):
     return quantizer.model.model
 
 
-def _quantize_embedding(model, vocab: int, precision) -> None:
+def _quantize_embedding(model, precision) -> None:
     """The token embedding as GatherBlockQuantized at the model's bits (onnxruntime's quantizer does
     Gather at 4 bits only): our own block quantizer, the layout edgekit's native graphs use."""
     from onnx import helper, numpy_helper
@@ -185,24 +208,31 @@ def _quantize_embedding(model, vocab: int, precision) -> None:
     from .onnx_quant import quantize_blockwise
 
     inits = {t.name: t for t in model.graph.initializer}
+    done: set[str] = set()
     for index, node in enumerate(list(model.graph.node)):
-        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is None or len(table.dims) != 2 or table.dims[0] != vocab or vocab < 2:
+        if node.op_type != "Gather" or node.input[1] != "input_ids" or node.input[0] not in inits:
             continue
-        q = quantize_blockwise(numpy_helper.to_array(table).astype("float32"), precision.bits, precision.block_size)
+        table = inits[node.input[0]]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if len(table.dims) != 2 or axis != 0:
+            continue
         base = node.input[0]
-        model.graph.initializer.extend([
-            numpy_helper.from_array(q.packed.reshape(q.n, -1), base + ".q"),
-            numpy_helper.from_array(q.scales.reshape(q.n, -1), base + ".scales"),
-            numpy_helper.from_array(q.zero_points.reshape(q.n, -1), base + ".zp"),
-        ])
+        if base not in done:
+            q = quantize_blockwise(numpy_helper.to_array(table).astype("float32"), precision.bits, precision.block_size)
+            model.graph.initializer.extend([
+                numpy_helper.from_array(q.packed.reshape(q.n, -1), base + ".q"),
+                numpy_helper.from_array(q.scales.reshape(q.n, -1), base + ".scales"),
+                numpy_helper.from_array(q.zero_points.reshape(q.n, -1), base + ".zp"),
+            ])
+            done.add(base)
         gathered = helper.make_node("GatherBlockQuantized", [base + ".q", node.input[1], base + ".scales", base + ".zp"],
                                     list(node.output), name=node.name + "_q", domain="com.microsoft", gather_axis=0,
-                                    quantize_axis=1, block_size=precision.block_size, bits=q.bits)
+                                    quantize_axis=1, block_size=precision.block_size, bits=precision.bits)
         model.graph.node.remove(node)
         model.graph.node.insert(index, gathered)
+    for base in done:
         if not any(base in n.input for n in model.graph.node):
-            model.graph.initializer.remove(table)
+            model.graph.initializer.remove(inits[base])
 
 
 def _weights(model) -> tuple[int, dict[str, int]]:
@@ -239,6 +269,12 @@ def _facts(ckpt: Checkpoint, model, task: str) -> dict[str, Any]:
     cfg = ckpt.config
     inputs = {i.name: i for i in model.graph.input}
     context = int(cfg.get("max_position_embeddings") or cfg.get("n_positions") or 512)
+    served = ({"input_ids", "attention_mask", "token_type_ids"} if task == "feature-extraction"
+              else {"input_ids", "attention_mask", "position_ids"})
+    unserved = [n for n in inputs if n not in served and not n.startswith("past_key_values.")]
+    if unserved:
+        raise ConversionError(f"{ckpt.path}: optimum's graph takes inputs edgekit's runtime does not feed "
+                              f"({', '.join(unserved)})")
     if task == "feature-extraction":
         from .source import sentence_pooling
 

@@ -38,7 +38,7 @@ class _StageProgress:
     """rich progress bars, one per conversion stage (inspect, write, quantize, hash)."""
 
     _LABELS = {"inspect": "Reading checkpoint", "write": "Writing tensors", "quantize": "Quantizing (llama.cpp)",
-               "hash": "Hashing files"}
+               "export": "Exporting (optimum-onnx)", "hash": "Hashing files"}
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -104,8 +104,7 @@ def convert(
 def _path_taken(result) -> str:
     if result.exporter == "edgekit":
         return ""
-    return (f"\n  exported through {result.exporter} for {result.architecture} (the fallback path; edgekit's own "
-            "ONNX builders cover Llama, Mistral, Qwen2/3 and BERT)")
+    return f"\n  exported through {result.exporter} for {result.architecture} (the fallback path, not edgekit's own graph)"
 
 
 @app.command()
@@ -147,10 +146,10 @@ def run(
     prompt: Annotated[str, typer.Argument(help="text to complete")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
-    top_k: Annotated[int, typer.Option("--top-k")] = 40,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
-    min_p: Annotated[float, typer.Option("--min-p")] = 0.0,
-    repeat_penalty: Annotated[float, typer.Option("--repeat-penalty")] = 1.0,
+    top_k: Annotated[int | None, typer.Option("--top-k")] = None,  # None: GenerationOptions' default
+    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p")] = None,
+    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="generate max_tokens even past EOS")] = False,
@@ -163,9 +162,9 @@ def run(
 
     try:
         with load(artifact, device=device) as engine:
-            kwargs = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
-                      "min_p": min_p, "repeat_penalty": repeat_penalty, "seed": seed, "stop": stop or (),
-                      "ignore_eos": ignore_eos}
+            sampling = {"top_k": top_k, "top_p": top_p, "min_p": min_p, "repeat_penalty": repeat_penalty}
+            kwargs = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "stop": stop or (),
+                      "ignore_eos": ignore_eos, **{k: v for k, v in sampling.items() if v is not None}}
             messages = [{"role": "user", "content": prompt}]
             if as_json:
                 result = engine.chat(messages, **kwargs) if chat else engine.generate(prompt, **kwargs)

@@ -203,8 +203,8 @@ def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
     if not onnx_optimum.supports(ckpt):  # raises MissingDependencyError without the optimum extra
         raise UnsupportedArchitectureError(
             str(ckpt.path / "config.json"), ckpt.architecture, [*DECODERS, *ENCODERS],
-            f"; optimum-onnx has no '{onnx_optimum.task_for(ckpt)}' export for model_type "
-            f"'{ckpt.config.get('model_type')}' either")
+            f"; nor does the optimum-onnx fallback serve it (model_type '{ckpt.config.get('model_type')}', "
+            f"task {onnx_optimum.task_for(ckpt) or 'none edgekit runs'})")
     return ("decoder" if onnx_optimum.task_for(ckpt) != "feature-extraction" else "encoder"), "optimum-onnx"
 
 

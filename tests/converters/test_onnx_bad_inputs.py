@@ -17,17 +17,19 @@ from edgekit.errors import (
 )
 
 
-def test_unsupported_architecture_lists_onnx_families(tiny_checkpoint, tmp_path):
-    """An architecture neither the native builders nor optimum-onnx's exporter know."""
+@pytest.mark.parametrize("arch,model_type", [("FooForCausalLM", "foo"),  # nobody knows it
+                                             ("Qwen2ForSequenceClassification", "qwen2")])  # no task we serve
+def test_unsupported_architecture_lists_onnx_families(arch, model_type, tiny_checkpoint, tmp_path):
+    """An architecture neither the native builders nor the optimum-onnx fallback serve."""
     src = tmp_path / "src"
     shutil.copytree(tiny_checkpoint("qwen2"), src)
     config = json.loads((src / "config.json").read_text())
-    config.update(architectures=["FooForCausalLM"], model_type="foo")
+    config.update(architectures=[arch], model_type=model_type)
     (src / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitectureError) as info:
         edgekit.convert(str(src), to="onnx", quant="int8", output=tmp_path / "o")
-    assert "FooForCausalLM" in str(info.value) and "Qwen2ForCausalLM" in str(info.value)
-    assert "BertModel" in str(info.value) and "optimum-onnx has no" in str(info.value)
+    assert arch in str(info.value) and "Qwen2ForCausalLM" in str(info.value)
+    assert "BertModel" in str(info.value) and "nor does the optimum-onnx fallback" in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
