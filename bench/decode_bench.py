@@ -184,14 +184,20 @@ def main() -> None:
     print(f"{'engine':<30}{'decode tok/s':>14}{'TTFT s':>9}{'weights MB':>12}{'% of limit':>12}")
     for name, r in rows.items():
         print(f"{name:<30}{r['decode_tok_s']:>14.1f}{r['ttft_s']:>9.3f}{r['weight_mb']:>12.1f}{r['pct_of_bandwidth_limit']:>12.1f}")
-    ratios = {"gguf_decode_vs_raw": rows["edgekit gguf"]["decode_tok_s"] / rows["llama-cpp-python"]["decode_tok_s"],
-              "gguf_ttft_vs_raw": rows["edgekit gguf"]["ttft_s"] / rows["llama-cpp-python"]["ttft_s"]}
-    if "onnxruntime-genai" in rows:
-        ratios["onnx_decode_vs_genai"] = rows["edgekit onnx"]["decode_tok_s"] / rows["onnxruntime-genai"]["decode_tok_s"]
-        ratios["onnx_ttft_vs_genai"] = rows["edgekit onnx"]["ttft_s"] / rows["onnxruntime-genai"]["ttft_s"]
-    if "optimum ORTModel" in rows:
-        ratios["onnx_decode_vs_optimum"] = rows["edgekit onnx"]["decode_tok_s"] / rows["optimum ORTModel"]["decode_tok_s"]
-        ratios["onnx_ttft_vs_optimum"] = rows["edgekit onnx"]["ttft_s"] / rows["optimum ORTModel"]["ttft_s"]
+    # Two estimates per pair: the ratio of the medians, and the median of per-run ratios (the two
+    # runs of one round are adjacent in time, so the pairing cancels the machine's slow drifts;
+    # single runs here vary by +-15%).
+    pairs = [("gguf", "edgekit gguf", "llama-cpp-python", "raw"), ("onnx", "edgekit onnx", "onnxruntime-genai", "genai"),
+             ("onnx", "edgekit onnx", "optimum ORTModel", "optimum")]
+    ratios = {}
+    for prefix, ours, theirs, short in pairs:
+        if ours not in samples or theirs not in samples:
+            continue
+        for i, metric in ((0, "decode"), (1, "ttft")):
+            key = "decode_tok_s" if i == 0 else "ttft_s"
+            ratios[f"{prefix}_{metric}_vs_{short}"] = rows[ours][key] / rows[theirs][key]
+            ratios[f"{prefix}_{metric}_vs_{short}_paired"] = statistics.median(
+                a[i] / b[i] for a, b in zip(samples[ours], samples[theirs], strict=True))
     for k, v in ratios.items():
         print(f"{k}: {v:.2f}x")
     if args.json:
