@@ -3,8 +3,9 @@ natively (encoders such as DistilBERT, decoders outside onnx_decoder.DECODERS su
 then onnxruntime's own quantizers.
 
 Weights: int8/int4 are MatMulNBits weight-only (block 32, asymmetric, accuracy level 4) on every
-MatMul, the lm_head included (optimum writes a tied head as its own initializer), and
-GatherBlockQuantized on the embedding. Dynamic int8 activation quantization is not offered: it
+MatMul, the lm_head included, and GatherBlockQuantized on the embedding; int4 keeps the same
+tensors at 8 bits as edgekit's own graphs (v/o/down projections, lm_head, embedding), without the
+activation-aware scaling, which needs our own graph's calibration taps. Dynamic int8 activation quantization is not offered: it
 wrecks models this small (DESIGN.md section 6: mean KL 0.86 on SmolLM2). fp16 converts the float
 weights and keeps float32 inputs and outputs.
 
@@ -146,8 +147,16 @@ def scheme(precision) -> str:
     """What this path really writes for `precision`, in words (the manifest's quantization.scheme)."""
     if precision.bits is None:
         return precision.float_type
-    return (f"optimum-onnx export; MatMulNBits {precision.bits}-bit block {precision.block_size} asymmetric "
-            f"on every MatMul (lm_head included), GatherBlockQuantized embedding")
+    parts = [f"optimum-onnx export; MatMulNBits {precision.bits}-bit block {precision.block_size} asymmetric"]
+    if precision.bits == 4 and precision.eight_bit:
+        parts.append("8-bit " + "/".join(precision.eight_bit))
+    parts.append(f"lm_head and GatherBlockQuantized embedding {_head_bits(precision)}-bit")
+    parts.append("no activation-aware scaling (it needs edgekit's own graph)")
+    return "; ".join(parts)
+
+
+def _head_bits(precision) -> int:
+    return precision.head_bits or precision.bits
 
 
 def _untie_head(model):
@@ -176,6 +185,15 @@ def _untie_head(model):
     return model
 
 
+def _wide(node_name: str, precision) -> bool:
+    """Whether a MatMul keeps 8 bits in an int4 model: the same choice as edgekit's own graphs
+    (precision.eight_bit projections and the lm_head), matched on optimum's node names such as
+    /model/layers.0/self_attn/v_proj/MatMul and /lm_head/MatMul."""
+    if precision.bits != 4:
+        return False
+    return any(tag in node_name for tag in precision.eight_bit) or (precision.head_bits == 8 and "lm_head" in node_name)
+
+
 def _quantize(model, precision):
     import logging
 
@@ -186,18 +204,24 @@ def _quantize(model, precision):
         MatMulNBitsQuantizer,
     )
 
-    config = DefaultWeightOnlyQuantConfig(block_size=precision.block_size, is_symmetric=False,
-                                          accuracy_level=precision.accuracy_level, bits=precision.bits,
-                                          op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+    wide = [n.name for n in model.graph.node if n.op_type == "MatMul" and _wide(n.name, precision)]
+    # nodes_to_exclude restricts a pass (nodes_to_include did not, onnxruntime 1.32): the narrow
+    # pass skips the wide nodes, then a second pass takes every MatMul still in float at 8 bits
+    passes = [(precision.bits, wide)] + ([(8, [])] if wide else [])
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # it logs every node it visits at INFO
     try:
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
+        for bits, exclude in passes:
+            config = DefaultWeightOnlyQuantConfig(block_size=precision.block_size, is_symmetric=False,
+                                                  accuracy_level=precision.accuracy_level, bits=bits,
+                                                  op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+            quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=exclude)
+            quantizer.process()
+            model = quantizer.model.model
     finally:
         log.setLevel(level)
-    return quantizer.model.model
+    return model
 
 
 def _quantize_embedding(model, precision) -> None:
@@ -218,7 +242,8 @@ def _quantize_embedding(model, precision) -> None:
             continue
         base = node.input[0]
         if base not in done:
-            q = quantize_blockwise(numpy_helper.to_array(table).astype("float32"), precision.bits, precision.block_size)
+            q = quantize_blockwise(numpy_helper.to_array(table).astype("float32"), _head_bits(precision),
+                                   precision.block_size)
             model.graph.initializer.extend([
                 numpy_helper.from_array(q.packed.reshape(q.n, -1), base + ".q"),
                 numpy_helper.from_array(q.scales.reshape(q.n, -1), base + ".scales"),
@@ -227,7 +252,7 @@ def _quantize_embedding(model, precision) -> None:
             done.add(base)
         gathered = helper.make_node("GatherBlockQuantized", [base + ".q", node.input[1], base + ".scales", base + ".zp"],
                                     list(node.output), name=node.name + "_q", domain="com.microsoft", gather_axis=0,
-                                    quantize_axis=1, block_size=precision.block_size, bits=precision.bits)
+                                    quantize_axis=1, block_size=precision.block_size, bits=_head_bits(precision))
         model.graph.node.remove(node)
         model.graph.node.insert(index, gathered)
     for base in done:
