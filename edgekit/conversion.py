@@ -102,6 +102,9 @@ def convert(
     formats = _parse_formats(to)
     if exporter not in EXPORTERS:
         raise ConversionError(f"unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}")
+    if exporter != "auto" and "onnx" not in formats:
+        raise ConversionError(f"exporter='{exporter}' chooses how the ONNX graph is made; it has no meaning for "
+                              f"to='{','.join(formats)}'")
     schemes = {fmt: _scheme(fmt, quant) for fmt in formats}  # bad names fail before any work
     if progress:
         progress("inspect", 0, 1)

@@ -124,3 +124,8 @@ def test_exporter_choice(tiny_checkpoint, tmp_path):
         edgekit.convert(str(tiny_checkpoint("gemma2")), to="onnx", quant="fp32", output=tmp_path / "g",
                         exporter="edgekit")
     assert not (tmp_path / "g").exists()
+    with pytest.raises(edgekit.ConversionError, match="exporter"):
+        edgekit.convert(str(tiny_checkpoint("qwen2")), to="gguf", output=tmp_path / "x", exporter="optimum")
+    with pytest.raises(edgekit.ConversionError, match="unknown exporter"):
+        edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx", output=tmp_path / "x", exporter="torch")
+    assert not (tmp_path / "x").exists()
