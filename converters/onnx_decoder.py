@@ -216,7 +216,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         embed_q = quantize_blockwise(embed, precision.head_bits or precision.bits, precision.block_size)
         n_blocks = embed_q.packed.shape[1]
         data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
-        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks))
+        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(ft))
         zps = g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1))
         x = g.op("GatherBlockQuantized", [data, "input_ids", embed_scales, zps], domain="com.microsoft", gather_axis=0,
                  quantize_axis=1, block_size=precision.block_size, bits=embed_q.bits)[0]
