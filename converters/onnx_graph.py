@@ -51,10 +51,7 @@ class GraphBuilder:
         model = helper.make_model(graph, producer_name="edgekit",
                                   opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
         model.ir_version = 8
-        external = self.weight_bytes > 1_800_000_000
-        self.onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
-                             location=out_file.name + ".data" if external else None, size_threshold=1024)
-        return [out_file.name + ".data"] if external else []
+        return save_model(model, out_file, self.weight_bytes)
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", name: str | None = None,
            outputs: list[str] | None = None, **attrs: Any) -> list[str]:
@@ -63,3 +60,14 @@ class GraphBuilder:
         outs = outputs or [f"{name}/out{i}" for i in range(n_out)]
         self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
         return outs
+
+
+def save_model(model, out_file: Path, weight_bytes: int) -> list[str]:
+    """Save an ONNX model; past protobuf's 2 GB limit the weights go to one side file next to it.
+    Returns the side-file names (empty when everything fits in out_file)."""
+    import onnx
+
+    external = weight_bytes > 1_800_000_000
+    onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=out_file.name + ".data" if external else None, size_threshold=1024)
+    return [out_file.name + ".data"] if external else []

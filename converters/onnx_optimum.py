@@ -28,6 +28,7 @@ from typing import Any
 
 from edgekit.errors import ConversionError, EdgekitError, require
 
+from .onnx_graph import save_model
 from .source import Checkpoint
 
 Progress = Callable[[str, int, int], None]
@@ -106,21 +107,18 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
             raise ConversionError(f"{ckpt.path}: quantizing optimum's export to {precision.name} failed "
                                   f"({type(exc).__name__}: {exc})") from exc
         weight_bytes, kinds = _weights(model)
-        external = weight_bytes > 1_800_000_000
-        onnx.save_model(model, str(out_file), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=out_file.name + ".data" if external else None, size_threshold=1024)
-        generated = []
+        side_files = save_model(model, out_file, weight_bytes)
         if not ckpt.has("tokenizer.json") and (work / "tokenizer.json").is_file():
             # a SentencePiece-only checkpoint: runtimes read tokenizer.json, which optimum just wrote
             shutil.copyfile(work / "tokenizer.json", out_file.with_name("tokenizer.json"))
-            generated.append("tokenizer.json")
+            side_files.append("tokenizer.json")
         if progress:
             progress("export", 2, 2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     n_params = sum(math.prod(r.shape) for r in ckpt.tensors.values())
     return {"optimum_task": task, **facts,
-            "external_data": ([out_file.name + ".data"] if external else []) + generated,
+            "external_data": side_files,
             "bits_per_weight": round(weight_bytes * 8 / max(n_params, 1), 3), "tensor_types": kinds}
 
 

@@ -9,8 +9,6 @@ so calls from several threads take turns, metrics (DESIGN.md section 7) and the 
 from __future__ import annotations
 
 import codecs
-import platform
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import read_manifest
+from .devices import llama_cpp_auto, onnxruntime_auto
 from .errors import ArtifactError, ContextOverflowError, DeviceUnavailableError, InvalidOptionError
 from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget
 
@@ -76,24 +75,14 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
         raise DeviceUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     fmt = manifest.get("format")
     if fmt == "gguf":
-        from edgekit.runtimes.llamacpp import LlamaCppBackend, gpu_offload_supported
+        from edgekit.runtimes.llamacpp import LlamaCppBackend
 
-        chosen = device
-        if device == "auto":  # llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere
-            gpu = "apple" if sys.platform == "darwin" and platform.machine() == "arm64" else "cuda"
-            chosen = gpu if gpu_offload_supported() else "cpu"
+        chosen = llama_cpp_auto()[0] if device == "auto" else device
         return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen, budget)
     if fmt == "onnx":
-        from edgekit.runtimes.onnxrt import (
-            PROVIDERS,
-            OnnxEncoderBackend,
-            OnnxRuntimeBackend,
-            available_providers,
-        )
+        from edgekit.runtimes.onnxrt import OnnxEncoderBackend, OnnxRuntimeBackend
 
-        chosen = device
-        if device == "auto":  # CoreML cannot run the contrib ops, so auto prefers CUDA, else CPU
-            chosen = "cuda" if PROVIDERS["cuda"] in available_providers() else "cpu"
+        chosen = onnxruntime_auto()[0] if device == "auto" else device
         kind = OnnxEncoderBackend if manifest.get("task") == "feature-extraction" else OnnxRuntimeBackend
         return Engine(root, manifest, kind(root, manifest, chosen, n_ctx), chosen, budget)
     raise ArtifactError(f"{root}: format '{fmt}' has no runtime")
@@ -175,11 +164,14 @@ class Engine:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted, times, tokens, reason = "", 0, [], [], "stop"
         events = self.backend.generate(ids, options)
+        longest = max((len(x) for x in options.stop), default=0)
         for event in events:
             times.append(time.perf_counter())
             tokens.append(event.token_id)
+            before = len(text)
             text += decoder.decode(event.piece)
-            cut = _stop_at(text, options.stop)
+            # earlier text held no stop string: a new one must end in this piece (no rescan per token)
+            cut = _stop_at(text, options.stop, max(0, before - longest + 1))
             if cut is not None:
                 text = text[:cut]
                 break
@@ -218,8 +210,8 @@ class Engine:
         self.close()
 
 
-def _stop_at(text: str, stops: Sequence[str]) -> int | None:
-    hits = [i for s in stops if s and (i := text.find(s)) >= 0]
+def _stop_at(text: str, stops: Sequence[str], start: int = 0) -> int | None:
+    hits = [i for s in stops if s and (i := text.find(s, start)) >= 0]
     return min(hits) if hits else None
 
 

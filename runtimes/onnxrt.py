@@ -133,10 +133,10 @@ class OnnxRuntimeBackend(_OnnxBackend):
             for n, value in enumerate(outputs[len(outputs) - 2 * self._layers:]):
                 binding.bind_ortvalue_input(self._kv_names[n], value)
                 binding.bind_output(self._present_names[n], self._device)  # a fresh, longer one next step
-            out = logits if logits is not None else outputs[0]
-        else:
-            out = logits if logits is not None else binding.get_outputs()[0]
-        return out.numpy()[0, -1]
+            logits = logits if logits is not None else outputs[0]
+        elif logits is None:
+            logits = binding.get_outputs()[0]
+        return logits.numpy()[0, -1]
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         binding = self._sess.io_binding()
