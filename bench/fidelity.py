@@ -1,7 +1,7 @@
 """Fidelity of every int8/int4 artifact kind against transformers fp32, on off-grid SmolLM2.
 
-Teacher-forced next-token distributions over a text of prose, code and Spanish; mean KL and
-top-1 agreement (DESIGN.md section 6 method), with the artifact's size. Off-grid weights
+Teacher-forced next-token distributions over a short text of prose, code and Spanish and a longer
+mixed one; mean KL and top-1 agreement (DESIGN.md section 6 method), with the artifact's size. Off-grid weights
 (bench/offgrid.py) so that no format is flattered by SmolLM2's Q4_1 origin.
 
     python bench/fidelity.py [--grid]     # --grid: the bundled (grid-aligned) weights instead
@@ -22,6 +22,25 @@ sys.path.insert(0, str(HERE))
 TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
         "movable metal type with an oil-based ink. def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
         "La biblioteca de la ciudad abre todos los días a las nueve de la mañana.")
+# A second, longer text (381 tokens: prose, Q&A, code, SQL, science, Spanish, French, chat): the
+# 83-token TEXT alone swings by +-0.01 in mean KL between quantizations of equal quality.
+TEXT_LONG = """The committee met on Tuesday to review the budget for the new library wing. After a long discussion about heating costs, the members agreed to postpone the decision until the engineers report in March. Meanwhile, volunteers will continue to sort the donated books by subject and condition.
+Q: How do I reverse a list in Python?
+A: Use slicing, `items[::-1]`, which returns a new list, or call `items.reverse()` to reverse it in place.
+class Stack:
+    def __init__(self):
+        self.items = []
+    def push(self, x):
+        self.items.append(x)
+    def pop(self):
+        return self.items.pop()
+SELECT name, COUNT(*) FROM orders WHERE total > 100 GROUP BY name ORDER BY 2 DESC;
+Photosynthesis converts light energy into chemical energy: plants take in carbon dioxide and water and release oxygen. The reaction happens in the chloroplasts, which contain the green pigment chlorophyll.
+El tren sale de la estación central a las ocho y cuarto, y llega a Sevilla poco antes del mediodía. Los billetes se pueden comprar en línea o en la taquilla.
+User: Can you suggest a name for my bakery?
+Assistant: How about "Morning Crumb", "The Rolling Pin" or "Golden Crust"? Each suggests warmth and fresh bread.
+In 1969, Apollo 11 landed on the Moon, and Neil Armstrong became the first person to walk on its surface. The mission returned 21.5 kilograms of lunar samples to Earth.
+Le chat dort sur le canapé pendant que la pluie tombe doucement contre la fenêtre."""
 CASES = [("onnx", "int8"), ("onnx", "int4"), ("gguf", "int8"), ("gguf", "int4"), ("gguf", "Q4_0")]
 
 
@@ -39,23 +58,29 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     ckpt = bundled.path() if args.grid else offgrid_checkpoint()
-    ids = hf_tokenizer(ckpt)(TEXT, add_special_tokens=False)["input_ids"]
-    ref = hf_logits(ckpt, ids)
+    tokenizer = hf_tokenizer(ckpt)
+    texts = {"": TEXT, "long_": TEXT_LONG}
+    ids = {key: tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in texts.items()}
+    ref = {key: hf_logits(ckpt, i) for key, i in ids.items()}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, quant in CASES:
             r = edgekit.convert(str(ckpt), to=fmt, quant=quant, output=Path(tmp) / f"{fmt}-{quant}")
             model = r.path / r.manifest["model_file"]
-            ours = onnx_logits(model, ids) if fmt == "onnx" else llama_logits(model, ids)
             size = sum(f["size"] for f in r.files if f["name"] == r.manifest["model_file"]) / 1e6
-            rows.append({"format": fmt, "quant": r.quant if fmt == "gguf" else quant, "size_mb": round(size, 1),
-                         "bits_per_weight": r.bits_per_weight, "mean_kl": round(mean_kl(ours, ref), 4),
-                         "top1": round(float(np.mean(ours.argmax(-1) == ref.argmax(-1))), 3)})
-            print(json.dumps(rows[-1]), flush=True)
-    print(f"{'artifact':<14}{'size MB':>9}{'bits/w':>8}{'mean KL':>9}{'top-1':>7}   ({'grid' if args.grid else 'off-grid'}, {len(ids)} tokens)")
+            row = {"format": fmt, "quant": r.quant if fmt == "gguf" else quant, "size_mb": round(size, 1),
+                   "bits_per_weight": r.bits_per_weight}
+            for key in texts:
+                ours = onnx_logits(model, ids[key]) if fmt == "onnx" else llama_logits(model, ids[key])
+                row[key + "mean_kl"] = round(mean_kl(ours, ref[key]), 4)
+                row[key + "top1"] = round(float(np.mean(ours.argmax(-1) == ref[key].argmax(-1))), 3)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"{'':<31}{len(ids['']):>4}-token text  {len(ids['long_']):>4}-token text   ({'grid' if args.grid else 'off-grid'})")
+    print(f"{'artifact':<14}{'size MB':>9}{'bits/w':>8}{'mean KL':>9}{'top-1':>7}{'mean KL':>11}{'top-1':>7}")
     for row in rows:
         print(f"{row['format'] + ' ' + row['quant']:<14}{row['size_mb']:>9.1f}{row['bits_per_weight']:>8.2f}"
-              f"{row['mean_kl']:>9.4f}{row['top1']:>7.2f}")
+              f"{row['mean_kl']:>9.4f}{row['top1']:>7.2f}{row['long_mean_kl']:>11.4f}{row['long_top1']:>7.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))

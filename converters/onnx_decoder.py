@@ -61,7 +61,15 @@ class Precision:
     # Tensors kept at 8 bits in an int4 model: the ones whose error reaches the output most directly
     # (DESIGN.md section 6: v/o/down at 8 bits took mean KL from 0.45 to 0.14 on SmolLM2).
     eight_bit: tuple[str, ...] = ()
+    # Blocks of 8-bit tensors: the largest power of two up to this that divides K. Their weight error
+    # is negligible at any block size, but accuracy level 4 quantizes the activations per block too,
+    # so wider blocks do cost something (measured below; worth it in int4, not in int8).
+    eight_bit_block: int | None = None
     head_bits: int | None = None  # embedding / lm_head bits when they differ from `bits`
+    # float16 scales for MatMulNBits / GatherBlockQuantized in a float32 graph: half the scale bytes
+    # (0.5 bit per weight at block 32). The ops take scales in their input/output type, so inputs
+    # are cast to float16 and results back; the residual stream, attention and KV cache stay float32.
+    half_scales: bool = False
     # Activation-aware scaling before quantizing (AWQ without its search): each linear layer's input
     # channels are scaled by mean|activation|^alpha, measured by running our own fp32 graph on a
     # short built-in text, and the inverse is folded into the op before (norm weight, up or v rows).
@@ -74,12 +82,31 @@ class Precision:
         if self.bits is None:
             return self.float_type
         parts = [f"MatMulNBits {self.bits}-bit block {self.block_size} asymmetric"]
+        if self.half_scales:
+            parts.append("float16 scales")
+        wide = f" block up to {self.eight_bit_block}" if self.eight_bit_block else ""
         if self.eight_bit:
-            parts.append("8-bit " + "/".join(self.eight_bit))
-        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit")
+            parts.append("8-bit " + "/".join(self.eight_bit) + wide)
+        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit" + (wide if self.head_bits == 8 else ""))
         if self.awq_alpha is not None:
             parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
         return "; ".join(parts)
+
+    def layer_spec(self, name: str, k: int) -> tuple[int, int]:
+        """(bits, block size) of a quantized layer matrix `name` with k input features."""
+        bits = 8 if self.bits == 4 and any(tag in name for tag in self.eight_bit) else self.bits
+        return bits, self._wide_block(k) if bits == 8 else self.block_size
+
+    def head_spec(self, k: int) -> tuple[int, int]:
+        """(bits, block size) of the embedding and lm_head."""
+        bits = self.head_bits or self.bits
+        return bits, self._wide_block(k) if bits == 8 else self.block_size
+
+    def _wide_block(self, k: int) -> int:
+        block = self.eight_bit_block or self.block_size
+        while block > self.block_size and k % block:
+            block //= 2
+        return block
 
 
 PRECISIONS = {
@@ -87,13 +114,18 @@ PRECISIONS = {
     "fp16": Precision("fp16", "float16"),
     # int8 keeps accuracy level 4 (int8 activations): level 1 measured mean KL 0.0023 instead of
     # 0.0074 on off-grid SmolLM2, but onnxruntime 1.32's CPU kernel then decoded over 10x slower.
+    # It keeps blocks of 32 and float32 scales too: blocks up to 128 measured 0.017 (144 MB), float16
+    # scales 0.0080 (147 MB), against 0.0069 (156 MB) and a target of 0.008.
     "int8": Precision("int8", "float32", bits=8),
     # int4: measured on off-grid SmolLM2 (bench/fidelity.py), mean KL / size: everything 4-bit
     # 0.68 / 89 MB; v/o/down 8-bit 0.35 / 109 MB; plus embedding+lm_head 8-bit 0.22 / 124 MB;
-    # plus activation-aware scaling (alpha 0.5; 0.25 gave 0.156) 0.154 / 124 MB. llama.cpp Q4_K_M:
-    # 0.18 / 105 MB. Quality first: "int4" must not buy size with quality.
-    "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj"), head_bits=8,
-                      awq_alpha=0.5),
+    # plus activation-aware scaling (alpha 0.5; 0.25 gave 0.156) 0.152 / 124 MB; plus float16 scales
+    # and 8-bit blocks up to 128 (0.152 / 109 MB: the same quality, 14 MB less). llama.cpp Q4_K_M:
+    # 0.176 / 105 MB. Not taken: 4-bit block 16 (0.131 / 115 MB, but 8-17% slower decode and 20%
+    # slower prefill on CPU), 8-bit blocks 32 (0.148 / 113 MB). Quality first: "int4" must not buy
+    # size with quality.
+    "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj"), eight_bit_block=128,
+                      head_bits=8, awq_alpha=0.5, half_scales=True),
 }
 ALIASES = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "q8": "int8", "q4": "int4"}
 
@@ -105,8 +137,8 @@ def onnx_precision(name: str) -> Precision:
     return PRECISIONS[key]
 
 
-def rotary_caches(config: dict[str, Any], head_dim: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin [length, head_dim/2] with the checkpoint's rope base and scaling (linear, llama3)."""
+def rotary_inv_freq(config: dict[str, Any], head_dim: int) -> np.ndarray:
+    """Rotation speed of each of the head_dim/2 pairs (float64), rope base and scaling applied."""
     from .gguf_convert import rope_parameters
 
     rope = rope_parameters(config)
@@ -124,8 +156,7 @@ def rotary_caches(config: dict[str, Any], head_dim: int, length: int) -> tuple[n
         inv_freq = np.where(wavelen > old / low, inv_freq / factor, np.where(wavelen < old / high, inv_freq, scaled))
     elif kind not in ("default", "none"):
         raise ConversionError(f"config.json: rope scaling '{kind}' is not supported by the ONNX builder yet")
-    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return inv_freq
 
 
 def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None,
@@ -172,14 +203,14 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
 
     def linear(x: str, hf_name: str, bias: str | None = None) -> str:
         w = weight(hf_name)  # [out, in]
-        bits = precision.bits
-        if bits == 4 and any(tag in hf_name for tag in precision.eight_bit):
-            bits = 8
-        g.count_kind(precision.float_type if bits is None else f"int{bits}")
-        if bits is None:
+        if precision.bits is None:
+            g.count_kind(precision.float_type)
             out = g.op("MatMul", [x, g.init(hf_name + ".T", w.T.astype(ft))])[0]
         else:
-            out = g.matmul_nbits(x, hf_name, quantize_blockwise(w, bits, precision.block_size), precision.accuracy_level)
+            bits, block = precision.layer_spec(hf_name, w.shape[1])
+            g.count_kind(f"int{bits}")
+            out = g.matmul_nbits(x, hf_name, quantize_blockwise(w, bits, block), precision.accuracy_level,
+                                 half_scales=precision.half_scales)
         if bias is not None:
             out = g.op("Add", [out, g.init(bias, weight(bias).astype(ft))])[0]
         return out
@@ -200,9 +231,8 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                    to=TensorProto.INT32)[0]
     total = g.op("Cast", [g.op("Gather", [g.op("Shape", ["attention_mask"])[0], g.init("one_idx", np.array(1, np.int64))],
                               axis=0)[0]], to=TensorProto.INT32)[0]
-    cos, sin = rotary_caches(cfg, head_dim, context)
-    cos_name, sin_name = g.init("cos_cache", cos.astype(ft)), g.init("sin_cache", sin.astype(ft))
-    cache_bytes = g.weight_bytes  # rotary tables are not weights; bits per weight leaves them out
+    cos_name, sin_name = _rotary_tables(g, rotary_inv_freq(cfg, head_dim), context)
+    cache_bytes = g.weight_bytes  # rotary speeds and shapes are not weights; bits per weight leaves them out
 
     embed = weight("model.embed_tokens.weight")
     tied = "lm_head.weight" not in ckpt.tensors
@@ -213,13 +243,16 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     else:
         # Quantized embedding read by GatherBlockQuantized; when tied, the lm_head reuses the very
         # same bytes (MatMulNBits' B is the embedding matrix itself, [vocab, hidden]).
-        embed_q = quantize_blockwise(embed, precision.head_bits or precision.bits, precision.block_size)
+        embed_q = quantize_blockwise(embed, *precision.head_spec(embed.shape[1]))
         n_blocks = embed_q.packed.shape[1]
         data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
-        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(ft))
+        scale_type = np.float16 if precision.half_scales else ft
+        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(scale_type))
         zps = g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1))
         x = g.op("GatherBlockQuantized", [data, "input_ids", embed_scales, zps], domain="com.microsoft", gather_axis=0,
-                 quantize_axis=1, block_size=precision.block_size, bits=embed_q.bits)[0]
+                 quantize_axis=1, block_size=embed_q.block_size, bits=embed_q.bits)[0]
+        if scale_type is not ft:  # the op returns its scales' type
+            x = g.op("Cast", [x], to=g.elem)[0]
     lm_head_source = embed if tied and embed_q is None else None
     del embed
 
@@ -268,9 +301,13 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     if tied and embed_q is not None:
         b = g.op("Reshape", ["embed.q", g.init("b_shape", np.array(embed_q.packed.shape, np.int64))])[0]
         flat = g.init("flat", np.array([-1], np.int64))
-        ins = [normed, b, g.op("Reshape", ["embed.scales", flat])[0], g.op("Reshape", ["embed.zp", flat])[0]]
+        half = precision.half_scales and ft is np.float32
+        ins = [g.op("Cast", [normed], to=TensorProto.FLOAT16)[0] if half else normed, b,
+               g.op("Reshape", ["embed.scales", flat])[0], g.op("Reshape", ["embed.zp", flat])[0]]
         logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n, bits=embed_q.bits,
-                      block_size=precision.block_size, accuracy_level=precision.accuracy_level)[0]
+                      block_size=embed_q.block_size, accuracy_level=precision.accuracy_level)[0]
+        if half:
+            logits = g.op("Cast", [logits], to=TensorProto.FLOAT)[0]
     else:
         g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
         logits = _lm_head(g, normed, lm_head_source if tied else weight("lm_head.weight"), precision)
@@ -369,6 +406,25 @@ def _activation_scales(ckpt: Checkpoint, out_file: Path, precision: Precision) -
     return out
 
 
+def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int) -> tuple[str, str]:
+    """GroupQueryAttention's cos/sin caches [context, head_dim/2], computed in the graph from the
+    head_dim/2 speeds: for 8192 positions the stored tables would be 2 MB of the file. They depend on
+    no input, so onnxruntime folds them into constants once, when the session loads."""
+
+    positions = g.op("Range", [g.init("rope_start", np.array(0.0, np.float32)),
+                               g.init("rope_limit", np.array(float(context), np.float32)),
+                               g.init("rope_delta", np.array(1.0, np.float32))])[0]
+    column = g.op("Unsqueeze", [positions, g.init("rope_axis", np.array([1], np.int64))])[0]
+    angles = g.op("Mul", [column, g.init("rope_inv_freq", inv_freq.astype(np.float32))])[0]
+    tables = []
+    for fn in ("Cos", "Sin"):
+        table = g.op(fn, [angles])[0]
+        if g.np_float is not np.float32:
+            table = g.op("Cast", [table], to=g.elem)[0]
+        tables.append(g.op("Identity", [table], outputs=[fn.lower() + "_cache"], name=fn.lower() + "_cache")[0])
+    return tables[0], tables[1]
+
+
 def _head_norm(g: GraphBuilder, x: str, heads: int, head_dim: int, weight: str, eps: float) -> str:
     """RMSNorm over each head's vector (Qwen3's q_norm / k_norm)."""
     shape4 = g.init(f"shape_heads_{heads}", np.array([0, 0, heads, head_dim], np.int64))
@@ -382,5 +438,5 @@ def _lm_head(g: GraphBuilder, x: str, head: np.ndarray, precision: Precision) ->
     """Output projection; quantized too, also when tied to the embedding (no fp32 copy left behind)."""
     if precision.bits is None:
         return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
-    q = quantize_blockwise(head, precision.head_bits or precision.bits, precision.block_size)
-    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level)
+    q = quantize_blockwise(head, *precision.head_spec(head.shape[1]))
+    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level, half_scales=precision.half_scales)

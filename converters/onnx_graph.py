@@ -24,6 +24,7 @@ class GraphBuilder:
         self.count = 0
         self.weight_bytes = 0
         self.kinds: dict[str, int] = {}  # weight matrices by storage: float32 / float16 / int4 / int8
+        self.half_inputs: dict[str, str] = {}  # value -> its float16 cast, made once for all readers
 
     def count_kind(self, kind: str) -> None:
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -32,16 +33,26 @@ class GraphBuilder:
         if name in self.names:  # shared constants (shapes, axes) are registered once
             return name
         self.names.add(name)
-        self.inits.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.require keeps 0-d arrays scalars (ascontiguousarray would make them [1])
+        self.inits.append(self.onnx.numpy_helper.from_array(np.require(array, requirements="C"), name))
         self.weight_bytes += array.nbytes
         return name
 
-    def matmul_nbits(self, x: str, name: str, q, accuracy_level: int) -> str:
-        """x @ dequant(q)^T with MatMulNBits; q's packed weights, scales and zero points become initializers."""
-        ins = [x, self.init(name + ".q", q.packed), self.init(name + ".scales", q.scales.astype(self.np_float)),
+    def matmul_nbits(self, x: str, name: str, q, accuracy_level: int, half_scales: bool = False) -> str:
+        """x @ dequant(q)^T with MatMulNBits; q's packed weights, scales and zero points become initializers.
+
+        half_scales: float16 scales in a float32 graph. MatMulNBits takes its scales in the type of
+        its input, so the input is cast to float16 (once per value) and the output back.
+        """
+        half = half_scales and self.np_float is np.float32
+        scales = q.scales.astype(np.float16 if half else self.np_float)
+        if half and x not in self.half_inputs:
+            self.half_inputs[x] = self.op("Cast", [x], to=self.onnx.TensorProto.FLOAT16)[0]
+        ins = [self.half_inputs[x] if half else x, self.init(name + ".q", q.packed), self.init(name + ".scales", scales),
                self.init(name + ".zp", q.zero_points)]
-        return self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
-                       accuracy_level=accuracy_level)[0]
+        out = self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
+                      accuracy_level=accuracy_level)[0]
+        return self.op("Cast", [out], to=self.elem)[0] if half else out
 
     def save(self, out_file: Path, graph_name: str, inputs: list, outputs: list) -> list[str]:
         """Write the model (weights in a side file past protobuf's 2 GB limit); return side-file names."""

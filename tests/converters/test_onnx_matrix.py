@@ -85,8 +85,30 @@ def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
     result = edgekit.convert(str(tiny_checkpoint("llama-smollm2")), to="onnx", quant="int4", output=tmp_path / "o")
     model = onnx.load(str(result.path / "model.onnx"))
     floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
-              and t.name not in ("cos_cache", "sin_cache") and not t.name.endswith(".scales")]
+              and not t.name.endswith(".scales")]
     assert not [t.name for t in floats if max(t.dims) >= 49152]
     ops = {n.op_type for n in model.graph.node}
     assert {"GatherBlockQuantized", "MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops
     assert result.manifest["quantization"]["bits_per_weight"] < 12  # 8-bit head + 4/8-bit layers, no fp32 copy
+    # float16 scales everywhere (half the scale bytes), while the graph's I/O stays float32
+    scales = [t for t in model.graph.initializer if t.name.endswith(".scales")]
+    assert scales and all(t.data_type == onnx.TensorProto.FLOAT16 for t in scales)
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # the rotary tables are computed in the graph, not stored (2 MB of an 8192-position model)
+    assert not {"cos_cache", "sin_cache"} & {t.name for t in model.graph.initializer}
+
+
+def test_onnx_storage_choices_per_tensor():
+    """int4: 4-bit blocks of 32; 8-bit tensors and the head in the widest block up to 128 dividing K.
+    int8 keeps blocks of 32 (wider ones doubled its mean KL through the int8 activation blocks)."""
+    from edgekit.converters.onnx_decoder import onnx_precision
+
+    int4, int8 = onnx_precision("int4"), onnx_precision("int8")
+    assert int4.layer_spec("model.layers.0.self_attn.q_proj.weight", 576) == (4, 32)
+    assert int4.layer_spec("model.layers.0.self_attn.v_proj.weight", 576) == (8, 64)
+    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 1536) == (8, 128)
+    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 96) == (8, 32)
+    assert int4.head_spec(576) == (8, 64)
+    assert int8.layer_spec("model.layers.0.mlp.down_proj.weight", 1536) == (8, 32)
+    assert int8.head_spec(576) == (8, 32)
+    assert "float16 scales" in int4.scheme and "block up to 128" in int4.scheme
