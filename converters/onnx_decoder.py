@@ -66,9 +66,10 @@ class Precision:
     # so wider blocks do cost something (measured below; worth it in int4, not in int8).
     eight_bit_block: int | None = None
     head_bits: int | None = None  # embedding / lm_head bits when they differ from `bits`
-    # float16 scales for MatMulNBits / GatherBlockQuantized in a float32 graph: half the scale bytes
-    # (0.5 bit per weight at block 32). The ops take scales in their input/output type, so inputs
-    # are cast to float16 and results back; the residual stream, attention and KV cache stay float32.
+    # float16 scales for the 4-bit tensors in a float32 graph: 0.5 bit per weight less at block 32.
+    # MatMulNBits takes scales in its input type, so inputs are cast to float16 and results back;
+    # the residual stream, attention and KV cache stay float32. 8-bit tensors in wide blocks would
+    # save 0.125-0.25 bit for two more casts each: they keep float32 (casts cost decode speed).
     half_scales: bool = False
     # Activation-aware scaling before quantizing (AWQ without its search): each linear layer's input
     # channels are scaled by mean|activation|^alpha, measured by running our own fp32 graph on a
@@ -83,7 +84,7 @@ class Precision:
             return self.float_type
         parts = [f"MatMulNBits {self.bits}-bit block {self.block_size} asymmetric"]
         if self.half_scales:
-            parts.append("float16 scales")
+            parts.append(f"float16 scales for {self.bits}-bit")
         wide = f" block up to {self.eight_bit_block}" if self.eight_bit_block else ""
         if self.eight_bit:
             parts.append("8-bit " + "/".join(self.eight_bit) + wide)
@@ -117,13 +118,15 @@ PRECISIONS = {
     # It keeps blocks of 32 and float32 scales too: blocks up to 128 measured 0.017 (144 MB), float16
     # scales 0.0080 (147 MB), against 0.0069 (156 MB) and a target of 0.008.
     "int8": Precision("int8", "float32", bits=8),
-    # int4: measured on off-grid SmolLM2 (bench/fidelity.py), mean KL / size: everything 4-bit
-    # 0.68 / 89 MB; v/o/down 8-bit 0.35 / 109 MB; plus embedding+lm_head 8-bit 0.22 / 124 MB;
-    # plus activation-aware scaling (alpha 0.5; 0.25 gave 0.156) 0.152 / 124 MB; plus float16 scales
-    # and 8-bit blocks up to 128 (0.152 / 109 MB: the same quality, 14 MB less). llama.cpp Q4_K_M:
-    # 0.176 / 105 MB. Not taken: 4-bit block 16 (0.131 / 115 MB, but 8-17% slower decode and 20%
-    # slower prefill on CPU), 8-bit blocks 32 (0.148 / 113 MB). Quality first: "int4" must not buy
-    # size with quality.
+    # int4: measured on off-grid SmolLM2 (bench/fidelity.py, 83-token text), mean KL / size:
+    # everything 4-bit 0.68 / 89 MB; v/o/down 8-bit 0.35 / 109 MB; plus embedding+lm_head 8-bit
+    # 0.22 / 124 MB; plus activation-aware scaling (alpha 0.5; 0.25 gave 0.156) 0.152 / 124 MB;
+    # plus float16 scales for the 4-bit tensors and 8-bit blocks up to 128: 0.151 / 111 MB, decode
+    # speed unchanged. llama.cpp Q4_K_M: 0.176 / 105 MB. Not taken: float16 scales on the 8-bit
+    # tensors too (109 MB, 4% slower decode from the casts); no float16 scales (115 MB, 5% faster);
+    # 4-bit block 16 (0.131 / 115 MB, 8-17% slower decode, 20% slower prefill on CPU); GPTQ
+    # rounding and longer calibration texts (no better, within noise). Quality first: "int4" must
+    # not buy size with quality.
     "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj"), eight_bit_block=128,
                       head_bits=8, awq_alpha=0.5, half_scales=True),
 }
@@ -202,18 +205,39 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
             tap_outputs.append(helper.make_tensor_value_info(name, g.elem, ["batch", "seq", width]))
 
     def linear(x: str, hf_name: str, bias: str | None = None) -> str:
-        w = weight(hf_name)  # [out, in]
+        return linears(x, [hf_name], [bias])[0]
+
+    def linears(x: str, hf_names: list[str], biases: list[str | None]) -> list[str]:
+        """Projections of one input. Those stored alike run as one MatMulNBits split afterwards:
+        fewer, larger kernels and one float16 cast for all of them (per-node cost shows in decode)."""
+        ws = [weight(n) for n in hf_names]
+        outs: list[str] = []
         if precision.bits is None:
-            g.count_kind(precision.float_type)
-            out = g.op("MatMul", [x, g.init(hf_name + ".T", w.T.astype(ft))])[0]
+            for name, w in zip(hf_names, ws, strict=True):
+                g.count_kind(precision.float_type)
+                outs.append(g.op("MatMul", [x, g.init(name + ".T", w.T.astype(ft))])[0])
         else:
-            bits, block = precision.layer_spec(hf_name, w.shape[1])
-            g.count_kind(f"int{bits}")
-            out = g.matmul_nbits(x, hf_name, quantize_blockwise(w, bits, block), precision.accuracy_level,
-                                 half_scales=precision.half_scales)
-        if bias is not None:
-            out = g.op("Add", [out, g.init(bias, weight(bias).astype(ft))])[0]
-        return out
+            specs = [precision.layer_spec(n, w.shape[1]) for n, w in zip(hf_names, ws, strict=True)]
+            i = 0
+            while i < len(ws):
+                j = i + 1
+                while j < len(ws) and specs[j] == specs[i]:
+                    j += 1
+                bits, block = specs[i]
+                for _ in range(i, j):
+                    g.count_kind(f"int{bits}")
+                w = ws[i] if j == i + 1 else np.concatenate(ws[i:j])
+                name = hf_names[i] if j == i + 1 else "+".join(hf_names[i:j])
+                y = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block), precision.accuracy_level,
+                                   half_scales=precision.half_scales and bits == 4)
+                if j == i + 1:
+                    outs.append(y)
+                else:
+                    sizes = g.init(f"split_{name}", np.array([m.shape[0] for m in ws[i:j]], np.int64))
+                    outs += g.op("Split", [y, sizes], n_out=j - i, axis=-1)
+                i = j
+        return [out if bias is None else g.op("Add", [out, g.init(bias, weight(bias).astype(ft))])[0]
+                for out, bias in zip(outs, biases, strict=True)]
 
     # ---- inputs and shared values -----------------------------------------------------------
     kv_dtype = g.elem
@@ -246,13 +270,10 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         embed_q = quantize_blockwise(embed, *precision.head_spec(embed.shape[1]))
         n_blocks = embed_q.packed.shape[1]
         data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
-        scale_type = np.float16 if precision.half_scales else ft
-        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(scale_type))
+        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(ft))
         zps = g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1))
         x = g.op("GatherBlockQuantized", [data, "input_ids", embed_scales, zps], domain="com.microsoft", gather_axis=0,
                  quantize_axis=1, block_size=embed_q.block_size, bits=embed_q.bits)[0]
-        if scale_type is not ft:  # the op returns its scales' type
-            x = g.op("Cast", [x], to=g.elem)[0]
     lm_head_source = embed if tied and embed_q is None else None
     del embed
 
@@ -269,8 +290,8 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                                           domain="com.microsoft", epsilon=eps)
         a = p + "self_attn."
         tap(normed, "qkv", i, hidden)
-        q, k, v = (linear(normed, f"{a}{n}_proj.weight", f"{a}{n}_proj.bias" if spec.qkv_bias else None)
-                   for n in ("q", "k", "v"))
+        q, k, v = linears(normed, [f"{a}{n}_proj.weight" for n in "qkv"],
+                          [f"{a}{n}_proj.bias" if spec.qkv_bias else None for n in "qkv"])
         if spec.qk_norm:
             q = _head_norm(g, q, n_heads, head_dim, g.init(a + "q_norm.weight", weight(a + "q_norm.weight").astype(ft)), eps)
             k = _head_norm(g, k, n_kv, head_dim, g.init(a + "k_norm.weight", weight(a + "k_norm.weight").astype(ft)), eps)
@@ -287,8 +308,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                                       domain="com.microsoft", epsilon=eps)
         m = p + "mlp."
         tap(normed, "gate_up", i, hidden)
-        gate = linear(normed, m + "gate_proj.weight")
-        up = linear(normed, m + "up_proj.weight")
+        gate, up = linears(normed, [m + "gate_proj.weight", m + "up_proj.weight"], [None, None])
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0], up])[0]
         tap(act, "down", i, cfg["intermediate_size"])
         pending = linear(act, m + "down_proj.weight")
@@ -301,13 +321,9 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     if tied and embed_q is not None:
         b = g.op("Reshape", ["embed.q", g.init("b_shape", np.array(embed_q.packed.shape, np.int64))])[0]
         flat = g.init("flat", np.array([-1], np.int64))
-        half = precision.half_scales and ft is np.float32
-        ins = [g.op("Cast", [normed], to=TensorProto.FLOAT16)[0] if half else normed, b,
-               g.op("Reshape", ["embed.scales", flat])[0], g.op("Reshape", ["embed.zp", flat])[0]]
+        ins = [normed, b, g.op("Reshape", ["embed.scales", flat])[0], g.op("Reshape", ["embed.zp", flat])[0]]
         logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n, bits=embed_q.bits,
                       block_size=embed_q.block_size, accuracy_level=precision.accuracy_level)[0]
-        if half:
-            logits = g.op("Cast", [logits], to=TensorProto.FLOAT)[0]
     else:
         g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
         logits = _lm_head(g, normed, lm_head_source if tied else weight("lm_head.weight"), precision)
@@ -439,4 +455,4 @@ def _lm_head(g: GraphBuilder, x: str, head: np.ndarray, precision: Precision) ->
     if precision.bits is None:
         return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
     q = quantize_blockwise(head, *precision.head_spec(head.shape[1]))
-    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level, half_scales=precision.half_scales)
+    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level, half_scales=precision.half_scales and q.bits == 4)

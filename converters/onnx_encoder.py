@@ -56,7 +56,7 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
             bits, block = precision.layer_spec(role or name, w.shape[1])
             g.count_kind(f"int{bits}")
             out = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block), precision.accuracy_level,
-                                 half_scales=precision.half_scales)
+                                 half_scales=precision.half_scales and bits == 4)
         return g.op("Add", [out, const(name + ".bias")])[0]
 
     def layer_norm(x: str, name: str) -> str:
@@ -77,13 +77,10 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         bits, block = precision.head_spec(words.shape[1])
         g.count_kind(f"int{bits}")
         q = quantize_blockwise(words, bits, block)
-        scale_type = np.float16 if precision.half_scales else ft
         word_vecs = g.op("GatherBlockQuantized", [g.init("embed.q", q.packed.reshape(q.n, -1)), "input_ids",
-                                                  g.init("embed.scales", q.scales.reshape(q.n, -1).astype(scale_type)),
+                                                  g.init("embed.scales", q.scales.reshape(q.n, -1).astype(ft)),
                                                   g.init("embed.zp", q.zero_points.reshape(q.n, -1))],
                          domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=bits)[0]
-        if scale_type is not ft:  # the op returns its scales' type
-            word_vecs = g.op("Cast", [word_vecs], to=g.elem)[0]
     del words
     x = g.op("Add", [word_vecs, g.op("Gather", [const("embeddings.position_embeddings.weight"), positions])[0]])[0]
     x = g.op("Add", [x, g.op("Gather", [const("embeddings.token_type_embeddings.weight"), "token_type_ids"])[0]])[0]

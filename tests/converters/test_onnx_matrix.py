@@ -90,10 +90,15 @@ def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
     ops = {n.op_type for n in model.graph.node}
     assert {"GatherBlockQuantized", "MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops
     assert result.manifest["quantization"]["bits_per_weight"] < 12  # 8-bit head + 4/8-bit layers, no fp32 copy
-    # float16 scales everywhere (half the scale bytes), while the graph's I/O stays float32
-    scales = [t for t in model.graph.initializer if t.name.endswith(".scales")]
-    assert scales and all(t.data_type == onnx.TensorProto.FLOAT16 for t in scales)
+    # 4-bit tensors take float16 scales (half the scale bytes), 8-bit ones float32; I/O stays float32
+    scale_types = {t.name: t.data_type for t in model.graph.initializer}
+    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        bits = next(a.i for a in node.attribute if a.name == "bits")
+        want = onnx.TensorProto.FLOAT16 if bits == 4 else onnx.TensorProto.FLOAT
+        assert scale_types.get(node.input[2], want) == want, node.name  # the tied head reshapes embed.scales
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # projections of one input stored alike run as one kernel: q+k, gate+up
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 5 * result.manifest["onnx"]["num_layers"] + 1
     # the rotary tables are computed in the graph, not stored (2 MB of an 8192-position model)
     assert not {"cos_cache", "sin_cache"} & {t.name for t in model.graph.initializer}
 
@@ -111,4 +116,4 @@ def test_onnx_storage_choices_per_tensor():
     assert int4.head_spec(576) == (8, 64)
     assert int8.layer_spec("model.layers.0.mlp.down_proj.weight", 1536) == (8, 32)
     assert int8.head_spec(576) == (8, 32)
-    assert "float16 scales" in int4.scheme and "block up to 128" in int4.scheme
+    assert "float16 scales for 4-bit" in int4.scheme and "block up to 128" in int4.scheme
