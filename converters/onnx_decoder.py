@@ -426,7 +426,6 @@ def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int) -> tuple
     """GroupQueryAttention's cos/sin caches [context, head_dim/2], computed in the graph from the
     head_dim/2 speeds: for 8192 positions the stored tables would be 2 MB of the file. They depend on
     no input, so onnxruntime folds them into constants once, when the session loads."""
-
     positions = g.op("Range", [g.init("rope_start", np.array(0.0, np.float32)),
                                g.init("rope_limit", np.array(float(context), np.float32)),
                                g.init("rope_delta", np.array(1.0, np.float32))])[0]

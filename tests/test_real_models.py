@@ -46,9 +46,9 @@ def test_smollm2_onnx_answers_sensibly(quant, smollm2_onnx):
     assert sum(answers) >= 2, answers
 
 
-# Grid-aligned bundled weights, 83 tokens. Measured: ONNX int8 0.006, int4 0.24. The off-grid
+# Grid-aligned bundled weights, 83 tokens. Measured: ONNX int8 0.006, int4 0.089. The off-grid
 # comparison against llama.cpp and the issue's targets lives in bench/fidelity.py.
-@pytest.mark.parametrize("quant,bound", [("int8", 0.015), ("int4", 0.45)])
+@pytest.mark.parametrize("quant,bound", [("int8", 0.015), ("int4", 0.2)])
 def test_smollm2_onnx_fidelity(quant, bound, smollm2_onnx):
     from edgekit import bundled
 
@@ -58,6 +58,16 @@ def test_smollm2_onnx_fidelity(quant, bound, smollm2_onnx):
     ours = onnx_logits(smollm2_onnx[quant] / "model.onnx", ids)
     kl = mean_kl(ours, hf_logits(bundled.path(), ids))
     assert kl <= bound, f"ONNX {quant}: mean KL {kl:.4f}"
+
+
+def test_smollm2_onnx_int4_size(smollm2_onnx):
+    """The int4 storage choices (float16 4-bit scales, wide 8-bit blocks, rotary tables computed in
+    the graph) hold SmolLM2 to 111.1 MB; the float32-scale graph of before was 123.7 MB."""
+    manifest = edgekit.read_manifest(smollm2_onnx["int4"])
+    size = (smollm2_onnx["int4"] / manifest["model_file"]).stat().st_size
+    assert size <= 112e6, size
+    assert manifest["quantization"]["bits_per_weight"] <= 6.65
+    assert manifest["quantization"]["tensor_types"] == {"int4": 120, "int8": 91}
 
 
 def _ask(path, question: str) -> str:
