@@ -42,26 +42,44 @@ Assistant: How about "Morning Crumb", "The Rolling Pin" or "Golden Crust"? Each 
 In 1969, Apollo 11 landed on the Moon, and Neil Armstrong became the first person to walk on its surface. The mission returned 21.5 kilograms of lunar samples to Earth.
 Le chat dort sur le canapé pendant que la pluie tombe doucement contre la fenêtre."""
 CASES = [("onnx", "int8"), ("onnx", "int4"), ("gguf", "int8"), ("gguf", "int4"), ("gguf", "Q4_0")]
+TEXTS = {"": TEXT, "long_": TEXT_LONG}  # key: prefix of the result fields
+
+
+def references(ckpt: Path) -> tuple[dict, dict]:
+    """Token ids and transformers fp32 logits of each text, by TEXTS key."""
+    from helpers import hf_logits, hf_tokenizer
+
+    tokenizer = hf_tokenizer(ckpt)
+    ids = {key: tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in TEXTS.items()}
+    return ids, {key: hf_logits(ckpt, i) for key, i in ids.items()}
+
+
+def score(model: Path, ids: dict, ref: dict) -> dict:
+    """Mean KL and top-1 agreement of an ONNX or GGUF model file on each text."""
+    import numpy as np
+
+    from helpers import llama_logits, mean_kl, onnx_logits
+
+    row = {}
+    for key in ids:
+        ours = onnx_logits(model, ids[key]) if model.suffix == ".onnx" else llama_logits(model, ids[key])
+        row[key + "mean_kl"] = round(mean_kl(ours, ref[key]), 4)
+        row[key + "top1"] = round(float(np.mean(ours.argmax(-1) == ref[key].argmax(-1))), 3)
+    return row
 
 
 def main() -> None:
-    import numpy as np
     from offgrid import offgrid_checkpoint
 
     import edgekit
     from edgekit import bundled
-
-    from helpers import hf_logits, hf_tokenizer, llama_logits, mean_kl, onnx_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--grid", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     ckpt = bundled.path() if args.grid else offgrid_checkpoint()
-    tokenizer = hf_tokenizer(ckpt)
-    texts = {"": TEXT, "long_": TEXT_LONG}
-    ids = {key: tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in texts.items()}
-    ref = {key: hf_logits(ckpt, i) for key, i in ids.items()}
+    ids, ref = references(ckpt)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, quant in CASES:
@@ -69,11 +87,7 @@ def main() -> None:
             model = r.path / r.manifest["model_file"]
             size = sum(f["size"] for f in r.files if f["name"] == r.manifest["model_file"]) / 1e6
             row = {"format": fmt, "quant": r.quant if fmt == "gguf" else quant, "size_mb": round(size, 1),
-                   "bits_per_weight": r.bits_per_weight}
-            for key in texts:
-                ours = onnx_logits(model, ids[key]) if fmt == "onnx" else llama_logits(model, ids[key])
-                row[key + "mean_kl"] = round(mean_kl(ours, ref[key]), 4)
-                row[key + "top1"] = round(float(np.mean(ours.argmax(-1) == ref[key].argmax(-1))), 3)
+                   "bits_per_weight": r.bits_per_weight, **score(model, ids, ref)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"{'':<31}{len(ids['']):>4}-token text  {len(ids['long_']):>4}-token text   ({'grid' if args.grid else 'off-grid'})")

@@ -36,15 +36,12 @@ VARIANTS: dict[str, dict] = {
 
 
 def main() -> None:
-    import numpy as np
     from decode_bench import QUESTION, SYSTEM, edgekit_run
-    from fidelity import TEXT, TEXT_LONG
+    from fidelity import references, score
     from offgrid import offgrid_checkpoint
 
     import edgekit
     from edgekit.converters import onnx_decoder
-
-    from helpers import hf_logits, hf_tokenizer, mean_kl, onnx_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=8)
@@ -57,9 +54,7 @@ def main() -> None:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
 
     ckpt = offgrid_checkpoint()
-    tokenizer = hf_tokenizer(ckpt)
-    ids = {key: tokenizer(text, add_special_tokens=False)["input_ids"] for key, text in (("short", TEXT), ("long", TEXT_LONG))}
-    ref = {key: hf_logits(ckpt, i) for key, i in ids.items()}
+    ids, ref = references(ckpt)
     shipped = onnx_decoder.PRECISIONS["int4"]
     rows, engines = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,11 +68,7 @@ def main() -> None:
                 onnx_decoder.PRECISIONS["int4"] = shipped
             model = r.path / r.manifest["model_file"]
             row = {"size_mb": round(model.stat().st_size / 1e6, 2), "bits_per_weight": r.bits_per_weight,
-                   "build_s": round(build_s, 1)}
-            for key in ids:
-                ours = onnx_logits(model, ids[key])
-                row[f"{key}_mean_kl"] = round(mean_kl(ours, ref[key]), 4)
-                row[f"{key}_top1"] = round(float(np.mean(ours.argmax(-1) == ref[key].argmax(-1))), 3)
+                   "build_s": round(build_s, 1), **score(model, ids, ref)}
             rows[name] = row
             print(name, json.dumps(row), flush=True)
             engines[name] = edgekit.load(str(r.path), device="cpu")
@@ -101,7 +92,7 @@ def main() -> None:
                           decode_paired=round(statistics.median(
                               d / b[0] for d, b in zip(decode, speeds[names[0]], strict=True)), 3))
         r = rows[name]
-        print(f"{name:<28}{r['size_mb']:>7.1f}{r['bits_per_weight']:>7.2f}{r['short_mean_kl']:>8.4f}"
+        print(f"{name:<28}{r['size_mb']:>7.1f}{r['bits_per_weight']:>7.2f}{r['mean_kl']:>8.4f}"
               f"{r['long_mean_kl']:>8.4f}{r['decode_tok_s']:>7.1f}{r['ttft_s']:>8.3f}{r['decode_paired']:>8.3f}")
     print(f"({args.runs} interleaved runs; paired = median of per-run decode ratios against {names[0]})")
     if args.json:
