@@ -59,18 +59,26 @@ class Precision:
     block_size: int = 32
     accuracy_level: int = 4  # CPU: int8 activations inside the 4-bit kernels
     # Tensors kept at 8 bits in an int4 model: the ones whose error reaches the output most directly
-    # (DESIGN.md section 6: v/o/down at 8 bits took mean KL from 0.45 to 0.14 on SmolLM2).
+    # (DESIGN.md section 6: v/o/down at 8 bits took mean KL from 0.45 to 0.14 on SmolLM2) and k, the
+    # cheapest to widen for what it gains (its error reaches every query head of its group).
     eight_bit: tuple[str, ...] = ()
+    # 8 bits only in the first and last quarter of the layers, 4 bits between: their errors cost the
+    # most at the ends (llama.cpp's Q4_K_M widens ffn_down at the ends too).
+    eight_bit_ends: tuple[str, ...] = ()
     # Blocks of 8-bit tensors: the largest power of two up to this that divides K. Their weight error
     # is negligible at any block size, but accuracy level 4 quantizes the activations per block too,
     # so wider blocks do cost something (measured below; worth it in int4, not in int8).
     eight_bit_block: int | None = None
+    symmetric_eight_bit: bool = False  # 8-bit tensors without zero points (8 bits per block less)
     head_bits: int | None = None  # embedding / lm_head bits when they differ from `bits`
     # float16 scales for the 4-bit tensors in a float32 graph: 0.5 bit per weight less at block 32.
     # MatMulNBits takes scales in its input type, so inputs are cast to float16 and results back;
-    # the residual stream, attention and KV cache stay float32. 8-bit tensors in wide blocks would
-    # save 0.125-0.25 bit for two more casts each: they keep float32 (casts cost decode speed).
+    # the residual stream, attention and KV cache stay float32. The 8-bit layer tensors keep float32
+    # scales: 0.125-0.25 bit less would cost two casts each (per-node cost shows in decode).
     half_scales: bool = False
+    # float16 scales for the embedding / lm_head: one cast of the token vectors and one of the
+    # logits per step, 0.25 bit per weight less at 8 bits in blocks of 64
+    half_scale_head: bool = False
     # Activation-aware scaling before quantizing (AWQ without its search): each linear layer's input
     # channels are scaled by mean|activation|^alpha, measured by running our own fp32 graph on a
     # short built-in text, and the inverse is folded into the op before (norm weight, up or v rows).
@@ -85,23 +93,34 @@ class Precision:
         parts = [f"MatMulNBits {self.bits}-bit block {self.block_size} asymmetric"]
         if self.half_scales:
             parts.append(f"float16 scales for {self.bits}-bit")
-        wide = f" block up to {self.eight_bit_block}" if self.eight_bit_block else ""
-        if self.eight_bit:
-            parts.append("8-bit " + "/".join(self.eight_bit) + wide)
-        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit" + (wide if self.head_bits == 8 else ""))
+        how = ", ".join(["symmetric"] * self.symmetric_eight_bit
+                        + [f"block up to {self.eight_bit_block}"] * bool(self.eight_bit_block))
+        wide = f" ({how})" if how else ""
+        tensors = list(self.eight_bit) + [f"{t} in the first and last quarter of the layers" for t in self.eight_bit_ends]
+        if tensors:
+            parts.append("8-bit" + wide + ": " + ", ".join(tensors))
+        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit" + (wide if self.head_bits == 8 else "")
+                     + (" with float16 scales" if self.half_scale_head else ""))
         if self.awq_alpha is not None:
             parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
         return "; ".join(parts)
 
-    def layer_spec(self, name: str, k: int) -> tuple[int, int]:
-        """(bits, block size) of a quantized layer matrix `name` with k input features."""
-        bits = 8 if self.bits == 4 and any(tag in name for tag in self.eight_bit) else self.bits
+    def layer_spec(self, name: str, k: int, layer: int = 0, n_layers: int = 1) -> tuple[int, int]:
+        """(bits, block size) of the quantized matrix `name` (k input features) in layer `layer`."""
+        bits = self.bits
+        if bits == 4 and (any(tag in name for tag in self.eight_bit)
+                          or (any(tag in name for tag in self.eight_bit_ends) and at_ends(layer, n_layers))):
+            bits = 8
         return bits, self._wide_block(k) if bits == 8 else self.block_size
 
     def head_spec(self, k: int) -> tuple[int, int]:
         """(bits, block size) of the embedding and lm_head."""
         bits = self.head_bits or self.bits
         return bits, self._wide_block(k) if bits == 8 else self.block_size
+
+    def symmetric(self, bits: int) -> bool:
+        """Whether tensors stored at `bits` go without zero points."""
+        return self.symmetric_eight_bit and bits == 8
 
     def _wide_block(self, k: int) -> int:
         block = self.eight_bit_block or self.block_size
@@ -110,25 +129,38 @@ class Precision:
         return block
 
 
+def at_ends(layer: int, n_layers: int) -> bool:
+    """Whether `layer` is in the first or last quarter of n_layers (at least one layer each end)."""
+    return min(layer, n_layers - 1 - layer) < max(1, n_layers // 4)
+
+
 PRECISIONS = {
     "fp32": Precision("fp32", "float32"),
     "fp16": Precision("fp16", "float16"),
     # int8 keeps accuracy level 4 (int8 activations): level 1 measured mean KL 0.0023 instead of
     # 0.0074 on off-grid SmolLM2, but onnxruntime 1.32's CPU kernel then decoded over 10x slower.
     # It keeps blocks of 32 and float32 scales too: blocks up to 128 measured 0.017 (144 MB), float16
-    # scales 0.0080 (147 MB), against 0.0069 (156 MB) and a target of 0.008.
+    # scales 0.0080 (147 MB), symmetric blocks 0.0088 (152 MB), against 0.0069 (156 MB) and a target
+    # of 0.008.
     "int8": Precision("int8", "float32", bits=8),
     # int4: measured on off-grid SmolLM2 (bench/fidelity.py, 83-token text), mean KL / size:
     # everything 4-bit 0.68 / 89 MB; v/o/down 8-bit 0.35 / 109 MB; plus embedding+lm_head 8-bit
     # 0.22 / 124 MB; plus activation-aware scaling (alpha 0.5; 0.25 gave 0.156) 0.152 / 124 MB;
-    # plus float16 scales for the 4-bit tensors and 8-bit blocks up to 128: 0.151 / 111 MB, decode
-    # speed unchanged. llama.cpp Q4_K_M: 0.176 / 105 MB. Not taken: float16 scales on the 8-bit
-    # tensors too (109 MB, 4% slower decode from the casts); no float16 scales (115 MB, 5% faster);
-    # 4-bit block 16 (0.131 / 115 MB, 8-17% slower decode, 20% slower prefill on CPU); GPTQ
+    # plus float16 scales for the 4-bit tensors and 8-bit blocks up to 128: 0.151 / 111 MB (0.095
+    # on the 381-token text). Then per-tensor costs, one tensor at a time on a third text: k gains
+    # the most per byte at 8 bits (-0.013 for 1.7 MB), down_proj costs the least at 4 bits away
+    # from the ends (layer 29 alone +0.007, middle layers ~+0.001 each for 0.4 MB); 8-bit zero
+    # points (~0.002, measured in int8) and float32 head scales (0.002) are within int4's noise
+    # for 1.7 MB. So k 8-bit, down 4-bit in the middle half, symmetric 8-bit, float16 head scales:
+    # 0.151 / 104.5 MB (0.101), decode speed unchanged. llama.cpp Q4_K_M: 0.176 / 105.5 MB (0.100).
+    # Not taken: float16 scales on the 8-bit layer tensors (4% slower decode from the casts); a
+    # float16 graph (9% slower decode); 4-bit head (+0.10); 4-bit block 16 (0.131 / 115 MB; with
+    # down 4-bit 0.148 / 104.7 MB but 10% slower decode: the CPU kernel is slower per block); GPTQ
     # rounding and longer calibration texts (no better, within noise). Quality first: "int4" must
     # not buy size with quality.
-    "int4": Precision("int4", "float32", bits=4, eight_bit=("v_proj", "o_proj", "down_proj"), eight_bit_block=128,
-                      head_bits=8, awq_alpha=0.5, half_scales=True),
+    "int4": Precision("int4", "float32", bits=4, eight_bit=("k_proj", "v_proj", "o_proj"), eight_bit_ends=("down_proj",),
+                      eight_bit_block=128, symmetric_eight_bit=True, head_bits=8, awq_alpha=0.5, half_scales=True,
+                      half_scale_head=True),
 }
 ALIASES = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "q8": "int8", "q4": "int4"}
 
@@ -204,10 +236,10 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
             g.op("Identity", [value], outputs=[name], name=name)
             tap_outputs.append(helper.make_tensor_value_info(name, g.elem, ["batch", "seq", width]))
 
-    def linear(x: str, hf_name: str, bias: str | None = None) -> str:
-        return linears(x, [hf_name], [bias])[0]
+    def linear(x: str, hf_name: str, layer: int) -> str:
+        return linears(x, [hf_name], [None], layer)[0]
 
-    def linears(x: str, hf_names: list[str], biases: list[str | None]) -> list[str]:
+    def linears(x: str, hf_names: list[str], biases: list[str | None], layer: int) -> list[str]:
         """Projections of one input. Those stored alike run as one MatMulNBits split afterwards:
         fewer, larger kernels and one float16 cast for all of them (per-node cost shows in decode)."""
         ws = [weight(n) for n in hf_names]
@@ -217,7 +249,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                 g.count_kind(precision.float_type)
                 outs.append(g.op("MatMul", [x, g.init(name + ".T", w.T.astype(ft))])[0])
         else:
-            specs = [precision.layer_spec(n, w.shape[1]) for n, w in zip(hf_names, ws, strict=True)]
+            specs = [precision.layer_spec(n, w.shape[1], layer, n_layers) for n, w in zip(hf_names, ws, strict=True)]
             i = 0
             while i < len(ws):
                 j = i + 1
@@ -228,7 +260,8 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                     g.count_kind(f"int{bits}")
                 w = ws[i] if j == i + 1 else np.concatenate(ws[i:j])
                 name = hf_names[i] if j == i + 1 else "+".join(hf_names[i:j])
-                y = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block), precision.accuracy_level,
+                y = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block, precision.symmetric(bits)),
+                                   precision.accuracy_level,
                                    half_scales=precision.half_scales and bits == 4)
                 if j == i + 1:
                     outs.append(y)
@@ -261,19 +294,25 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     embed = weight("model.embed_tokens.weight")
     tied = "lm_head.weight" not in ckpt.tensors
     embed_q = None
+    head_float = np.float16 if precision.half_scale_head and ft is np.float32 else ft
     g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
     if precision.bits is None:
         x = g.op("Gather", [g.init("model.embed_tokens.weight", embed.astype(ft)), "input_ids"], axis=0)[0]
     else:
         # Quantized embedding read by GatherBlockQuantized; when tied, the lm_head reuses the very
         # same bytes (MatMulNBits' B is the embedding matrix itself, [vocab, hidden]).
-        embed_q = quantize_blockwise(embed, *precision.head_spec(embed.shape[1]))
+        head_bits, head_block = precision.head_spec(embed.shape[1])
+        embed_q = quantize_blockwise(embed, head_bits, head_block, precision.symmetric(head_bits))
         n_blocks = embed_q.packed.shape[1]
         data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
-        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(ft))
-        zps = g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1))
-        x = g.op("GatherBlockQuantized", [data, "input_ids", embed_scales, zps], domain="com.microsoft", gather_axis=0,
+        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(head_float))
+        ins = [data, "input_ids", embed_scales]
+        if embed_q.zero_points is not None:
+            ins.append(g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1)))
+        x = g.op("GatherBlockQuantized", ins, domain="com.microsoft", gather_axis=0,
                  quantize_axis=1, block_size=embed_q.block_size, bits=embed_q.bits)[0]
+        if head_float is not ft:
+            x = g.op("Cast", [x], to=g.elem)[0]
     lm_head_source = embed if tied and embed_q is None else None
     del embed
 
@@ -291,7 +330,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         a = p + "self_attn."
         tap(normed, "qkv", i, hidden)
         q, k, v = linears(normed, [f"{a}{n}_proj.weight" for n in "qkv"],
-                          [f"{a}{n}_proj.bias" if spec.qkv_bias else None for n in "qkv"])
+                          [f"{a}{n}_proj.bias" if spec.qkv_bias else None for n in "qkv"], i)
         if spec.qk_norm:
             q = _head_norm(g, q, n_heads, head_dim, g.init(a + "q_norm.weight", weight(a + "q_norm.weight").astype(ft)), eps)
             k = _head_norm(g, k, n_kv, head_dim, g.init(a + "k_norm.weight", weight(a + "k_norm.weight").astype(ft)), eps)
@@ -302,16 +341,16 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                     num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0, local_window_size=-1,
                     scale=1.0 / math.sqrt(head_dim))[0]
         tap(attn, "o", i, n_heads * head_dim)
-        o = linear(attn, a + "o_proj.weight")
+        o = linear(attn, a + "o_proj.weight", i)
         ln2 = g.init(p + "post_attention_layernorm.weight", weight(p + "post_attention_layernorm.weight").astype(ft))
         normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2], n_out=4,
                                       domain="com.microsoft", epsilon=eps)
         m = p + "mlp."
         tap(normed, "gate_up", i, hidden)
-        gate, up = linears(normed, [m + "gate_proj.weight", m + "up_proj.weight"], [None, None])
+        gate, up = linears(normed, [m + "gate_proj.weight", m + "up_proj.weight"], [None, None], i)
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])[0]])[0], up])[0]
         tap(act, "down", i, cfg["intermediate_size"])
-        pending = linear(act, m + "down_proj.weight")
+        pending = linear(act, m + "down_proj.weight", i)
         if progress:
             progress("write", i + 1, n_layers + 1)
 
@@ -321,9 +360,13 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     if tied and embed_q is not None:
         b = g.op("Reshape", ["embed.q", g.init("b_shape", np.array(embed_q.packed.shape, np.int64))])[0]
         flat = g.init("flat", np.array([-1], np.int64))
-        ins = [normed, b, g.op("Reshape", ["embed.scales", flat])[0], g.op("Reshape", ["embed.zp", flat])[0]]
+        ins = [g.half(normed) if head_float is not ft else normed, b, g.op("Reshape", ["embed.scales", flat])[0]]
+        if embed_q.zero_points is not None:
+            ins.append(g.op("Reshape", ["embed.zp", flat])[0])
         logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n, bits=embed_q.bits,
                       block_size=embed_q.block_size, accuracy_level=precision.accuracy_level)[0]
+        if head_float is not ft:
+            logits = g.op("Cast", [logits], to=g.elem)[0]
     else:
         g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
         logits = _lm_head(g, normed, lm_head_source if tied else weight("lm_head.weight"), precision)
@@ -453,5 +496,6 @@ def _lm_head(g: GraphBuilder, x: str, head: np.ndarray, precision: Precision) ->
     """Output projection; quantized too, also when tied to the embedding (no fp32 copy left behind)."""
     if precision.bits is None:
         return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
-    q = quantize_blockwise(head, *precision.head_spec(head.shape[1]))
-    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level, half_scales=precision.half_scales and q.bits == 4)
+    bits, block = precision.head_spec(head.shape[1])
+    q = quantize_blockwise(head, bits, block, precision.symmetric(bits))
+    return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level, half_scales=precision.half_scale_head)

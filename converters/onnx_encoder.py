@@ -22,7 +22,8 @@ from .source import Checkpoint, sentence_pooling
 
 ENCODERS = ("BertModel", "BertForMaskedLM")  # MiniLM (all-MiniLM-L6-v2), bge-small, e5-small ...
 # BERT's names for the roles Precision.eight_bit speaks of (decoder names)
-_ROLES = {"attention.self.value": "v_proj", "attention.output.dense": "o_proj", "output.dense": "down_proj"}
+_ROLES = {"attention.self.key": "k_proj", "attention.self.value": "v_proj", "attention.output.dense": "o_proj",
+          "output.dense": "down_proj"}
 
 
 def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progress: Progress | None = None) -> dict[str, Any]:
@@ -46,16 +47,17 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     def const(name: str) -> str:
         return g.init(name, weight(name).astype(ft))
 
-    def linear(x: str, name: str) -> str:
+    def linear(x: str, name: str, layer: int) -> str:
         w = weight(name + ".weight")
         role = _ROLES.get(name.split(".", 3)[-1])  # "encoder.layer.3.output.dense" -> "output.dense"
         if precision.bits is None:
             g.count_kind(precision.float_type)
             out = g.op("MatMul", [x, g.init(name + ".T", w.T.astype(ft))])[0]
         else:
-            bits, block = precision.layer_spec(role or name, w.shape[1])
+            bits, block = precision.layer_spec(role or name, w.shape[1], layer, n_layers)
             g.count_kind(f"int{bits}")
-            out = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block), precision.accuracy_level,
+            out = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block, precision.symmetric(bits)),
+                                 precision.accuracy_level,
                                  half_scales=precision.half_scales and bits == 4)
         return g.op("Add", [out, const(name + ".bias")])[0]
 
@@ -76,11 +78,16 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     else:  # the vocabulary table is most of a small encoder: quantized like the linear layers
         bits, block = precision.head_spec(words.shape[1])
         g.count_kind(f"int{bits}")
-        q = quantize_blockwise(words, bits, block)
-        word_vecs = g.op("GatherBlockQuantized", [g.init("embed.q", q.packed.reshape(q.n, -1)), "input_ids",
-                                                  g.init("embed.scales", q.scales.reshape(q.n, -1).astype(ft)),
-                                                  g.init("embed.zp", q.zero_points.reshape(q.n, -1))],
-                         domain="com.microsoft", gather_axis=0, quantize_axis=1, block_size=block, bits=bits)[0]
+        q = quantize_blockwise(words, bits, block, precision.symmetric(bits))
+        half = precision.half_scale_head and ft is np.float32
+        ins = [g.init("embed.q", q.packed.reshape(q.n, -1)), "input_ids",
+               g.init("embed.scales", q.scales.reshape(q.n, -1).astype(np.float16 if half else ft))]
+        if q.zero_points is not None:
+            ins.append(g.init("embed.zp", q.zero_points.reshape(q.n, -1)))
+        word_vecs = g.op("GatherBlockQuantized", ins, domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                         block_size=block, bits=bits)[0]
+        if half:
+            word_vecs = g.op("Cast", [word_vecs], to=g.elem)[0]
     del words
     x = g.op("Add", [word_vecs, g.op("Gather", [const("embeddings.position_embeddings.weight"), positions])[0]])[0]
     x = g.op("Add", [x, g.op("Gather", [const("embeddings.token_type_embeddings.weight"), "token_type_ids"])[0]])[0]
@@ -98,15 +105,15 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         def split(t: str, perm: list[int]) -> str:
             return g.op("Transpose", [g.op("Reshape", [t, heads_shape])[0]], perm=perm)[0]
 
-        q = split(linear(x, p + "attention.self.query"), [0, 2, 1, 3])
-        k = split(linear(x, p + "attention.self.key"), [0, 2, 3, 1])
-        v = split(linear(x, p + "attention.self.value"), [0, 2, 1, 3])
+        q = split(linear(x, p + "attention.self.query", i), [0, 2, 1, 3])
+        k = split(linear(x, p + "attention.self.key", i), [0, 2, 3, 1])
+        v = split(linear(x, p + "attention.self.value", i), [0, 2, 1, 3])
         scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [q, k])[0], scale])[0], bias])[0]
         ctx = g.op("MatMul", [g.op("Softmax", [scores], axis=-1)[0], v])[0]
         ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 2, 1, 3])[0], flat_shape])[0]
-        x = layer_norm(g.op("Add", [linear(ctx, p + "attention.output.dense"), x])[0], p + "attention.output.LayerNorm")
-        h = g.op("Gelu", [linear(x, p + "intermediate.dense")], domain="com.microsoft")[0]
-        x = layer_norm(g.op("Add", [linear(h, p + "output.dense"), x])[0], p + "output.LayerNorm")
+        x = layer_norm(g.op("Add", [linear(ctx, p + "attention.output.dense", i), x])[0], p + "attention.output.LayerNorm")
+        h = g.op("Gelu", [linear(x, p + "intermediate.dense", i)], domain="com.microsoft")[0]
+        x = layer_norm(g.op("Add", [linear(h, p + "output.dense", i), x])[0], p + "output.LayerNorm")
         if progress:
             progress("write", i + 1, n_layers)
     if precision.float_type != "float32":

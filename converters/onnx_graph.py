@@ -39,20 +39,26 @@ class GraphBuilder:
         return name
 
     def matmul_nbits(self, x: str, name: str, q, accuracy_level: int, half_scales: bool = False) -> str:
-        """x @ dequant(q)^T with MatMulNBits; q's packed weights, scales and zero points become initializers.
+        """x @ dequant(q)^T with MatMulNBits; q's packed weights, scales and zero points (none when
+        symmetric) become initializers.
 
         half_scales: float16 scales in a float32 graph. MatMulNBits takes its scales in the type of
         its input, so the input is cast to float16 (once per value) and the output back.
         """
         half = half_scales and self.np_float is np.float32
         scales = q.scales.astype(np.float16 if half else self.np_float)
-        if half and x not in self.half_inputs:
-            self.half_inputs[x] = self.op("Cast", [x], to=self.onnx.TensorProto.FLOAT16)[0]
-        ins = [self.half_inputs[x] if half else x, self.init(name + ".q", q.packed), self.init(name + ".scales", scales),
-               self.init(name + ".zp", q.zero_points)]
+        ins = [self.half(x) if half else x, self.init(name + ".q", q.packed), self.init(name + ".scales", scales)]
+        if q.zero_points is not None:
+            ins.append(self.init(name + ".zp", q.zero_points))
         out = self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
                       accuracy_level=accuracy_level)[0]
         return self.op("Cast", [out], to=self.elem)[0] if half else out
+
+    def half(self, x: str) -> str:
+        """x cast to float16, made once for all its readers."""
+        if x not in self.half_inputs:
+            self.half_inputs[x] = self.op("Cast", [x], to=self.onnx.TensorProto.FLOAT16)[0]
+        return self.half_inputs[x]
 
     def save(self, out_file: Path, graph_name: str, inputs: list, outputs: list) -> list[str]:
         """Write the model (weights in a side file past protobuf's 2 GB limit); return side-file names."""

@@ -95,7 +95,7 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
             progress("export", 1, 2)
         try:
             if precision.bits is not None:
-                model = _quantize(_untie_head(model), precision)
+                model = _quantize(_untie_head(model), precision, ckpt.config.get("num_hidden_layers"))
                 _quantize_embedding(model, precision)
             elif precision.float_type == "float16":
                 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -148,6 +148,8 @@ def scheme(precision) -> str:
     parts = [f"optimum-onnx export; MatMulNBits {precision.bits}-bit block {precision.block_size} asymmetric"]
     if precision.bits == 4 and precision.eight_bit:
         parts.append("8-bit " + "/".join(precision.eight_bit))
+    if precision.bits == 4 and precision.eight_bit_ends:
+        parts.append("8-bit " + "/".join(precision.eight_bit_ends) + " in the first and last quarter of the layers")
     parts.append(f"lm_head and GatherBlockQuantized embedding {_head_bits(precision)}-bit")
     parts.append("no activation-aware scaling (it needs edgekit's own graph)")
     return "; ".join(parts)
@@ -183,16 +185,28 @@ def _untie_head(model):
     return model
 
 
-def _wide(node_name: str, precision) -> bool:
+def _wide(node_name: str, precision, n_layers: int | None) -> bool:
     """Whether a MatMul keeps 8 bits in an int4 model: the same choice as edgekit's own graphs
-    (precision.eight_bit projections and the lm_head), matched on optimum's node names such as
+    (precision's 8-bit projections and the lm_head), matched on optimum's node names such as
     /model/layers.0/self_attn/v_proj/MatMul and /lm_head/MatMul."""
+    import re
+
+    from .onnx_decoder import at_ends
+
     if precision.bits != 4:
         return False
-    return any(tag in node_name for tag in precision.eight_bit) or (precision.head_bits == 8 and "lm_head" in node_name)
+    if precision.head_bits == 8 and "lm_head" in node_name:
+        return True
+    if any(tag in node_name for tag in precision.eight_bit):
+        return True
+    if not any(tag in node_name for tag in precision.eight_bit_ends):
+        return False
+    layer = re.search(r"layers?\.(\d+)", node_name)
+    # a node outside any numbered layer (or a model without num_hidden_layers) keeps 8 bits
+    return layer is None or not n_layers or at_ends(int(layer.group(1)), n_layers)
 
 
-def _quantize(model, precision):
+def _quantize(model, precision, n_layers: int | None):
     import logging
 
     require("onnx_ir", "onnx-ir", "optimum", "onnxruntime's MatMulNBits quantizer")
@@ -202,7 +216,7 @@ def _quantize(model, precision):
         MatMulNBitsQuantizer,
     )
 
-    wide = [n.name for n in model.graph.node if n.op_type == "MatMul" and _wide(n.name, precision)]
+    wide = [n.name for n in model.graph.node if n.op_type == "MatMul" and _wide(n.name, precision, n_layers)]
     # nodes_to_exclude restricts a pass (nodes_to_include did not, onnxruntime 1.32): the narrow
     # pass skips the wide nodes, then a second pass takes every MatMul still in float at 8 bits
     passes = [(precision.bits, wide)] + ([(8, [])] if wide else [])

@@ -90,30 +90,67 @@ def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
     ops = {n.op_type for n in model.graph.node}
     assert {"GatherBlockQuantized", "MatMulNBits", "GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops
     assert result.manifest["quantization"]["bits_per_weight"] < 12  # 8-bit head + 4/8-bit layers, no fp32 copy
-    # 4-bit tensors take float16 scales (half the scale bytes), 8-bit ones float32; I/O stays float32
+    # 4-bit tensors and the embedding take float16 scales (half the scale bytes), 8-bit layer tensors
+    # float32; 8-bit tensors store no zero points (symmetric); I/O stays float32
     scale_types = {t.name: t.data_type for t in model.graph.initializer}
+    assert scale_types["embed.scales"] == onnx.TensorProto.FLOAT16 and "embed.zp" not in scale_types
     for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
         bits = next(a.i for a in node.attribute if a.name == "bits")
         want = onnx.TensorProto.FLOAT16 if bits == 4 else onnx.TensorProto.FLOAT
         assert scale_types.get(node.input[2], want) == want, node.name  # the tied head reshapes embed.scales
+        assert (len(node.input) == 4) == (bits == 4), node.name
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    # projections of one input stored alike run as one kernel: q+k, gate+up
+    # projections of one input stored alike run as one kernel: k+v, gate+up
     assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 5 * result.manifest["onnx"]["num_layers"] + 1
     # the rotary tables are computed in the graph, not stored (2 MB of an 8192-position model)
     assert not {"cos_cache", "sin_cache"} & {t.name for t in model.graph.initializer}
 
 
 def test_onnx_storage_choices_per_tensor():
-    """int4: 4-bit blocks of 32; 8-bit tensors and the head in the widest block up to 128 dividing K.
+    """int4: 4-bit blocks of 32; k/v/o always 8-bit, down 8-bit in the first and last quarter of the
+    layers; 8-bit tensors and the head in the widest block up to 128 dividing K, without zero points.
     int8 keeps blocks of 32 (wider ones doubled its mean KL through the int8 activation blocks)."""
-    from edgekit.converters.onnx_decoder import onnx_precision
+    from edgekit.converters.onnx_decoder import at_ends, onnx_precision
 
     int4, int8 = onnx_precision("int4"), onnx_precision("int8")
-    assert int4.layer_spec("model.layers.0.self_attn.q_proj.weight", 576) == (4, 32)
-    assert int4.layer_spec("model.layers.0.self_attn.v_proj.weight", 576) == (8, 64)
-    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 1536) == (8, 128)
-    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 96) == (8, 32)
+    assert int4.layer_spec("model.layers.0.self_attn.q_proj.weight", 576, 0, 30) == (4, 32)
+    assert int4.layer_spec("model.layers.0.self_attn.k_proj.weight", 576, 15, 30) == (8, 64)
+    assert int4.layer_spec("model.layers.0.self_attn.v_proj.weight", 576, 15, 30) == (8, 64)
+    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 1536, 0, 30) == (8, 128)
+    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 1536, 15, 30) == (4, 32)
+    assert int4.layer_spec("model.layers.0.mlp.down_proj.weight", 96, 29, 30) == (8, 32)
     assert int4.head_spec(576) == (8, 64)
+    assert int4.symmetric(8) and not int4.symmetric(4) and not int8.symmetric(8)
     assert int8.layer_spec("model.layers.0.mlp.down_proj.weight", 1536) == (8, 32)
     assert int8.head_spec(576) == (8, 32)
-    assert "float16 scales for 4-bit" in int4.scheme and "block up to 128" in int4.scheme
+    # the first and last quarter, at least one layer each end
+    assert [i for i in range(30) if at_ends(i, 30)] == [*range(7), *range(23, 30)]
+    assert [i for i in range(16) if at_ends(i, 16)] == [0, 1, 2, 3, 12, 13, 14, 15]
+    assert [i for i in range(3) if at_ends(i, 3)] == [0, 2]
+    assert "float16 scales for 4-bit" in int4.scheme and "8-bit (symmetric, block up to 128)" in int4.scheme
+    assert "down_proj in the first and last quarter" in int4.scheme
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_blocks_match_onnxruntime(bits, tmp_path):
+    """Symmetric blocks store no zero points; MatMulNBits then assumes 2^(bits-1), as dequantize does."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgekit.converters.onnx_graph import GraphBuilder
+    from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((24, 96)).astype(np.float32)
+    q = quantize_blockwise(w, bits, 32, symmetric=True)
+    assert q.zero_points is None
+    step = np.abs(w.reshape(24, 3, 32)).max(-1, keepdims=True) / ((1 << (bits - 1)) - 1)
+    assert np.all(np.abs(dequantize(q) - w).reshape(24, 3, 32) <= step / 2 + 1e-6)
+    g = GraphBuilder("float32")
+    g.op("Identity", [g.matmul_nbits("x", "w", q, accuracy_level=0)], outputs=["y"])
+    path = tmp_path / "m.onnx"
+    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 96])],
+           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24])])
+    x = rng.standard_normal((2, 96)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ dequantize(q).T, rtol=1e-4, atol=1e-4)
