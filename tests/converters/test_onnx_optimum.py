@@ -129,3 +129,20 @@ def test_exporter_choice(tiny_checkpoint, tmp_path):
     with pytest.raises(edgekit.ConversionError, match="unknown exporter"):
         edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx", output=tmp_path / "x", exporter="torch")
     assert not (tmp_path / "x").exists()
+
+
+def test_fallback_keeps_the_native_int4_tensor_choices():
+    """The fallback picks its 8-bit MatMuls on optimum's node names by the same rules as the native
+    graphs: k/v/o and the lm_head always, down_proj only in the first and last quarter of the layers."""
+    from edgekit.converters.onnx_decoder import onnx_precision
+    from edgekit.converters.onnx_optimum import _wide
+
+    int4 = onnx_precision("int4")
+    assert _wide("/model/layers.15/self_attn/k_proj/MatMul", int4, 30)
+    assert _wide("/lm_head/MatMul", int4, 30)
+    assert _wide("/model/layers.0/mlp/down_proj/MatMul", int4, 30)
+    assert _wide("/model/layers.29/mlp/down_proj/MatMul", int4, 30)
+    assert not _wide("/model/layers.15/mlp/down_proj/MatMul", int4, 30)
+    assert not _wide("/model/layers.0/self_attn/q_proj/MatMul", int4, 30)
+    assert _wide("/model/mlp/down_proj/MatMul", int4, None)  # no layer number: kept at 8 bits
+    assert not _wide("/model/layers.0/self_attn/k_proj/MatMul", onnx_precision("int8"), 30)
