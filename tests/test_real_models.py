@@ -46,7 +46,7 @@ def test_smollm2_onnx_answers_sensibly(quant, smollm2_onnx):
     assert sum(answers) >= 2, answers
 
 
-# Grid-aligned bundled weights, 83 tokens. Measured: ONNX int8 0.006, int4 0.089. The off-grid
+# Grid-aligned bundled weights, 83 tokens. Measured: ONNX int8 0.006, int4 0.104. The off-grid
 # comparison against llama.cpp and the targets lives in bench/fidelity.py.
 @pytest.mark.parametrize("quant,bound", [("int8", 0.015), ("int4", 0.2)])
 def test_smollm2_onnx_fidelity(quant, bound, smollm2_onnx):
