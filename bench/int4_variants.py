@@ -2,7 +2,7 @@
 
 The tool behind the int4 choices in converters/onnx_decoder.py (PRECISIONS["int4"]). Each variant
 is the shipped Precision with some fields replaced; all are built from off-grid SmolLM2
-(bench/offgrid.py), scored against transformers fp32 on bench/fidelity.py's two texts, then decoded
+(bench/offgrid.py), scored against transformers fp32 on bench/fidelity.py's texts, then decoded
 through edgekit in one process, interleaved in an order that reverses each run, with paired ratios
 against the first variant (the shipped one). On a shared 2-core machine two sessions of the very
 same graph can land 5-8% apart: "shipped-again" shows how far, so smaller gaps are noise.
@@ -88,7 +88,8 @@ def main() -> None:
         for engine in engines.values():
             engine.close()
 
-    print(f"{'variant':<28}{'MB':>7}{'bits/w':>7}{'KL 83':>8}{'KL 381':>8}{'tok/s':>7}{'TTFT s':>8}{'paired':>8}")
+    print(f"{'variant':<28}{'MB':>7}{'bits/w':>7}" + "".join(f"{'KL ' + str(len(i)):>9}" for i in ids.values())
+          + f"{'KL all':>9}{'tok/s':>7}{'TTFT s':>8}{'paired':>8}")
     for name in names:
         decode = [s[0] for s in speeds[name]]
         rows[name].update(decode_tok_s=round(statistics.median(decode), 1),
@@ -96,8 +97,9 @@ def main() -> None:
                           decode_paired=round(statistics.median(
                               d / b[0] for d, b in zip(decode, speeds[names[0]], strict=True)), 3))
         r = rows[name]
-        print(f"{name:<28}{r['size_mb']:>7.1f}{r['bits_per_weight']:>7.2f}{r['mean_kl']:>8.4f}"
-              f"{r['long_mean_kl']:>8.4f}{r['decode_tok_s']:>7.1f}{r['ttft_s']:>8.3f}{r['decode_paired']:>8.3f}")
+        print(f"{name:<28}{r['size_mb']:>7.1f}{r['bits_per_weight']:>7.2f}"
+              + "".join(f"{r[k + 'mean_kl']:>9.4f}" for k in [*ids, "all_"])
+              + f"{r['decode_tok_s']:>7.1f}{r['ttft_s']:>8.3f}{r['decode_paired']:>8.3f}")
     print(f"({args.runs} interleaved runs; paired = median of per-run decode ratios against {names[0]})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -52,14 +52,19 @@ def rel_error(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
-def mean_kl(ours: np.ndarray, ref: np.ndarray) -> float:
-    """Mean over positions of KL(ref || ours) of the next-token distributions."""
+def token_kl(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """KL(ref || ours) of the next-token distributions at each position."""
     def log_softmax(x):
         x = x - x.max(axis=-1, keepdims=True)
         return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
     lp, lq = log_softmax(ref.astype(np.float64)), log_softmax(ours.astype(np.float64))
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=-1)))
+    return np.sum(np.exp(lp) * (lp - lq), axis=-1)
+
+
+def mean_kl(ours: np.ndarray, ref: np.ndarray) -> float:
+    """Mean over positions of KL(ref || ours) of the next-token distributions."""
+    return float(np.mean(token_kl(ours, ref)))
 
 
 # general.* keys that only describe the model (names, sizes, licences); everything else must match.
