@@ -11,7 +11,8 @@ largest weights costs more than the finer grid gains, so plain min/max stays. HQ
 optimized float zero points (which MatMulNBits accepts) gained only 0.350 -> 0.344 for 7 MB more.
 
 Symmetric blocks store no zero points: MatMulNBits and GatherBlockQuantized then use 2^(bits-1)
-(128 for 8 bits). At 8 bits the coarser grid costs nothing measurable and saves 8 bits per block.
+(128 for 8 bits). That saves 8 bits per 8-bit block for a coarser grid: small next to int4's 4-bit
+error, but measurable in an all-8-bit model (off-grid SmolLM2 int8: mean KL 0.0069 -> 0.0088).
 """
 
 from __future__ import annotations
