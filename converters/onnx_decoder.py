@@ -105,12 +105,14 @@ class Precision:
             parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
         return "; ".join(parts)
 
+    def widened(self, name: str, layer: int = 0, n_layers: int = 1) -> bool:
+        """Whether an int4 model keeps layer matrix `name` (in layer `layer` of n_layers) at 8 bits."""
+        return self.bits == 4 and (any(tag in name for tag in self.eight_bit) or (
+            any(tag in name for tag in self.eight_bit_ends) and at_ends(layer, n_layers)))
+
     def layer_spec(self, name: str, k: int, layer: int = 0, n_layers: int = 1) -> tuple[int, int]:
         """(bits, block size) of the quantized matrix `name` (k input features) in layer `layer`."""
-        bits = self.bits
-        if bits == 4 and (any(tag in name for tag in self.eight_bit)
-                          or (any(tag in name for tag in self.eight_bit_ends) and at_ends(layer, n_layers))):
-            bits = 8
+        bits = 8 if self.widened(name, layer, n_layers) else self.bits
         return bits, self._wide_block(k) if bits == 8 else self.block_size
 
     def head_spec(self, k: int) -> tuple[int, int]:
@@ -294,7 +296,6 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     embed = weight("model.embed_tokens.weight")
     tied = "lm_head.weight" not in ckpt.tensors
     embed_q = None
-    head_float = np.float16 if precision.half_scale_head and ft is np.float32 else ft
     g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
     if precision.bits is None:
         x = g.op("Gather", [g.init("model.embed_tokens.weight", embed.astype(ft)), "input_ids"], axis=0)[0]
@@ -303,16 +304,7 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         # same bytes (MatMulNBits' B is the embedding matrix itself, [vocab, hidden]).
         head_bits, head_block = precision.head_spec(embed.shape[1])
         embed_q = quantize_blockwise(embed, head_bits, head_block, precision.symmetric(head_bits))
-        n_blocks = embed_q.packed.shape[1]
-        data = g.init("embed.q", embed_q.packed.reshape(embed_q.n, -1))
-        embed_scales = g.init("embed.scales", embed_q.scales.reshape(embed_q.n, n_blocks).astype(head_float))
-        ins = [data, "input_ids", embed_scales]
-        if embed_q.zero_points is not None:
-            ins.append(g.init("embed.zp", embed_q.zero_points.reshape(embed_q.n, -1)))
-        x = g.op("GatherBlockQuantized", ins, domain="com.microsoft", gather_axis=0,
-                 quantize_axis=1, block_size=embed_q.block_size, bits=embed_q.bits)[0]
-        if head_float is not ft:
-            x = g.op("Cast", [x], to=g.elem)[0]
+        x = g.gather_quantized(embed_q, "input_ids", precision.half_scale_head)
     lm_head_source = embed if tied and embed_q is None else None
     del embed
 
@@ -360,12 +352,13 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     if tied and embed_q is not None:
         b = g.op("Reshape", ["embed.q", g.init("b_shape", np.array(embed_q.packed.shape, np.int64))])[0]
         flat = g.init("flat", np.array([-1], np.int64))
-        ins = [g.half(normed) if head_float is not ft else normed, b, g.op("Reshape", ["embed.scales", flat])[0]]
+        half = precision.half_scale_head and ft is np.float32  # as gather_quantized stored embed.scales
+        ins = [g.half(normed) if half else normed, b, g.op("Reshape", ["embed.scales", flat])[0]]
         if embed_q.zero_points is not None:
             ins.append(g.op("Reshape", ["embed.zp", flat])[0])
         logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n, bits=embed_q.bits,
                       block_size=embed_q.block_size, accuracy_level=precision.accuracy_level)[0]
-        if head_float is not ft:
+        if half:
             logits = g.op("Cast", [logits], to=g.elem)[0]
     else:
         g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")

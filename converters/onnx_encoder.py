@@ -78,16 +78,8 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     else:  # the vocabulary table is most of a small encoder: quantized like the linear layers
         bits, block = precision.head_spec(words.shape[1])
         g.count_kind(f"int{bits}")
-        q = quantize_blockwise(words, bits, block, precision.symmetric(bits))
-        half = precision.half_scale_head and ft is np.float32
-        ins = [g.init("embed.q", q.packed.reshape(q.n, -1)), "input_ids",
-               g.init("embed.scales", q.scales.reshape(q.n, -1).astype(np.float16 if half else ft))]
-        if q.zero_points is not None:
-            ins.append(g.init("embed.zp", q.zero_points.reshape(q.n, -1)))
-        word_vecs = g.op("GatherBlockQuantized", ins, domain="com.microsoft", gather_axis=0, quantize_axis=1,
-                         block_size=block, bits=bits)[0]
-        if half:
-            word_vecs = g.op("Cast", [word_vecs], to=g.elem)[0]
+        word_vecs = g.gather_quantized(quantize_blockwise(words, bits, block, precision.symmetric(bits)), "input_ids",
+                                       precision.half_scale_head)
     del words
     x = g.op("Add", [word_vecs, g.op("Gather", [const("embeddings.position_embeddings.weight"), positions])[0]])[0]
     x = g.op("Add", [x, g.op("Gather", [const("embeddings.token_type_embeddings.weight"), "token_type_ids"])[0]])[0]

@@ -54,6 +54,19 @@ class GraphBuilder:
                       accuracy_level=accuracy_level)[0]
         return self.op("Cast", [out], to=self.elem)[0] if half else out
 
+    def gather_quantized(self, q, ids: str, half_scales: bool = False) -> str:
+        """Rows `ids` of a block-quantized table (GatherBlockQuantized); its bytes become the
+        initializers embed.q / embed.scales / embed.zp (none when symmetric), which a tied lm_head
+        can reuse. half_scales: float16 scales in a float32 graph, the rows cast back."""
+        half = half_scales and self.np_float is np.float32
+        ins = [self.init("embed.q", q.packed.reshape(q.n, -1)), ids,
+               self.init("embed.scales", q.scales.reshape(q.n, -1).astype(np.float16 if half else self.np_float))]
+        if q.zero_points is not None:
+            ins.append(self.init("embed.zp", q.zero_points.reshape(q.n, -1)))
+        rows = self.op("GatherBlockQuantized", ins, domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                       block_size=q.block_size, bits=q.bits)[0]
+        return self.op("Cast", [rows], to=self.elem)[0] if half else rows
+
     def half(self, x: str) -> str:
         """x cast to float16, made once for all its readers."""
         if x not in self.half_inputs:

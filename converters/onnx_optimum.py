@@ -4,8 +4,8 @@ then onnxruntime's own quantizers.
 
 Weights: int8/int4 are MatMulNBits weight-only (block 32, asymmetric, accuracy level 4) on every
 MatMul, the lm_head included, and GatherBlockQuantized on the embedding; int4 keeps the same
-tensors at 8 bits as edgekit's own graphs (v/o/down projections, lm_head, embedding), without the
-activation-aware scaling, which needs our own graph's calibration taps. Dynamic int8 activation quantization is not offered: it
+tensors at 8 bits as edgekit's own graphs (Precision.widened, the lm_head and the embedding),
+without the activation-aware scaling, which needs our own graph's calibration taps. Dynamic int8 activation quantization is not offered: it
 wrecks models this small (DESIGN.md section 6: mean KL 0.86 on SmolLM2). fp16 converts the float
 weights and keeps float32 inputs and outputs.
 
@@ -191,19 +191,14 @@ def _wide(node_name: str, precision, n_layers: int | None) -> bool:
     /model/layers.0/self_attn/v_proj/MatMul and /lm_head/MatMul."""
     import re
 
-    from .onnx_decoder import at_ends
-
     if precision.bits != 4:
         return False
     if precision.head_bits == 8 and "lm_head" in node_name:
         return True
-    if any(tag in node_name for tag in precision.eight_bit):
-        return True
-    if not any(tag in node_name for tag in precision.eight_bit_ends):
-        return False
     layer = re.search(r"layers?\.(\d+)", node_name)
-    # a node outside any numbered layer (or a model without num_hidden_layers) keeps 8 bits
-    return layer is None or not n_layers or at_ends(int(layer.group(1)), n_layers)
+    if layer is None or not n_layers:  # outside any numbered layer: counted as an end layer (8 bits)
+        return precision.widened(node_name)
+    return precision.widened(node_name, int(layer.group(1)), n_layers)
 
 
 def _quantize(model, precision, n_layers: int | None):
