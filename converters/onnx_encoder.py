@@ -8,6 +8,7 @@ config) are recorded in the manifest and applied by the runtime, as sentence-tra
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,9 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         else:
             bits, block = precision.layer_spec(role or name, w.shape[1], layer, n_layers)
             g.count_kind(f"int{bits}")
-            out = g.matmul_nbits(x, name, quantize_blockwise(w, bits, block, precision.symmetric(bits)),
-                                 precision.accuracy_level,
-                                 half_scales=precision.half_scales and bits == 4)
+            q = quantize_blockwise(w, bits, block, precision.symmetric(bits), scale_dtype=precision.scale_dtype(bits))
+            out = g.matmul_nbits(x, name, q, precision.accuracy_level,
+                                 half_scales=precision.scale_dtype(bits) is np.float16)
         return g.op("Add", [out, const(name + ".bias")])[0]
 
     def layer_norm(x: str, name: str) -> str:
@@ -78,8 +79,8 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     else:  # the vocabulary table is most of a small encoder: quantized like the linear layers
         bits, block = precision.head_spec(words.shape[1])
         g.count_kind(f"int{bits}")
-        word_vecs = g.gather_quantized(quantize_blockwise(words, bits, block, precision.symmetric(bits)), "input_ids",
-                                       precision.half_scale_head)
+        q = quantize_blockwise(words, bits, block, precision.symmetric(bits), scale_dtype=precision.scale_dtype(bits, head=True))
+        word_vecs = g.gather_quantized(q, "input_ids", precision.half_scale_head)
     del words
     x = g.op("Add", [word_vecs, g.op("Gather", [const("embeddings.position_embeddings.weight"), positions])[0]])[0]
     x = g.op("Add", [x, g.op("Gather", [const("embeddings.token_type_embeddings.weight"), "token_type_ids"])[0]])[0]
@@ -120,4 +121,6 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         "external_data": external,
         "bits_per_weight": round(g.weight_bytes * 8 / n_params, 3),
         "tensor_types": dict(g.kinds),
+        # no calibration pass here: no activation-aware scaling, min/max scales
+        "scheme": replace(precision, awq_alpha=None, scale_search=False).scheme.replace("embedding+lm_head", "embedding"),
     }

@@ -12,7 +12,9 @@ import numpy as np
 class GraphBuilder:
     """A small helper over onnx.helper that names values and collects initializers."""
 
-    def __init__(self, float_type: str) -> None:
+    def __init__(self, float_type: str, weights_as_inputs: bool = False) -> None:
+        """weights_as_inputs: weight arrays become graph inputs, kept in `feeds` for one run, instead
+        of initializers: nothing to serialize for a graph run once (calibration)."""
         import onnx
 
         self.onnx = onnx
@@ -25,6 +27,8 @@ class GraphBuilder:
         self.weight_bytes = 0
         self.kinds: dict[str, int] = {}  # weight matrices by storage: float32 / float16 / int4 / int8
         self.half_inputs: dict[str, str] = {}  # value -> its float16 cast, made once for all readers
+        self.feeds: dict[str, np.ndarray] | None = {} if weights_as_inputs else None
+        self.weight_inputs: list = []
 
     def count_kind(self, kind: str) -> None:
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
@@ -33,6 +37,11 @@ class GraphBuilder:
         if name in self.names:  # shared constants (shapes, axes) are registered once
             return name
         self.names.add(name)
+        if self.feeds is not None and array.size >= 1024:
+            self.feeds[name] = array
+            self.weight_inputs.append(self.onnx.helper.make_tensor_value_info(
+                name, self.onnx.helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
+            return name
         # np.require keeps 0-d arrays scalars (ascontiguousarray would make them [1])
         self.inits.append(self.onnx.numpy_helper.from_array(np.require(array, requirements="C"), name))
         self.weight_bytes += array.nbytes
@@ -76,7 +85,7 @@ class GraphBuilder:
     def save(self, out_file: Path, graph_name: str, inputs: list, outputs: list) -> list[str]:
         """Write the model (weights in a side file past protobuf's 2 GB limit); return side-file names."""
         helper = self.onnx.helper
-        graph = helper.make_graph(self.nodes, graph_name, inputs, outputs, self.inits)
+        graph = helper.make_graph(self.nodes, graph_name, inputs + self.weight_inputs, outputs, self.inits)
         self.inits.clear()  # make_graph copied them: drop ours before serializing (peak memory)
         model = helper.make_model(graph, producer_name="edgekit",
                                   opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])

@@ -268,7 +268,7 @@ def _write_onnx(ckpt, stage: Path, precision, route: tuple[str, str],
         words = scheme(precision)
     else:
         info = (build_encoder if encoder else build_decoder)(ckpt, stage / model_file, precision, progress)
-        words = precision.scheme.replace("embedding+lm_head", "embedding") if encoder else precision.scheme
+        words = info.pop("scheme")
     return model_file, {
         "task": "feature-extraction" if encoder else "text-generation",
         "extra_files": info.pop("external_data"),

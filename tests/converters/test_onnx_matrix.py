@@ -129,6 +129,9 @@ def test_onnx_storage_choices_per_tensor():
     assert [i for i in range(3) if at_ends(i, 3)] == [0, 2]
     assert "float16 scales for 4-bit" in int4.scheme and "8-bit (symmetric, block up to 128)" in int4.scheme
     assert "down_proj in the first and last quarter" in int4.scheme
+    assert "4-bit scales searched for the least activation-weighted error" in int4.scheme
+    assert int4.scale_dtype(4) is np.float16 and int4.scale_dtype(8) is np.float32
+    assert int4.scale_dtype(8, head=True) is np.float16 and int8.scale_dtype(8, head=True) is np.float32
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -154,3 +157,66 @@ def test_symmetric_blocks_match_onnxruntime(bits, tmp_path):
     x = rng.standard_normal((2, 96)).astype(np.float32)
     y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, x @ dequantize(q).T, rtol=1e-4, atol=1e-4)
+
+
+def test_searched_scales_beat_min_max_and_match_onnxruntime(tmp_path):
+    """The 4-bit scale search: float16-exact scales, less importance-weighted error than min/max in
+    every block, weight on the features that matter, and a layout MatMulNBits reads as we do."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgekit.converters.onnx_graph import GraphBuilder
+    from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_t(4, (48, 96)) * 0.05).astype(np.float32)  # heavy tails, like real weights
+    importance = rng.uniform(0.1, 1.0, 96).astype(np.float32)
+    importance[[5, 40, 77]] = 50.0  # a few inputs that are large on calibration text
+    searched = quantize_blockwise(w, 4, 32, importance=importance, scale_dtype=np.float16)
+    plain = quantize_blockwise(w, 4, 32, scale_dtype=np.float16)
+    for q in (searched, plain):
+        assert np.array_equal(q.scales, q.scales.astype(np.float16).astype(np.float32))
+    assert searched.nbytes == plain.nbytes
+
+    def block_errors(q):
+        return ((dequantize(q) - w) ** 2 * importance).reshape(48, 3, 32).sum(-1)
+
+    ours, theirs = block_errors(searched), block_errors(plain)
+    assert np.all(ours <= theirs * 1.01 + 1e-12)
+    assert ours.sum() < 0.8 * theirs.sum(), (ours.sum(), theirs.sum())
+    # the weighting steers the fit to the important inputs: an unweighted search fits them worse
+    unweighted = quantize_blockwise(w, 4, 32, importance=np.ones(96, np.float32), scale_dtype=np.float16)
+    heavy = [5, 40, 77]
+    assert np.abs(dequantize(searched) - w)[:, heavy].mean() < 0.8 * np.abs(dequantize(unweighted) - w)[:, heavy].mean()
+
+    g = GraphBuilder("float32")
+    g.op("Identity", [g.matmul_nbits("x", "w", searched, accuracy_level=0, half_scales=True)], outputs=["y"])
+    path = tmp_path / "m.onnx"
+    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 96])],
+           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 48])])
+    x = rng.standard_normal((2, 96)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ dequantize(searched).T, rtol=2e-3, atol=2e-3)
+
+
+def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
+    """Calibration runs the fp16 graph once with its weights as inputs (nothing serialized, no lm_head)
+    and gives each linear weight one non-negative importance per input feature."""
+    import onnx
+
+    from edgekit.converters import source
+    from edgekit.converters.onnx_decoder import PRECISIONS, _calibrate, build_decoder
+
+    ckpt = source.inspect(str(tiny_checkpoint("qwen2")))
+    info = build_decoder(ckpt, tmp_path / "c.onnx", PRECISIONS["fp16"], taps=True)
+    graph = onnx.load(str(tmp_path / "c.onnx")).graph
+    assert (tmp_path / "c.onnx").stat().st_size < 200_000 and info["feeds"]
+    assert all(t.name not in info["feeds"] for t in graph.initializer)
+    assert all(o.name.startswith("tap.") for o in graph.output)
+    multipliers, importance = _calibrate(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
+    cfg = ckpt.config
+    assert len(importance) == 7 * cfg["num_hidden_layers"]
+    for name, values in importance.items():
+        assert values.shape == (ckpt.tensor(name).shape[1],) and np.all(values >= 0) and values.max() > 0, name
+    assert "model.layers.0.self_attn.v_proj.bias" in multipliers  # activation-aware scaling folds into v's bias
+    assert not list(tmp_path.glob(".calibration*"))
