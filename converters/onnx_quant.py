@@ -11,9 +11,11 @@ importance-weighted least-squares refit of the scale to the codes it gives, and 
 the least weighted squared error wins. Off-grid SmolLM2 int4, mean KL over bench/fidelity.py's three
 texts: min/max 0.115, searched 0.104 (the real graph). In fake-quantized trials (0.112 for min/max):
 these four fractions 0.099; eleven fractions, zero point +-1 and two refits 0.095 for eight times
-the work; no refit 0.110; the same search unweighted 0.101. An earlier unweighted search that only
-shrank the range made the model worse (it clips the weights whose inputs are largest). HQQ-style
-optimized float zero points (which MatMulNBits accepts) gained only 0.350 -> 0.344 for 7 MB more.
+the work; no refit 0.110; the same search unweighted 0.101. In the real graph six fractions
+(0.8-1.05) gave 0.101, eight (0.75-1.1) 0.101, six with zero point +-1 0.102: within noise, for
+1.5-3x the search time. An earlier unweighted search that only shrank the range made the model
+worse (it clips the weights whose inputs are largest). HQQ-style optimized float zero points (which
+MatMulNBits accepts) gained only 0.350 -> 0.344 for 7 MB more.
 
 Symmetric blocks store no zero points: MatMulNBits and GatherBlockQuantized then use 2^(bits-1)
 (128 for 8 bits). That saves 8 bits per 8-bit block for a coarser grid: small next to int4's 4-bit
