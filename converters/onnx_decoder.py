@@ -166,7 +166,7 @@ PRECISIONS = {
     # for 1.7 MB. So k 8-bit, down 4-bit in the middle half, symmetric 8-bit, float16 head scales:
     # 0.151 / 104.5 MB (0.101), decode speed unchanged. llama.cpp Q4_K_M: 0.176 / 105.5 MB (0.100).
     # Then the 4-bit scales searched for the least activation-weighted error instead of min/max
-    # (onnx_quant): 0.149 / 104.5 MB (0.091; over all three texts 0.115 -> 0.104), ~1 s more to convert.
+    # (onnx_quant): 0.151 / 104.5 MB (0.092; over all three texts 0.115 -> 0.104), ~1 s more to convert.
     # Not taken: float16 scales on the 8-bit layer tensors (4% slower decode from the casts); a
     # float16 graph (9% slower decode); 4-bit head (+0.10); 4-bit block 16 (0.131 / 115 MB; with
     # down 4-bit 0.148 / 104.7 MB but 10% slower decode: the CPU kernel is slower per block); GPTQ

@@ -47,7 +47,7 @@ class BlockQuantized:
 
 
 # Fractions of a block's min/max range tried by the scale search (each then refit once).
-SEARCH_FRACTIONS = (0.85, 0.9, 0.95, 1.0)
+SEARCH_FRACTIONS = (1.0, 0.95, 0.9, 0.85)  # on a tie the first (min/max) stays
 _SEARCH_ROWS = 128  # rows per chunk: a chunk's temporaries stay in cache
 
 
@@ -78,7 +78,8 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, symmetric
         scale, zp = _min_max(blocks, qmax, scale_dtype)
     else:
         weights = np.zeros(k_blocks * block_size, np.float32)
-        weights[:k] = importance
+        # no input weighs nothing: one silent on a short calibration text may not be silent later
+        weights[:k] = importance + 0.01 * float(np.mean(importance))
         scale, zp = _searched(blocks, weights.reshape(k_blocks, block_size), qmax, scale_dtype)
     codes = np.clip(np.round(blocks / scale) + zp, 0, qmax).astype(np.uint8)
     zp = zp.reshape(n, k_blocks).astype(np.uint8)
