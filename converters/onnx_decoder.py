@@ -27,7 +27,7 @@ import numpy as np
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
 from .onnx_graph import GraphBuilder
-from .onnx_quant import quantize_blockwise
+from .onnx_quant import dequantize, quantize_blockwise
 from .source import Checkpoint
 
 Progress = Callable[[str, int, int], None]
@@ -87,6 +87,12 @@ class Precision:
     # Search each 4-bit block's scale and zero point for the least error weighted by its inputs'
     # mean square on the same text, instead of min/max (onnx_quant's docstring has the figures).
     scale_search: bool = False
+    # Add each 4-bit projection's mean output error, (W - dequant(W)) @ mean(x) over the same text,
+    # back as MatMulNBits' bias. Off-grid SmolLM2: mean KL 0.104 -> 0.097 for 0.2 MB, free on CPU
+    # (bench/int4_variants.py). Off by default: onnxruntime's CUDA MatMulNBits rejected a bias
+    # until mid-2026 (1.28 or later), and a separate Add costs 5% of CPU decode (float16 outputs
+    # cannot fuse it). To switch on once CUDA is checked on a GPU.
+    bias_correction: bool = False
 
     @property
     def scheme(self) -> str:
@@ -108,6 +114,8 @@ class Precision:
             parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
         if self.scale_search:
             parts.append(f"{self.bits}-bit scales searched for the least activation-weighted error")
+        if self.bias_correction:
+            parts.append(f"{self.bits}-bit mean output error corrected by a bias")
         return "; ".join(parts)
 
     def widened(self, name: str, layer: int = 0, n_layers: int = 1) -> bool:
@@ -230,8 +238,8 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     context = min(int(cfg.get("max_position_embeddings", 2048)), MAX_CONTEXT)
     if head_dim % 16:
         raise ConversionError(f"{ckpt.path}: head_dim {head_dim} is not a multiple of 16, which GroupQueryAttention needs")
-    calibrated = (precision.awq_alpha is not None or precision.scale_search) and not taps
-    awq, importance = _calibrate(ckpt, out_file, precision) if calibrated else ({}, {})
+    calibrated = (precision.awq_alpha is not None or precision.scale_search or precision.bias_correction) and not taps
+    awq, importance, means = _calibrate(ckpt, out_file, precision) if calibrated else ({}, {}, {})
     g = GraphBuilder(precision.float_type, weights_as_inputs=taps)
     ft = g.np_float
     tap_outputs: list = []
@@ -279,8 +287,11 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                 # one input, so one importance for all the matrices fused here
                 weights = importance.get(hf_names[i]) if precision.scale_search else None
                 q = quantize_blockwise(w, bits, block, precision.symmetric(bits), weights, precision.scale_dtype(bits))
+                shift = None
+                if precision.bias_correction and bits == 4 and hf_names[i] in means:
+                    shift = (w - dequantize(q)) @ means[hf_names[i]]
                 y = g.matmul_nbits(x, name, q, precision.accuracy_level,
-                                   half_scales=precision.scale_dtype(bits) is np.float16)
+                                   half_scales=precision.scale_dtype(bits) is np.float16, bias=shift)
                 if j == i + 1:
                     outs.append(y)
                 else:
@@ -425,10 +436,11 @@ def _calibration_ids(ckpt: Checkpoint) -> list[int]:
     return spm.SentencePieceProcessor(model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
 
 
-def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[dict[str, tuple], dict[str, np.ndarray]]:
+def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[dict, dict, dict]:
     """Statistics of each linear layer's input on CALIBRATION_TEXT, from our own graph: per-tensor
     (column, row) multipliers for activation-aware scaling (none without awq_alpha), and per weight
-    matrix the mean square of each input feature after that scaling (the scale search's importance)."""
+    matrix the mean square (the scale search's importance) and the mean of each input feature after
+    that scaling (bias correction's)."""
     import onnxruntime as ort
 
     cfg = ckpt.config
@@ -450,10 +462,10 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
             for kind in ("key", "value"):
                 feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, n_kv, 0, head_dim), np.float16)
         names = [o.name for o in sess.get_outputs()]
-        stats, squares = {}, {}
+        stats, squares, centres = {}, {}, {}
         for name, value in zip(names, sess.run(names, feeds), strict=True):
             x = value[0].astype(np.float32)
-            stats[name], squares[name] = np.abs(x).mean(axis=0), (x * x).mean(axis=0)
+            stats[name], squares[name], centres[name] = np.abs(x).mean(axis=0), (x * x).mean(axis=0), x.mean(axis=0)
         del sess, feeds, weights  # before the real build needs the memory
     finally:
         calib.unlink(missing_ok=True)
@@ -486,12 +498,13 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
     # the inputs the quantized matrices see are divided by their column multipliers
     taps = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
             "up_proj": "gate_up", "down_proj": "down"}
-    importance = {}
+    importance, means = {}, {}
     for i in range(cfg["num_hidden_layers"]):
         for proj, tap in taps.items():
             name = f"model.layers.{i}.{'self_attn' if proj[0] in 'qkvo' else 'mlp'}.{proj}.weight"
             importance[name] = squares[f"tap.{i}.{tap}"] / out[name][0] ** 2
-    return (out if precision.awq_alpha is not None else {}), importance
+            means[name] = centres[f"tap.{i}.{tap}"] / out[name][0]
+    return (out if precision.awq_alpha is not None else {}), importance, means
 
 
 def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int) -> tuple[str, str]:

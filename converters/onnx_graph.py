@@ -47,18 +47,22 @@ class GraphBuilder:
         self.weight_bytes += array.nbytes
         return name
 
-    def matmul_nbits(self, x: str, name: str, q, accuracy_level: int, half_scales: bool = False) -> str:
+    def matmul_nbits(self, x: str, name: str, q, accuracy_level: int, half_scales: bool = False,
+                     bias: np.ndarray | None = None) -> str:
         """x @ dequant(q)^T with MatMulNBits; q's packed weights, scales and zero points (none when
         symmetric) become initializers.
 
         half_scales: float16 scales in a float32 graph. MatMulNBits takes its scales in the type of
         its input, so the input is cast to float16 (once per value) and the output back.
+        bias: [N] added to the output inside the kernel (MatMulNBits' optional sixth input).
         """
         half = half_scales and self.np_float is np.float32
         scales = q.scales.astype(np.float16 if half else self.np_float)
         ins = [self.half(x) if half else x, self.init(name + ".q", q.packed), self.init(name + ".scales", scales)]
         if q.zero_points is not None:
             ins.append(self.init(name + ".zp", q.zero_points))
+        if bias is not None:  # optional inputs 3 (zero points) and 4 (g_idx) left empty
+            ins += [""] * (5 - len(ins)) + [self.init(name + ".bias", bias.astype(np.float16 if half else self.np_float))]
         out = self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
                       accuracy_level=accuracy_level)[0]
         return self.op("Cast", [out], to=self.elem)[0] if half else out

@@ -213,10 +213,55 @@ def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
     assert (tmp_path / "c.onnx").stat().st_size < 200_000 and info["feeds"]
     assert all(t.name not in info["feeds"] for t in graph.initializer)
     assert all(o.name.startswith("tap.") for o in graph.output)
-    multipliers, importance = _calibrate(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
+    multipliers, importance, means = _calibrate(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
     cfg = ckpt.config
-    assert len(importance) == 7 * cfg["num_hidden_layers"]
+    assert len(importance) == len(means) == 7 * cfg["num_hidden_layers"]
     for name, values in importance.items():
-        assert values.shape == (ckpt.tensor(name).shape[1],) and np.all(values >= 0) and values.max() > 0, name
+        assert values.shape == means[name].shape == (ckpt.tensor(name).shape[1],), name
+        assert np.all(values >= 0) and values.max() > 0 and np.all(means[name] ** 2 <= values * 1.001 + 1e-9), name
     assert "model.layers.0.self_attn.v_proj.bias" in multipliers  # activation-aware scaling folds into v's bias
     assert not list(tmp_path.glob(".calibration*"))
+
+
+@pytest.mark.parametrize("bits,half", [(4, True), (4, False), (8, False)])
+def test_matmul_nbits_bias_input(bits, half, tmp_path):
+    """MatMulNBits' optional bias (after empty zero-point / g_idx slots when symmetric) adds as we expect."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from edgekit.converters.onnx_graph import GraphBuilder
+    from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((40, 64)).astype(np.float32)
+    q = quantize_blockwise(w, bits, 32, symmetric=bits == 8, scale_dtype=np.float16 if half else np.float32)
+    bias = rng.standard_normal(40).astype(np.float32)
+    g = GraphBuilder("float32")
+    g.op("Identity", [g.matmul_nbits("x", "w", q, accuracy_level=0, half_scales=half, bias=bias)], outputs=["y"])
+    path = tmp_path / "m.onnx"
+    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 40])])
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ dequantize(q).T + bias, rtol=5e-3, atol=5e-3 if half else 1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama-smollm2", "qwen2"])
+def test_bias_correction_graph(arch, tiny_checkpoint, tmp_path):
+    """The optional mean-error correction: a bias on every 4-bit MatMulNBits, none on 8-bit, and
+    logits within the int4 bound (qwen2: on top of its own q/k/v biases)."""
+    import dataclasses
+
+    import onnx
+
+    from edgekit.converters import source
+    from edgekit.converters.onnx_decoder import PRECISIONS, build_decoder
+
+    ckpt_dir = tiny_checkpoint(arch)
+    path = tmp_path / "model.onnx"
+    build_decoder(source.inspect(str(ckpt_dir)), path, dataclasses.replace(PRECISIONS["int4"], bias_correction=True))
+    for node in (n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"):
+        bits = next(a.i for a in node.attribute if a.name == "bits")
+        assert (len(node.input) == 6) == (bits == 4 and not node.input[1].startswith("embed")), node.name
+    ids = hf_tokenizer(ckpt_dir)(tiny.PROBE_TEXT, add_special_tokens=False)["input_ids"][:48]
+    assert mean_kl(onnx_logits(path, ids, prompt=8), hf_logits(ckpt_dir, ids)) <= BOUNDS["int4"][1]
