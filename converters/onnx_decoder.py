@@ -449,10 +449,11 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
     calib = out_file.with_name(".calibration.onnx")
     try:
-        # fp16 weights: half the memory of an fp32 graph, and statistics of mean |x| need no more
-        # precision; no graph optimization either (one short run does not repay it)
+        # fp16 weights: half the memory of an fp32 graph; means and mean squares need no more
+        # precision (an overflow is caught below); no graph optimization either (one short run
+        # does not repay it)
         info = build_decoder(ckpt, calib, PRECISIONS["fp16"], taps=True)
-        weights = info["feeds"]
+        weights = info.pop("feeds")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         sess = ort.InferenceSession(str(calib), options, providers=["CPUExecutionProvider"])
@@ -465,8 +466,11 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
         stats, squares, centres = {}, {}, {}
         for name, value in zip(names, sess.run(names, feeds), strict=True):
             x = value[0].astype(np.float32)
+            if not np.isfinite(x).all():
+                raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration text; "
+                                      "use --quant int8 or fp32 for this model")
             stats[name], squares[name], centres[name] = np.abs(x).mean(axis=0), (x * x).mean(axis=0), x.mean(axis=0)
-        del sess, feeds, weights  # before the real build needs the memory
+        del sess, feeds, weights  # the fp16 weights go before the real build reads the checkpoint
     finally:
         calib.unlink(missing_ok=True)
         calib.with_name(calib.name + ".data").unlink(missing_ok=True)

@@ -38,7 +38,7 @@ class GraphBuilder:
             return name
         self.names.add(name)
         if self.feeds is not None and array.size >= 1024:
-            self.feeds[name] = array
+            self.feeds[name] = np.require(array, requirements="C")  # else onnxruntime copies it per run
             self.weight_inputs.append(self.onnx.helper.make_tensor_value_info(
                 name, self.onnx.helper.np_dtype_to_tensor_dtype(array.dtype), list(array.shape)))
             return name

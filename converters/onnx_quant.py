@@ -95,7 +95,7 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, symmetric
 
 def _stored(scale: np.ndarray, dtype: type) -> np.ndarray:
     """Scales as they will be stored (float32 values of `dtype`); never 0 nor below its range."""
-    tiny = np.finfo(dtype).tiny
+    tiny = np.finfo(dtype).smallest_subnormal
     return np.maximum(np.where(scale == 0, 1.0, scale), tiny).astype(dtype).astype(np.float32)
 
 
@@ -128,7 +128,7 @@ def _search_chunk(x: np.ndarray, a: np.ndarray, qmax: int, scale_dtype: type) ->
     ax = a * x
     axx = (ax * x).sum(axis=-1, keepdims=True)
     best_err = np.full(lo.shape, np.inf, np.float32)
-    best_scale, best_zp = np.ones_like(lo), np.zeros_like(lo)
+    best_scale, best_zp = _min_max(x, qmax, scale_dtype)  # kept where no error compares (non-finite)
     c, t = np.empty_like(x), np.empty_like(x)
 
     def sums(scale: np.ndarray, zp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

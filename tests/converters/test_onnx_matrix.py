@@ -255,13 +255,24 @@ def test_bias_correction_graph(arch, tiny_checkpoint, tmp_path):
     import onnx
 
     from edgekit.converters import source
-    from edgekit.converters.onnx_decoder import PRECISIONS, build_decoder
+    from edgekit.converters.onnx_decoder import PRECISIONS, _calibrate, build_decoder
+    from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
 
     ckpt_dir = tiny_checkpoint(arch)
+    ckpt = source.inspect(str(ckpt_dir))
     path = tmp_path / "model.onnx"
-    build_decoder(source.inspect(str(ckpt_dir)), path, dataclasses.replace(PRECISIONS["int4"], bias_correction=True))
-    for node in (n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"):
+    precision = dataclasses.replace(PRECISIONS["int4"], bias_correction=True)
+    build_decoder(ckpt, path, precision)
+    model = onnx.load(str(path))
+    for node in (n for n in model.graph.node if n.op_type == "MatMulNBits"):
         bits = next(a.i for a in node.attribute if a.name == "bits")
         assert (len(node.input) == 6) == (bits == 4 and not node.input[1].startswith("embed")), node.name
+    # the bias is the mean output error of the stored weights on the calibration text: its sign and size
+    multipliers, importance, means = _calibrate(ckpt, tmp_path / "again.onnx", precision)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    w = ckpt.tensor(name).astype(np.float32) * multipliers[name][0][None, :]
+    q = quantize_blockwise(w, 4, 32, False, importance[name], np.float16)
+    stored = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name + ".bias"))
+    np.testing.assert_allclose(stored, (w - dequantize(q)) @ means[name], rtol=1e-2, atol=1e-4)
     ids = hf_tokenizer(ckpt_dir)(tiny.PROBE_TEXT, add_special_tokens=False)["input_ids"][:48]
     assert mean_kl(onnx_logits(path, ids, prompt=8), hf_logits(ckpt_dir, ids)) <= BOUNDS["int4"][1]
