@@ -375,8 +375,8 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
             progress("write", i + 1, n_layers + 1)
 
     if taps:
-        external = g.save(out_file, "edgekit-calibration", inputs, tap_outputs)
-        return {"num_layers": n_layers, "context_length": context, "feeds": g.feeds, "external_data": external}
+        g.save(out_file, "edgekit-calibration", inputs, tap_outputs)  # no weights in it: never a side file
+        return {"num_layers": n_layers, "context_length": context, "feeds": g.feeds}
     final = g.init("model.norm.weight", weight("model.norm.weight").astype(ft))
     normed = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final], n_out=4, domain="com.microsoft",
                   epsilon=eps)[0]
@@ -473,7 +473,6 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
         del sess, feeds, weights  # the fp16 weights go before the real build reads the checkpoint
     finally:
         calib.unlink(missing_ok=True)
-        calib.with_name(calib.name + ".data").unlink(missing_ok=True)
 
     def scale(x: np.ndarray) -> np.ndarray:
         if precision.awq_alpha is None:

@@ -134,13 +134,24 @@ def test_onnx_storage_choices_per_tensor():
     assert int4.scale_dtype(8, head=True) is np.float16 and int8.scale_dtype(8, head=True) is np.float32
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_symmetric_blocks_match_onnxruntime(bits, tmp_path):
-    """Symmetric blocks store no zero points; MatMulNBits then assumes 2^(bits-1), as dequantize does."""
+def run_matmul_nbits(q, x: np.ndarray, tmp_path, half: bool = False, bias: np.ndarray | None = None) -> np.ndarray:
+    """x @ dequant(q)^T (+ bias) computed by onnxruntime's MatMulNBits, as our GraphBuilder writes it."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     from edgekit.converters.onnx_graph import GraphBuilder
+
+    g = GraphBuilder("float32")
+    g.op("Identity", [g.matmul_nbits("x", "w", q, accuracy_level=0, half_scales=half, bias=bias)], outputs=["y"])
+    path = tmp_path / "m.onnx"
+    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.shape[0], q.n])])
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_symmetric_blocks_match_onnxruntime(bits, tmp_path):
+    """Symmetric blocks store no zero points; MatMulNBits then assumes 2^(bits-1), as dequantize does."""
     from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
 
     rng = np.random.default_rng(0)
@@ -149,23 +160,13 @@ def test_symmetric_blocks_match_onnxruntime(bits, tmp_path):
     assert q.zero_points is None
     step = np.abs(w.reshape(24, 3, 32)).max(-1, keepdims=True) / ((1 << (bits - 1)) - 1)
     assert np.all(np.abs(dequantize(q) - w).reshape(24, 3, 32) <= step / 2 + 1e-6)
-    g = GraphBuilder("float32")
-    g.op("Identity", [g.matmul_nbits("x", "w", q, accuracy_level=0)], outputs=["y"])
-    path = tmp_path / "m.onnx"
-    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 96])],
-           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 24])])
     x = rng.standard_normal((2, 96)).astype(np.float32)
-    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(y, x @ dequantize(q).T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_matmul_nbits(q, x, tmp_path), x @ dequantize(q).T, rtol=1e-4, atol=1e-4)
 
 
 def test_searched_scales_beat_min_max_and_match_onnxruntime(tmp_path):
     """The 4-bit scale search: float16-exact scales, less importance-weighted error than min/max in
     every block, weight on the features that matter, and a layout MatMulNBits reads as we do."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    from edgekit.converters.onnx_graph import GraphBuilder
     from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
 
     rng = np.random.default_rng(0)
@@ -189,13 +190,8 @@ def test_searched_scales_beat_min_max_and_match_onnxruntime(tmp_path):
     heavy = [5, 40, 77]
     assert np.abs(dequantize(searched) - w)[:, heavy].mean() < 0.8 * np.abs(dequantize(unweighted) - w)[:, heavy].mean()
 
-    g = GraphBuilder("float32")
-    g.op("Identity", [g.matmul_nbits("x", "w", searched, accuracy_level=0, half_scales=True)], outputs=["y"])
-    path = tmp_path / "m.onnx"
-    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 96])],
-           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 48])])
     x = rng.standard_normal((2, 96)).astype(np.float32)
-    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = run_matmul_nbits(searched, x, tmp_path, half=True)
     np.testing.assert_allclose(y, x @ dequantize(searched).T, rtol=2e-3, atol=2e-3)
 
 
@@ -226,23 +222,14 @@ def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("bits,half", [(4, True), (4, False), (8, False)])
 def test_matmul_nbits_bias_input(bits, half, tmp_path):
     """MatMulNBits' optional bias (after empty zero-point / g_idx slots when symmetric) adds as we expect."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    from edgekit.converters.onnx_graph import GraphBuilder
     from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
 
     rng = np.random.default_rng(1)
     w = rng.standard_normal((40, 64)).astype(np.float32)
     q = quantize_blockwise(w, bits, 32, symmetric=bits == 8, scale_dtype=np.float16 if half else np.float32)
     bias = rng.standard_normal(40).astype(np.float32)
-    g = GraphBuilder("float32")
-    g.op("Identity", [g.matmul_nbits("x", "w", q, accuracy_level=0, half_scales=half, bias=bias)], outputs=["y"])
-    path = tmp_path / "m.onnx"
-    g.save(path, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
-           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 40])])
     x = rng.standard_normal((3, 64)).astype(np.float32)
-    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = run_matmul_nbits(q, x, tmp_path, half=half, bias=bias)
     np.testing.assert_allclose(y, x @ dequantize(q).T + bias, rtol=5e-3, atol=5e-3 if half else 1e-4)
 
 
