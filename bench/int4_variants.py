@@ -29,7 +29,8 @@ sys.path.insert(0, str(HERE))
 VARIANTS: dict[str, dict] = {
     "shipped": {},
     "shipped-again": {},  # the same graph in its own session: how far apart two equal runs land
-    "min-max-scales": {"scale_search": False},  # session 4's int4: no scale search
+    "no-gptq": {"gptq": False},  # session 5's int4: searched scales, round to nearest
+    "min-max-scales": {"scale_search": False, "gptq": False},  # session 4's int4: no scale search
     "bias-correction": {"bias_correction": True},  # off by default: CUDA support (Precision's comment)
     # session 3's layout: q/k/gate/up 4-bit, v/o/down 8-bit with zero points, float32 head scales
     "v-o-down-8bit": {"eight_bit": ("v_proj", "o_proj", "down_proj"), "eight_bit_ends": (),

@@ -27,7 +27,7 @@ import numpy as np
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
 from .onnx_graph import GraphBuilder
-from .onnx_quant import dequantize, quantize_blockwise
+from .onnx_quant import GPTQ_DAMPING, dequantize, quantize_blockwise, quantize_gptq
 from .source import Checkpoint
 
 Progress = Callable[[str, int, int], None]
@@ -87,11 +87,14 @@ class Precision:
     # Search each 4-bit block's scale and zero point for the least error weighted by its inputs'
     # mean square on the same text, instead of min/max (onnx_quant's docstring has the figures).
     scale_search: bool = False
+    # Round the 4-bit matrices block by block, each block's output error on the same text re-fit by
+    # the blocks after it (GPTQ; onnx_quant.quantize_gptq), each block's scale still searched.
+    gptq: bool = False
     # Add each 4-bit projection's mean output error, (W - dequant(W)) @ mean(x) over the same text,
-    # back as MatMulNBits' bias. Off-grid SmolLM2: mean KL 0.104 -> 0.097 for 0.2 MB, free on CPU
-    # (bench/int4_variants.py). Off by default: onnxruntime's CUDA MatMulNBits rejected a bias
-    # until mid-2026 (1.28 or later), and a separate Add costs 5% of CPU decode (float16 outputs
-    # cannot fuse it). To switch on once CUDA is checked on a GPU.
+    # back as MatMulNBits' bias. Off-grid SmolLM2, mean KL over three texts: 0.104 -> 0.097 on
+    # round-to-nearest, but GPTQ re-fits most of that error already: 0.085 -> 0.084 with it, for
+    # 0.2 MB (bench/int4_variants.py). Off by default: that is within noise, and onnxruntime's CUDA
+    # MatMulNBits rejected a bias until mid-2026 (1.28 or later).
     bias_correction: bool = False
 
     @property
@@ -112,6 +115,8 @@ class Precision:
                      + (" with float16 scales" if self.half_scale_head else ""))
         if self.awq_alpha is not None:
             parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
+        if self.gptq:
+            parts.append(f"{self.bits}-bit blocks rounded by GPTQ (damping {GPTQ_DAMPING:g})")
         if self.scale_search:
             parts.append(f"{self.bits}-bit scales searched for the least activation-weighted error")
         if self.bias_correction:
@@ -175,14 +180,15 @@ PRECISIONS = {
     # 0.151 / 104.5 MB (0.101), decode speed unchanged. llama.cpp Q4_K_M: 0.176 / 105.5 MB (0.100).
     # Then the 4-bit scales searched for the least activation-weighted error instead of min/max
     # (onnx_quant): 0.151 / 104.5 MB (0.092; over all three texts 0.115 -> 0.104), ~1 s more to convert.
-    # Not taken: float16 scales on the 8-bit layer tensors (4% slower decode from the casts); a
-    # float16 graph (9% slower decode); 4-bit head (+0.10); 4-bit block 16 (0.131 / 115 MB; with
-    # down 4-bit 0.148 / 104.7 MB but 10% slower decode: the CPU kernel is slower per block); GPTQ
-    # rounding and longer calibration texts (no better, within noise). Quality first: "int4" must
-    # not buy size with quality.
+    # Then GPTQ rounding with heavy damping (onnx_quant): 0.122 / 104.5 MB (0.074; all three 0.084),
+    # ~3 s more to convert. Not taken: float16 scales on the 8-bit layer tensors (4% slower decode
+    # from the casts); a float16 graph (9% slower decode); 4-bit head (+0.10); 4-bit block 16 (0.131
+    # / 115 MB; with down 4-bit 0.148 / 104.7 MB but 10% slower decode: the CPU kernel is slower per
+    # block); longer calibration texts (no better, within noise). Quality first: "int4" must not buy
+    # size with quality.
     "int4": Precision("int4", "float32", bits=4, eight_bit=("k_proj", "v_proj", "o_proj"), eight_bit_ends=("down_proj",),
                       eight_bit_block=128, symmetric_eight_bit=True, head_bits=8, awq_alpha=0.5, half_scales=True,
-                      half_scale_head=True, scale_search=True),
+                      half_scale_head=True, scale_search=True, gptq=True),
 }
 ALIASES = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "q8": "int8", "q4": "int4"}
 
@@ -238,8 +244,10 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
     context = min(int(cfg.get("max_position_embeddings", 2048)), MAX_CONTEXT)
     if head_dim % 16:
         raise ConversionError(f"{ckpt.path}: head_dim {head_dim} is not a multiple of 16, which GroupQueryAttention needs")
-    calibrated = (precision.awq_alpha is not None or precision.scale_search or precision.bias_correction) and not taps
-    awq, importance, means = _calibrate(ckpt, out_file, precision) if calibrated else ({}, {}, {})
+    calibrated = (precision.awq_alpha is not None or precision.scale_search or precision.gptq
+                  or precision.bias_correction) and not taps
+    calibration = _calibrate(ckpt, out_file, precision) if calibrated else Calibration({}, {})
+    awq = calibration.multipliers
     g = GraphBuilder(precision.float_type, weights_as_inputs=taps)
     ft = g.np_float
     tap_outputs: list = []
@@ -284,12 +292,16 @@ def build_decoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
                     g.count_kind(f"int{bits}")
                 w = ws[i] if j == i + 1 else np.concatenate(ws[i:j])
                 name = hf_names[i] if j == i + 1 else "+".join(hf_names[i:j])
-                # one input, so one importance for all the matrices fused here
-                weights = importance.get(hf_names[i]) if precision.scale_search else None
-                q = quantize_blockwise(w, bits, block, precision.symmetric(bits), weights, precision.scale_dtype(bits))
+                # one input, so one calibration input for all the matrices fused here
+                seen = calibration.inputs.get(hf_names[i])
+                if precision.gptq and bits == 4 and seen is not None:
+                    q = quantize_gptq(w, bits, block, seen, scale_dtype=precision.scale_dtype(bits))
+                else:
+                    weights = calibration.importance(hf_names[i]) if precision.scale_search else None
+                    q = quantize_blockwise(w, bits, block, precision.symmetric(bits), weights, precision.scale_dtype(bits))
                 shift = None
-                if precision.bias_correction and bits == 4 and hf_names[i] in means:
-                    shift = (w - dequantize(q)) @ means[hf_names[i]]
+                if precision.bias_correction and bits == 4 and seen is not None:
+                    shift = (w - dequantize(q)) @ seen.mean(axis=0)
                 y = g.matmul_nbits(x, name, q, precision.accuracy_level,
                                    half_scales=precision.scale_dtype(bits) is np.float16, bias=shift)
                 if j == i + 1:
@@ -436,11 +448,25 @@ def _calibration_ids(ckpt: Checkpoint) -> list[int]:
     return spm.SentencePieceProcessor(model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
 
 
-def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[dict, dict, dict]:
-    """Statistics of each linear layer's input on CALIBRATION_TEXT, from our own graph: per-tensor
-    (column, row) multipliers for activation-aware scaling (none without awq_alpha), and per weight
-    matrix the mean square (the scale search's importance) and the mean of each input feature after
-    that scaling (bias correction's)."""
+@dataclass
+class Calibration:
+    """What one run of our own graph over CALIBRATION_TEXT tells the quantizers."""
+
+    # activation-aware scaling: tensor name -> (column, row) multipliers (empty without awq_alpha)
+    multipliers: dict[str, tuple]
+    # weight name -> its input on each token [tokens, K], divided by the weight's column multipliers
+    # (what the scaled weight sees); matrices sharing an input share the array
+    inputs: dict[str, np.ndarray]
+
+    def importance(self, name: str) -> np.ndarray | None:
+        """Mean square of each input feature of weight `name` (the scale search's weights)."""
+        x = self.inputs.get(name)
+        return None if x is None else (x * x).mean(axis=0)
+
+
+def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> Calibration:
+    """Each linear layer's input on CALIBRATION_TEXT from our own graph, and the activation-aware
+    scaling multipliers taken from it."""
     import onnxruntime as ort
 
     cfg = ckpt.config
@@ -463,13 +489,12 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
             for kind in ("key", "value"):
                 feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, n_kv, 0, head_dim), np.float16)
         names = [o.name for o in sess.get_outputs()]
-        stats, squares, centres = {}, {}, {}
+        seen = {}
         for name, value in zip(names, sess.run(names, feeds), strict=True):
-            x = value[0].astype(np.float32)
-            if not np.isfinite(x).all():
+            seen[name] = value[0].astype(np.float32)
+            if not np.isfinite(seen[name]).all():
                 raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration text; "
                                       "use --quant int8 or fp32 for this model")
-            stats[name], squares[name], centres[name] = np.abs(x).mean(axis=0), (x * x).mean(axis=0), x.mean(axis=0)
         del sess, feeds, weights  # the fp16 weights go before the real build reads the checkpoint
     finally:
         calib.unlink(missing_ok=True)
@@ -484,9 +509,9 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
     out: dict[str, tuple] = {}
     for i in range(cfg["num_hidden_layers"]):
         p, a, m = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        s_qkv, s_gu, s_down = (scale(stats[f"tap.{i}.{k}"]) for k in ("qkv", "gate_up", "down"))
+        s_qkv, s_gu, s_down = (scale(np.abs(seen[f"tap.{i}.{k}"]).mean(axis=0)) for k in ("qkv", "gate_up", "down"))
         # o_proj's input is a mix of v rows per kv head: heads sharing a kv head share one scale
-        s_kv = scale(stats[f"tap.{i}.o"]).reshape(n_kv, group, head_dim).mean(axis=1).reshape(-1)
+        s_kv = scale(np.abs(seen[f"tap.{i}.o"]).mean(axis=0)).reshape(n_kv, group, head_dim).mean(axis=1).reshape(-1)
         s_o = np.repeat(s_kv.reshape(n_kv, head_dim), group, axis=0).reshape(-1)
         out[p + "input_layernorm.weight"] = (1 / s_qkv, None)
         out[a + "q_proj.weight"] = (s_qkv, None)
@@ -501,13 +526,15 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> tuple[
     # the inputs the quantized matrices see are divided by their column multipliers
     taps = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
             "up_proj": "gate_up", "down_proj": "down"}
-    importance, means = {}, {}
+    inputs: dict[str, np.ndarray] = {}
     for i in range(cfg["num_hidden_layers"]):
+        scaled: dict[str, np.ndarray] = {}  # tap -> its input as the scaled weights see it
         for proj, tap in taps.items():
             name = f"model.layers.{i}.{'self_attn' if proj[0] in 'qkvo' else 'mlp'}.{proj}.weight"
-            importance[name] = squares[f"tap.{i}.{tap}"] / out[name][0] ** 2
-            means[name] = centres[f"tap.{i}.{tap}"] / out[name][0]
-    return (out if precision.awq_alpha is not None else {}), importance, means
+            if tap not in scaled:  # projections of one tap share one column multiplier
+                scaled[tap] = seen.pop(f"tap.{i}.{tap}") / out[name][0]
+            inputs[name] = scaled[tap]
+    return Calibration(out if precision.awq_alpha is not None else {}, inputs)
 
 
 def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int) -> tuple[str, str]:

@@ -122,5 +122,5 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
         "bits_per_weight": round(g.weight_bytes * 8 / n_params, 3),
         "tensor_types": dict(g.kinds),
         # no calibration pass here: no activation-aware scaling, min/max scales
-        "scheme": replace(precision, awq_alpha=None, scale_search=False, bias_correction=False).scheme.replace("embedding+lm_head", "embedding"),
+        "scheme": replace(precision, awq_alpha=None, scale_search=False, gptq=False, bias_correction=False).scheme.replace("embedding+lm_head", "embedding"),
     }

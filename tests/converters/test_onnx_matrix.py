@@ -130,6 +130,7 @@ def test_onnx_storage_choices_per_tensor():
     assert "float16 scales for 4-bit" in int4.scheme and "8-bit (symmetric, block up to 128)" in int4.scheme
     assert "down_proj in the first and last quarter" in int4.scheme
     assert "4-bit scales searched for the least activation-weighted error" in int4.scheme
+    assert "4-bit blocks rounded by GPTQ" in int4.scheme
     assert int4.scale_dtype(4) is np.float16 and int4.scale_dtype(8) is np.float32
     assert int4.scale_dtype(8, head=True) is np.float16 and int8.scale_dtype(8, head=True) is np.float32
 
@@ -195,9 +196,48 @@ def test_searched_scales_beat_min_max_and_match_onnxruntime(tmp_path):
     np.testing.assert_allclose(y, x @ dequantize(searched).T, rtol=2e-3, atol=2e-3)
 
 
+def test_gptq_refits_the_output_error_and_matches_onnxruntime(tmp_path):
+    """GPTQ rounding: less output error than the searched round-to-nearest on the calibration inputs
+    and on fresh inputs alike (not an over-fit), rows independent of the thread chunks, padding for
+    K off the block size, and a layout MatMulNBits reads as dequantize does."""
+    from edgekit.converters.onnx_quant import dequantize, quantize_blockwise, quantize_gptq
+
+    rng = np.random.default_rng(0)
+    k = 80  # not a multiple of 32: the last block is padded
+
+    # correlated features with two large ones, like a norm's output; fresh: same law, other tokens
+    mix = rng.standard_normal((8, k))
+    calib = (rng.standard_normal((48, 8)) @ mix + 0.3 * rng.standard_normal((48, k))).astype(np.float32)
+    fresh = (rng.standard_normal((200, 8)) @ mix + 0.3 * rng.standard_normal((200, k))).astype(np.float32)
+    for x in (calib, fresh):
+        x[:, [3, 50]] *= 6.0
+    w = (rng.standard_t(4, (40, k)) * 0.05).astype(np.float32)
+    gptq = quantize_gptq(w, 4, 32, calib, scale_dtype=np.float16)
+    rtn = quantize_blockwise(w, 4, 32, importance=(calib * calib).mean(0), scale_dtype=np.float16)
+    assert gptq.nbytes == rtn.nbytes and gptq.packed.shape == rtn.packed.shape
+    assert np.array_equal(gptq.scales, gptq.scales.astype(np.float16).astype(np.float32))
+
+    def output_error(q, x):
+        return float((((dequantize(q) - w) @ x.T) ** 2).mean())
+
+    assert output_error(gptq, calib) < 0.7 * output_error(rtn, calib)
+    assert output_error(gptq, fresh) < 0.85 * output_error(rtn, fresh)
+    # each row is rounded on its own: any row chunking gives the same bytes
+    part = quantize_gptq(w[:7], 4, 32, calib, scale_dtype=np.float16)
+    np.testing.assert_array_equal(dequantize(part), dequantize(gptq)[:7])
+    with pytest.raises(ValueError, match="calibration inputs"):
+        quantize_gptq(w, 4, 32, calib[:, :64])
+    x = rng.standard_normal((2, k)).astype(np.float32)
+    np.testing.assert_allclose(run_matmul_nbits(gptq, x, tmp_path, half=True), x @ dequantize(gptq).T,
+                               rtol=2e-3, atol=2e-3)
+
+
 def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
     """Calibration runs the fp16 graph once with its weights as inputs (nothing serialized, no lm_head)
-    and gives each linear weight one non-negative importance per input feature."""
+    and gives each linear weight its input on every calibration token, shared by the projections of
+    one input."""
+    import dataclasses
+
     import onnx
 
     from edgekit.converters import source
@@ -209,13 +249,23 @@ def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
     assert (tmp_path / "c.onnx").stat().st_size < 200_000 and info["feeds"]
     assert all(t.name not in info["feeds"] for t in graph.initializer)
     assert all(o.name.startswith("tap.") for o in graph.output)
-    multipliers, importance, means = _calibrate(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
+    calibration = _calibrate(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
     cfg = ckpt.config
-    assert len(importance) == len(means) == 7 * cfg["num_hidden_layers"]
-    for name, values in importance.items():
-        assert values.shape == means[name].shape == (ckpt.tensor(name).shape[1],), name
-        assert np.all(values >= 0) and values.max() > 0 and np.all(means[name] ** 2 <= values * 1.001 + 1e-9), name
-    assert "model.layers.0.self_attn.v_proj.bias" in multipliers  # activation-aware scaling folds into v's bias
+    assert len(calibration.inputs) == 7 * cfg["num_hidden_layers"]
+    tokens = {x.shape[0] for x in calibration.inputs.values()}
+    assert len(tokens) == 1 and tokens.pop() > 20
+    for name, x in calibration.inputs.items():
+        assert x.shape[1] == ckpt.tensor(name).shape[1] and np.isfinite(x).all() and np.abs(x).max() > 0, name
+        assert calibration.importance(name).shape == (x.shape[1],)
+    a = "model.layers.0.self_attn."
+    assert calibration.inputs[a + "q_proj.weight"] is calibration.inputs[a + "v_proj.weight"]  # one array per input
+    assert "model.layers.0.self_attn.v_proj.bias" in calibration.multipliers  # folds into v's bias
+    # the inputs are divided by the column multipliers the weights were scaled by
+    plain = _calibrate(ckpt, tmp_path / "model.onnx", dataclasses.replace(PRECISIONS["int4"], awq_alpha=None))
+    assert not plain.multipliers
+    cols = calibration.multipliers[a + "q_proj.weight"][0]
+    np.testing.assert_allclose(calibration.inputs[a + "q_proj.weight"] * cols, plain.inputs[a + "q_proj.weight"],
+                               rtol=1e-5, atol=1e-6)
     assert not list(tmp_path.glob(".calibration*"))
 
 
@@ -243,7 +293,7 @@ def test_bias_correction_graph(arch, tiny_checkpoint, tmp_path):
 
     from edgekit.converters import source
     from edgekit.converters.onnx_decoder import PRECISIONS, _calibrate, build_decoder
-    from edgekit.converters.onnx_quant import dequantize, quantize_blockwise
+    from edgekit.converters.onnx_quant import dequantize, quantize_gptq
 
     ckpt_dir = tiny_checkpoint(arch)
     ckpt = source.inspect(str(ckpt_dir))
@@ -255,11 +305,12 @@ def test_bias_correction_graph(arch, tiny_checkpoint, tmp_path):
         bits = next(a.i for a in node.attribute if a.name == "bits")
         assert (len(node.input) == 6) == (bits == 4 and not node.input[1].startswith("embed")), node.name
     # the bias is the mean output error of the stored weights on the calibration text: its sign and size
-    multipliers, importance, means = _calibrate(ckpt, tmp_path / "again.onnx", precision)
+    calibration = _calibrate(ckpt, tmp_path / "again.onnx", precision)
     name = "model.layers.0.self_attn.q_proj.weight"
-    w = ckpt.tensor(name).astype(np.float32) * multipliers[name][0][None, :]
-    q = quantize_blockwise(w, 4, 32, False, importance[name], np.float16)
+    w = ckpt.tensor(name).astype(np.float32) * calibration.multipliers[name][0][None, :]
+    x = calibration.inputs[name]
+    q = quantize_gptq(w, 4, 32, x, scale_dtype=np.float16)
     stored = onnx.numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == name + ".bias"))
-    np.testing.assert_allclose(stored, (w - dequantize(q)) @ means[name], rtol=1e-2, atol=1e-4)
+    np.testing.assert_allclose(stored, (w - dequantize(q)) @ x.mean(axis=0), rtol=1e-2, atol=1e-4)
     ids = hf_tokenizer(ckpt_dir)(tiny.PROBE_TEXT, add_special_tokens=False)["input_ids"][:48]
     assert mean_kl(onnx_logits(path, ids, prompt=8), hf_logits(ckpt_dir, ids)) <= BOUNDS["int4"][1]
