@@ -181,7 +181,7 @@ PRECISIONS = {
     # Then the 4-bit scales searched for the least activation-weighted error instead of min/max
     # (onnx_quant): 0.151 / 104.5 MB (0.092; over all three texts 0.115 -> 0.104), ~1 s more to convert.
     # Then GPTQ rounding with heavy damping (onnx_quant): 0.122 / 104.5 MB (0.074; all three 0.084),
-    # ~3 s more to convert. Not taken: float16 scales on the 8-bit layer tensors (4% slower decode
+    # ~2 s more to convert. Not taken: float16 scales on the 8-bit layer tensors (4% slower decode
     # from the casts); a float16 graph (9% slower decode); 4-bit head (+0.10); 4-bit block 16 (0.131
     # / 115 MB; with down 4-bit 0.148 / 104.7 MB but 10% slower decode: the CPU kernel is slower per
     # block); longer calibration texts (no better, within noise). Quality first: "int4" must not buy

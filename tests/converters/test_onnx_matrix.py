@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit.converters.onnx_decoder import DECODERS
+from edgekit.converters.onnx_decoder import CALIBRATION_TEXT, DECODERS
 from edgekit.converters.onnx_encoder import ENCODERS
 
 import tiny
@@ -48,6 +48,31 @@ def test_onnx_encoder_embeddings_match_transformers(quant, min_cos, tiny_checkpo
         ours = engine.embed(sentences)  # padded batch: the mask must keep padding out of the mean
     cos = np.sum(ours * ref, 1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= min_cos, cos
+
+
+def test_encoder_calibration(tiny_checkpoint, tmp_path):
+    """Encoders calibrate too: each linear weight gets its input on every calibration token ([CLS]
+    included; q/k/v one shared array), no file is left, and the int4 manifest names the scale search,
+    the one calibrated step encoders take."""
+    from edgekit.converters import source
+    from edgekit.converters.onnx_encoder import _calibrate
+
+    ckpt_dir = tiny_checkpoint("bert")
+    ckpt = source.inspect(str(ckpt_dir))
+    calibration = _calibrate(ckpt, tmp_path / "model.onnx")
+    assert not calibration.multipliers and not list(tmp_path.iterdir())
+    weights = [n for n in ckpt.tensors if n.startswith("encoder.layer.") and n.endswith("weight")
+               and ckpt.tensor(n).ndim == 2]
+    assert sorted(calibration.inputs) == sorted(weights)
+    first = "encoder.layer.0.attention.self."
+    assert calibration.inputs[first + "query.weight"] is calibration.inputs[first + "value.weight"]
+    # cut at the model's positions (128 in the tiny model)
+    expected = min(len(hf_tokenizer(ckpt_dir)(CALIBRATION_TEXT)["input_ids"]), ckpt.config["max_position_embeddings"])
+    for name, x in calibration.inputs.items():
+        assert x.shape == (expected, ckpt.tensor(name).shape[1]) and np.isfinite(x).all() and np.abs(x).max() > 0
+    scheme = edgekit.convert(str(ckpt_dir), to="onnx", quant="int4", output=tmp_path / "q4").manifest["quantization"]["scheme"]
+    assert "scales searched" in scheme and "embedding 8-bit" in scheme
+    assert not any(word in scheme for word in ("GPTQ", "activation-aware", "bias"))
 
 
 @pytest.fixture(scope="module")
