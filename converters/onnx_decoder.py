@@ -467,35 +467,23 @@ class Calibration:
 def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> Calibration:
     """Each linear layer's input on CALIBRATION_TEXT from our own graph, and the activation-aware
     scaling multipliers taken from it."""
-    import onnxruntime as ort
-
     cfg = ckpt.config
     n_heads = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_heads
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // n_heads
     calib = out_file.with_name(".calibration.onnx")
     try:
-        # fp16 weights: half the memory of an fp32 graph; means and mean squares need no more
-        # precision (an overflow is caught below); no graph optimization either (one short run
-        # does not repay it)
+        # fp16 weights: half the memory of an fp32 graph; the statistics need no more precision (an
+        # overflow is caught)
         info = build_decoder(ckpt, calib, PRECISIONS["fp16"], taps=True)
         weights = info.pop("feeds")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(calib), options, providers=["CPUExecutionProvider"])
         ids = _calibration_ids(ckpt)[: info["context_length"]]
         feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64), **weights}
         for i in range(info["num_layers"]):
             for kind in ("key", "value"):
                 feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, n_kv, 0, head_dim), np.float16)
-        names = [o.name for o in sess.get_outputs()]
-        seen = {}
-        for name, value in zip(names, sess.run(names, feeds), strict=True):
-            seen[name] = value[0].astype(np.float32)
-            if not np.isfinite(seen[name]).all():
-                raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration text; "
-                                      "use --quant int8 or fp32 for this model")
-        del sess, feeds, weights  # the fp16 weights go before the real build reads the checkpoint
+        seen = run_taps(ckpt, calib, feeds)
+        del feeds, weights  # the fp16 weights go before the real build reads the checkpoint
     finally:
         calib.unlink(missing_ok=True)
 
@@ -535,6 +523,25 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> Calibr
                 scaled[tap] = seen.pop(f"tap.{i}.{tap}") / out[name][0]
             inputs[name] = scaled[tap]
     return Calibration(out if precision.awq_alpha is not None else {}, inputs)
+
+
+def run_taps(ckpt: Checkpoint, graph: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a calibration graph once and return its outputs (first batch row, float32). No graph
+    optimization: one short run does not repay it. Activations that overflow float16 stop the
+    conversion: statistics of them would be garbage."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    seen = {}
+    for name, value in zip(names, sess.run(names, feeds), strict=True):
+        seen[name] = value[0].astype(np.float32)
+        if not np.isfinite(seen[name]).all():
+            raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration text; "
+                                  "use --quant int8 or fp32 for this model")
+    return seen
 
 
 def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int) -> tuple[str, str]:

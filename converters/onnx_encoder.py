@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
-from .onnx_decoder import CALIBRATION_TEXT, PRECISIONS, Calibration, Precision, Progress
+from .onnx_decoder import CALIBRATION_TEXT, PRECISIONS, Calibration, Precision, Progress, run_taps
 from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
 from .source import Checkpoint, sentence_pooling
@@ -153,27 +153,16 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
 def _calibrate(ckpt: Checkpoint, out_file: Path) -> Calibration:
     """Each linear layer's input on CALIBRATION_TEXT (with the tokenizer's [CLS]/[SEP]), from our
     own fp16 graph: the decoder's calibration, without the activation-aware multipliers."""
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
     calib = out_file.with_name(".calibration.onnx")
     try:
         info = build_encoder(ckpt, calib, PRECISIONS["fp16"], taps=True)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(calib), options, providers=["CPUExecutionProvider"])
         ids = Tokenizer.from_file(str(ckpt.path / "tokenizer.json")).encode(CALIBRATION_TEXT).ids
         ids = np.array([ids[: int(ckpt.config.get("max_position_embeddings", 512))]], np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids),
-                 **info["feeds"]}
-        names = [o.name for o in sess.get_outputs()]
-        seen = dict(zip(names, (v[0].astype(np.float32) for v in sess.run(names, feeds)), strict=True))
-        del sess, feeds, info["feeds"]
+        seen = run_taps(ckpt, calib, {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                                      "token_type_ids": np.zeros_like(ids), **info.pop("feeds")})
     finally:
         calib.unlink(missing_ok=True)
-    for name, x in seen.items():
-        if not np.isfinite(x).all():
-            raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration text; "
-                                  "use --quant int8 or fp32 for this model")
     return Calibration({}, {weight: seen[tap] for weight, tap in info["tap_of"].items()})
 
