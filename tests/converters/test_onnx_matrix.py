@@ -55,7 +55,7 @@ def test_encoder_calibration(tiny_checkpoint, tmp_path):
     included; q/k/v one shared array), no file is left, and the int4 manifest names the scale search,
     the one calibrated step encoders take."""
     from edgekit.converters import source
-    from edgekit.converters.onnx_encoder import _calibrate
+    from edgekit.converters.onnx_encoder import _calibrate, _calibration_ids
 
     ckpt_dir = tiny_checkpoint("bert")
     ckpt = source.inspect(str(ckpt_dir))
@@ -70,6 +70,17 @@ def test_encoder_calibration(tiny_checkpoint, tmp_path):
     expected = min(len(hf_tokenizer(ckpt_dir)(CALIBRATION_TEXT)["input_ids"]), ckpt.config["max_position_embeddings"])
     for name, x in calibration.inputs.items():
         assert x.shape == (expected, ckpt.tensor(name).shape[1]) and np.isfinite(x).all() and np.abs(x).max() > 0
+    # a BERT with only vocab.txt tokenizes the text the same (without one at all, inspect refuses it)
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(ckpt_dir, bare)
+    (bare / "tokenizer.json").unlink()
+    plain = source.inspect(str(bare))
+    # (MiniLM's tokenizer.json truncates at 128 tokens, [SEP] last: vocab.txt's ids run on)
+    assert _calibration_ids(plain)[:127] == _calibration_ids(ckpt)[:127]
+    assert _calibrate(plain, tmp_path / "model.onnx").inputs[first + "query.weight"].shape == (expected, 64)
+    assert not list(tmp_path.glob(".calibration*")) and not list(bare.glob(".calibration*"))
     scheme = edgekit.convert(str(ckpt_dir), to="onnx", quant="int4", output=tmp_path / "q4").manifest["quantization"]["scheme"]
     assert "scales searched" in scheme and "embedding 8-bit" in scheme
     assert not any(word in scheme for word in ("GPTQ", "activation-aware", "bias"))
