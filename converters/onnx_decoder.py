@@ -438,14 +438,29 @@ CALIBRATION_TEXT = (
 )
 
 
-def _calibration_ids(ckpt: Checkpoint) -> list[int]:
+def calibration_ids(ckpt: Checkpoint) -> list[int]:
+    """CALIBRATION_TEXT in the checkpoint's tokens: tokenizer.json, else tokenizer.model
+    (SentencePiece), else BERT's vocab.txt (WordPiece between [CLS] and [SEP])."""
     if ckpt.has("tokenizer.json"):
         from tokenizers import Tokenizer
 
         return Tokenizer.from_file(str(ckpt.path / "tokenizer.json")).encode(CALIBRATION_TEXT).ids
-    import sentencepiece as spm
+    if ckpt.has("tokenizer.model"):
+        import sentencepiece as spm
 
-    return spm.SentencePieceProcessor(model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
+        return spm.SentencePieceProcessor(model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
+    if ckpt.has("vocab.txt"):
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+        wordpiece = Tokenizer(models.WordPiece.from_file(str(ckpt.path / "vocab.txt"), unk_token="[UNK]"))
+        lower = bool((ckpt.json_file("tokenizer_config.json") or {}).get("do_lower_case", True))
+        wordpiece.normalizer = normalizers.BertNormalizer(lowercase=lower)
+        wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        marks = [wordpiece.token_to_id(t) for t in ("[CLS]", "[SEP]")]
+        ids = wordpiece.encode(CALIBRATION_TEXT).ids
+        return [marks[0], *ids, marks[1]] if None not in marks else ids
+    raise ConversionError(f"{ckpt.path}: no tokenizer.json, tokenizer.model or vocab.txt to tokenize the calibration "
+                          "text with; int4 scales are fitted on it (int8 and float need none)")
 
 
 @dataclass
@@ -477,7 +492,7 @@ def _calibrate(ckpt: Checkpoint, out_file: Path, precision: Precision) -> Calibr
         # overflow is caught)
         info = build_decoder(ckpt, calib, PRECISIONS["fp16"], taps=True)
         weights = info.pop("feeds")
-        ids = _calibration_ids(ckpt)[: info["context_length"]]
+        ids = calibration_ids(ckpt)[: info["context_length"]]
         feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64), **weights}
         for i in range(info["num_layers"]):
             for kind in ("key", "value"):

@@ -16,7 +16,7 @@ import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
-from .onnx_decoder import CALIBRATION_TEXT, PRECISIONS, Calibration, Precision, Progress, run_taps
+from .onnx_decoder import PRECISIONS, Calibration, Precision, Progress, calibration_ids, run_taps
 from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
 from .source import Checkpoint, sentence_pooling
@@ -153,7 +153,7 @@ def build_encoder(ckpt: Checkpoint, out_file: Path, precision: Precision, progre
 def _calibrate(ckpt: Checkpoint, out_file: Path) -> Calibration:
     """Each linear layer's input on CALIBRATION_TEXT (with the tokenizer's [CLS]/[SEP]), from our
     own fp16 graph: the decoder's calibration, without the activation-aware multipliers."""
-    ids = _calibration_ids(ckpt)
+    ids = calibration_ids(ckpt)
     ids = np.array([ids[: int(ckpt.config.get("max_position_embeddings", 512))]], np.int64)
     calib = out_file.with_name(".calibration.onnx")
     try:
@@ -163,23 +163,3 @@ def _calibrate(ckpt: Checkpoint, out_file: Path) -> Calibration:
     finally:
         calib.unlink(missing_ok=True)
     return Calibration({}, {weight: seen[tap] for weight, tap in info["tap_of"].items()})
-
-
-def _calibration_ids(ckpt: Checkpoint) -> list[int]:
-    """CALIBRATION_TEXT in the encoder's tokens: tokenizer.json, else BERT's vocab.txt (WordPiece)."""
-    if ckpt.has("tokenizer.json"):
-        from tokenizers import Tokenizer
-
-        return Tokenizer.from_file(str(ckpt.path / "tokenizer.json")).encode(CALIBRATION_TEXT).ids
-    if ckpt.has("vocab.txt"):
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-        wordpiece = Tokenizer(models.WordPiece.from_file(str(ckpt.path / "vocab.txt"), unk_token="[UNK]"))
-        lower = bool((ckpt.json_file("tokenizer_config.json") or {}).get("do_lower_case", True))
-        wordpiece.normalizer = normalizers.BertNormalizer(lowercase=lower)
-        wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        marks = [wordpiece.token_to_id(t) for t in ("[CLS]", "[SEP]")]
-        ids = wordpiece.encode(CALIBRATION_TEXT).ids
-        return [marks[0], *ids, marks[1]] if None not in marks else ids
-    raise ConversionError(f"{ckpt.path}: no tokenizer.json or vocab.txt to tokenize the calibration text with; "
-                          "int4 scales are fitted on it (int8 and float need none)")

@@ -55,7 +55,8 @@ def test_encoder_calibration(tiny_checkpoint, tmp_path):
     included; q/k/v one shared array), no file is left, and the int4 manifest names the scale search,
     the one calibrated step encoders take."""
     from edgekit.converters import source
-    from edgekit.converters.onnx_encoder import _calibrate, _calibration_ids
+    from edgekit.converters.onnx_decoder import calibration_ids
+    from edgekit.converters.onnx_encoder import _calibrate
 
     ckpt_dir = tiny_checkpoint("bert")
     ckpt = source.inspect(str(ckpt_dir))
@@ -78,7 +79,7 @@ def test_encoder_calibration(tiny_checkpoint, tmp_path):
     (bare / "tokenizer.json").unlink()
     plain = source.inspect(str(bare))
     # (MiniLM's tokenizer.json truncates at 128 tokens, [SEP] last: vocab.txt's ids run on)
-    assert _calibration_ids(plain)[:127] == _calibration_ids(ckpt)[:127]
+    assert calibration_ids(plain)[:127] == calibration_ids(ckpt)[:127]
     assert _calibrate(plain, tmp_path / "model.onnx").inputs[first + "query.weight"].shape == (expected, 64)
     assert not list(tmp_path.glob(".calibration*")) and not list(bare.glob(".calibration*"))
     scheme = edgekit.convert(str(ckpt_dir), to="onnx", quant="int4", output=tmp_path / "q4").manifest["quantization"]["scheme"]
