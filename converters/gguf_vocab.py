@@ -19,6 +19,7 @@ import gguf
 from edgekit.errors import TokenizerError
 
 from .gguf_arch import ArchSpec
+from .validate import check_unique_tokens
 
 # The pre-tokenizer regexes of tokenizer.json (Split pattern, in order) -> llama.cpp's name.
 # Each row was checked against the regex list llama.cpp applies for that name (src/llama-vocab.cpp).
@@ -244,7 +245,10 @@ def wordpiece_vocab(directory: Path, vocab_size: int | None, type_vocab_size: in
             raise TokenizerError(f"{path}: expected a WordPiece model, found {tj['model'].get('type')}")
     else:
         vocab_txt = directory / "vocab.txt"
-        lines = vocab_txt.read_text(encoding="utf-8").splitlines()
+        try:
+            lines = vocab_txt.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TokenizerError(f"{vocab_txt}: unreadable ({exc})") from exc
         tj = {"model": {"vocab": {t: i for i, t in enumerate(lines)}}, "added_tokens": []}
         path = vocab_txt
     size = vocab_size or len(tj["model"]["vocab"])
@@ -277,28 +281,42 @@ def sentencepiece_vocab(directory: Path, vocab_size: int | None) -> Vocab:
                     else gguf.TokenType.UNUSED if proc.IsUnused(i) else gguf.TokenType.BYTE if proc.IsByte(i)
                     else gguf.TokenType.NORMAL)
     added_file = directory / "added_tokens.json"
-    if added_file.is_file():
-        for text, i in json.loads(added_file.read_text(encoding="utf-8")).items():
-            if i < size:
-                tokens[i], scores[i], types[i] = text.encode("utf-8"), -1000.0, gguf.TokenType.USER_DEFINED
+    for text, i in _json_or_empty(added_file).items():
+        if not (isinstance(i, int) and 0 <= i):
+            raise TokenizerError(f"{added_file}: token {json.dumps(text)} has id {json.dumps(i)}; ids are whole numbers >= 0")
+        if i < size:
+            tokens[i], scores[i], types[i] = text.encode("utf-8"), -1000.0, gguf.TokenType.USER_DEFINED
     config = directory / "tokenizer_config.json"
-    if config.is_file():
-        decoder = json.loads(config.read_text(encoding="utf-8")).get("added_tokens_decoder", {})
-        for key, data in decoder.items():
-            i, text = int(key), data["content"]
-            if i >= size:
-                continue
-            if data.get("special") or looks_special(text):
-                types[i] = gguf.TokenType.CONTROL
-            else:
-                text = text.replace("\u2581", " ")
-                types[i] = gguf.TokenType.USER_DEFINED
-            scores[i], tokens[i] = -1000.0, text.encode("utf-8")
+    decoder = _json_or_empty(config).get("added_tokens_decoder") or {}
+    for key, data in decoder.items() if isinstance(decoder, dict) else ():
+        try:
+            i, text = int(key), str(data["content"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TokenizerError(f"{config}: added_tokens_decoder entry {key!r} is malformed ({exc})") from exc
+        if not 0 <= i < size:
+            continue
+        if data.get("special") or looks_special(text):
+            types[i] = gguf.TokenType.CONTROL
+        else:
+            text = text.replace("\u2581", " ")
+            types[i] = gguf.TokenType.USER_DEFINED
+        scores[i], tokens[i] = -1000.0, text.encode("utf-8")
     return Vocab("llama", "default", tokens, types, scores=scores)
 
 
 # tokenizer kind -> how to read it; the architecture table names the kind each family uses.
 def read_vocab(kind: str, directory: Path, config: dict[str, Any]) -> Vocab:
+    source = next((directory / n for n in ("tokenizer.json", "tokenizer.model", "vocab.txt")
+                   if (directory / n).is_file()), directory)
+    try:
+        vocab = _read_vocab(kind, directory, config)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:  # wrong shapes
+        raise TokenizerError(f"{source}: malformed tokenizer ({type(exc).__name__}: {exc})") from exc
+    check_unique_tokens(vocab.tokens, source)
+    return vocab
+
+
+def _read_vocab(kind: str, directory: Path, config: dict[str, Any]) -> Vocab:
     vocab_size = config.get("vocab_size")
     if kind == "wordpiece":
         return wordpiece_vocab(directory, vocab_size, config.get("type_vocab_size", 1))

@@ -1,42 +1,104 @@
-"""llama.cpp's own quantizer (k-quants and friends), through llama-cpp-python's C API."""
+"""llama.cpp's own quantizer (k-quants and friends), through llama-cpp-python's C API.
+
+llama_model_quantize is one long native call: Python cannot deliver Ctrl-C or SIGTERM until it
+returns, and an assertion inside it aborts the process. So it runs in a child process (this
+module as __main__): the parent waits in short steps, kills the child on an interrupt, and turns
+a crash into a ConversionError with the tail of llama.cpp's log.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from edgekit.errors import ConversionError, require
 
 
-@contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """llama.cpp logs every tensor to fd 2; keep it out of the user's terminal, keep it for errors."""
-    lines: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield lines
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            log.seek(0)
-            lines.extend(log.read().decode("utf-8", "replace").splitlines())
-
-
 def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -> None:
-    """Quantize the GGUF `src` into `dst` with llama.cpp's llama_model_quantize."""
-    llama_cpp = require("llama_cpp", "llama-cpp-python", "llama", "Quantizing to llama.cpp's k-quant types")
+    """Quantize the GGUF `src` into `dst` with llama.cpp's llama_model_quantize (in a child process)."""
+    require("llama_cpp", "llama-cpp-python", "llama", "Quantizing to llama.cpp's k-quant types")
+    args = [sys.executable, "-m", "edgekit.converters.llama_quantize", str(src), str(dst),
+            str(int(file_type)), str(threads or os.cpu_count() or 1), str(os.getpid())]
+    # llama.cpp logs every tensor to stderr: keep it out of the terminal, keep it for errors
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        # A signal arriving inside Popen would orphan the child: hold it until the child is ours to
+        # kill. (A signal mask cannot do this: any other thread may take the signal.)
+        pending: list[int] = []
+        held = _hold_signals(pending)
+        child = None
+        try:
+            try:
+                child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            finally:
+                _restore_signals(held)
+            if pending:
+                signal.raise_signal(pending[0])  # now the usual handler runs: Ctrl-C, SIGTERM ...
+            while True:
+                try:
+                    rc = child.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        except BaseException:  # Ctrl-C, SIGTERM (raised by the caller's handler): stop llama.cpp now
+            if child is not None:
+                child.kill()
+                child.wait()
+            Path(dst).unlink(missing_ok=True)
+            raise
+        if rc != 0:
+            Path(dst).unlink(missing_ok=True)
+            log.seek(0)
+            lines = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            tail = " | ".join(lines[-3:]) or "no message"
+            how = f"was killed by {signal.Signals(-rc).name}" \
+                if rc < 0 and -rc in signal.Signals._value2member_map_ else f"failed with code {rc}"
+            raise ConversionError(f"{src}: llama.cpp's quantizer {how}: {tail}")
+
+
+def _hold_signals(pending: list[int]) -> dict:
+    """Record SIGINT/SIGTERM instead of acting on them (main thread only; elsewhere a no-op)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(held: dict) -> None:
+    for sig, handler in held.items():
+        signal.signal(sig, handler)
+
+
+def _child(src: str, dst: str, file_type: int, threads: int, parent: int) -> int:
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the kernel was told to take us with it
+        return 1
+    import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = int(file_type)
-    params.nthread = threads or os.cpu_count() or 1
-    with _captured_stderr() as log:
-        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
-    if rc != 0:
-        tail = " | ".join(log[-3:])
-        raise ConversionError(f"{src}: llama.cpp's quantizer failed with code {rc}: {tail}")
+    params.ftype = file_type
+    params.nthread = threads
+    return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the converting process dies (even by SIGKILL)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+if __name__ == "__main__":
+    code = _child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    if code != 0:
+        print(f"llama_model_quantize returned {code}", file=sys.stderr)
+    sys.exit(1 if code else 0)

@@ -50,13 +50,24 @@ class TensorRef:
         return mm.reshape(self.shape)
 
     def load(self) -> np.ndarray:
-        """Return the tensor as a numpy array: float32 for bf16/f64, the stored type otherwise."""
+        """Return the tensor as a numpy array: float32 for bf16/f64, the stored type otherwise.
+
+        Float weights must be finite: a NaN or inf would convert silently and generate garbage.
+        """
         data = self.raw()
         if self.dtype == "BF16":
-            return (data.astype(np.uint32) << 16).view(np.float32)
-        if self.dtype == "F64":
-            return data.astype(np.float32)
-        return np.array(data)  # copy out of the memmap so the file can close
+            out = (data.astype(np.uint32) << 16).view(np.float32)
+        elif self.dtype == "F64":
+            with np.errstate(over="ignore"):
+                out = data.astype(np.float32)
+        else:
+            out = np.array(data)  # copy out of the memmap so the file can close
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+            raise CheckpointFormatError(
+                f"{self.file}: tensor '{self.name}' holds {bad} NaN or infinite value(s) (of {out.size}"
+                f"{', or values beyond float32' if self.dtype == 'F64' else ''}); the checkpoint is damaged")
+        return out
 
 
 def read_index(path: Path) -> dict[str, TensorRef]:
@@ -84,17 +95,21 @@ def read_index(path: Path) -> dict[str, TensorRef]:
     data_start = 8 + hlen
     data_len = size - data_start
     tensors: dict[str, TensorRef] = {}
-    end_max = 0
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+            if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
+                raise ValueError("shape and data_offsets must be whole numbers >= 0")
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointFormatError(f"{path}: tensor '{name}' has a malformed header entry") from exc
-        if dtype not in _DTYPES:
+            raise CheckpointFormatError(f"{path}: tensor '{name}' has a malformed header entry ({exc})") from exc
+        if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise CheckpointFormatError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
-        expected = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+        expected = _DTYPES[dtype].itemsize
+        for d in shape:  # Python ints: a huge shape cannot overflow into a small product
+            expected *= d
         if not (0 <= begin <= end) or end - begin != expected:
             raise CheckpointFormatError(
                 f"{path}: tensor '{name}' spans {end - begin} bytes but shape {list(shape)} of {dtype} needs {expected}"
@@ -103,10 +118,18 @@ def read_index(path: Path) -> dict[str, TensorRef]:
             raise CheckpointFormatError(
                 f"{path}: tensor '{name}' ends at byte {data_start + end} but the file has {size}; the file is truncated"
             )
-        end_max = max(end_max, end)
+        spans.append((begin, end, name))
         tensors[name] = TensorRef(path, name, dtype, shape, data_start + begin, expected)
-    if end_max != data_len:
+    # The format lays tensors end to end: any gap or overlap means a damaged or crafted header.
+    position, previous = 0, None
+    for begin, end, name in sorted(spans):
+        if begin != position:
+            what = f"overlaps '{previous}'" if begin < position else f"leaves {begin - position} unused bytes before it"
+            raise CheckpointFormatError(f"{path}: tensor '{name}' starts at data byte {begin}, which {what}; "
+                                        "the header is damaged")
+        position, previous = end, name
+    if position != data_len:
         raise CheckpointFormatError(
-            f"{path}: {data_len - end_max} unexpected trailing bytes after the tensor data; the file is garbled"
+            f"{path}: {data_len - position} unexpected trailing bytes after the tensor data; the file is garbled"
         )
     return tensors

@@ -25,6 +25,7 @@ from edgekit.errors import (
 )
 
 from .safetensors_io import TensorRef, read_index
+from .validate import check_config, check_tensors, check_tokenizer
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 # Files a conversion can use; anything else in a hub repo (other formats, images) is not fetched.
@@ -130,7 +131,8 @@ def inspect(
     """Resolve and validate a source; raise a typed SourceError for anything unusable."""
     path = resolve(source, revision)
     config = _read_json(path / "config.json", required=True)
-    assert config is not None
+    if config is None:  # required=True raises first; this keeps type checkers informed
+        raise CheckpointFormatError(f"{path}: no config.json")
     if "auto_map" in config and not allow_remote_code:
         raise RemoteCodeRefused(
             f"{path / 'config.json'}: 'auto_map' asks to run the model's own Python code. "
@@ -139,9 +141,12 @@ def inspect(
     archs = config.get("architectures")
     if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
         raise CheckpointFormatError(f"{path / 'config.json'}: 'architectures' must be a non-empty list of names")
+    check_config(path / "config.json", config)
     weight_files, tensors = _load_weight_index(path, allow_pickle)
     if not any(path.joinpath(n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.txt")):
         raise TokenizerError(f"{path}: no tokenizer found (expected tokenizer.json, tokenizer.model or vocab.txt)")
+    check_tensors(path, config, archs[0], {n: (r.shape, r.file) for n, r in tensors.items()})
+    check_tokenizer(path, config, archs[0])
     return Checkpoint(path, revision, config, tensors, weight_files)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,40 +20,212 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ManifestMismatch, OutputExistsError, UnsafePathError
+from .errors import ArtifactError, Interrupted, ManifestMismatch, OutputExistsError, UnsafePathError
 
 MANIFEST = "edgekit.json"
 SCHEMA_VERSION = 1
 
 
-@contextlib.contextmanager
-def staged_output(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty staging directory that becomes `final` only if the block succeeds."""
+STAGING_MARKER = ".edgekit-staging"  # inside a staging directory: the final path it is meant for
+_log = logging.getLogger("edgekit")
+
+
+def check_output(final: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse an output path that edgekit must not replace (raises before any work is done).
+
+    Only an edgekit artifact (a directory with edgekit.json) is ever replaced, and only with
+    overwrite; never the source checkpoint, a directory holding it, or a path inside it.
+    """
     final = Path(final).absolute()
-    refuse_existing(final, overwrite)
+    if source is not None:
+        src, out = Path(source).resolve(), final.resolve()
+        if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+            what = "is" if out == src else "contains" if src.is_relative_to(out) else "lies inside"
+            raise OutputExistsError(f"{final}: the output {what} the source checkpoint {src}; "
+                                    "choose an output outside it "
+                                    "(edgekit never writes into or replaces its source)")
+    if final.is_symlink():
+        raise OutputExistsError(f"{final}: the output is a symbolic link; give a real directory path")
+    if not final.exists():
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{final}: output already exists; choose another path or pass "
+                                "overwrite=True (--overwrite)")
+    if not (final.is_dir() and (final / MANIFEST).is_file()):
+        raise OutputExistsError(f"{final}: exists and is not an edgekit artifact (no {MANIFEST}); "
+                                "overwrite only replaces edgekit's own artifacts. "
+                                "Choose another path, or move it away yourself")
+
+
+@contextlib.contextmanager
+def output_lock(final: Path) -> Iterator[None]:
+    """Hold the output path for one conversion; a second one to the same path fails at once.
+
+    An flock on a hidden sibling file: the kernel drops it when the holder dies, so a killed run
+    never leaves a lock that blocks the next one.
+    """
+    final = Path(final).absolute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.with_name(f".{final.name}.lock")
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; conversions to one output are not serialized there
+        yield
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutputExistsError(f"{final}: another conversion (pid {holder}) is writing this output now; "
+                                    "wait for it to finish or choose another path") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a lock file its last holder just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def remove_stale_staging(final: Path) -> list[Path]:
+    """Remove what killed conversions to `final` left behind; call with the output lock held.
+
+    A sibling `.NAME.partial-*` / `.NAME.old-*` directory is ours when it names `final` in its
+    marker, already holds a finished manifest (killed between the last two renames), or is empty.
+    """
+    final = Path(final).absolute()
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for entry in final.parent.iterdir():
+        if not entry.name.startswith((f".{final.name}.partial-", f".{final.name}.old-")) or \
+                entry.is_symlink():
+            continue
+        if not entry.is_dir():
+            continue
+        marker = entry / STAGING_MARKER
+        try:
+            ours = (marker.is_file() and marker.read_text(encoding="utf-8").split("\n")[0] == str(final)) or \
+                (entry / MANIFEST).is_file() or not any(entry.iterdir())
+        except OSError:
+            ours = False
+        if ours:
+            _remove_staging(entry, final)
+            removed.append(entry)
+            _log.info("removed %s, left behind by an interrupted conversion", entry)
+    return removed
+
+
+@contextlib.contextmanager
+def staged_output(final: Path, overwrite: bool = False, source: Path | None = None) -> Iterator[Path]:
+    """Yield an empty staging directory that becomes `final` only if the block succeeds.
+
+    The caller holds output_lock(final). The last step is one atomic rename that never replaces
+    anything that appeared meanwhile: a directory created at `final` during the conversion is
+    left alone (the conversion fails), and with overwrite only an edgekit artifact is swapped out.
+    """
+    final = Path(final).absolute()
+    check_output(final, overwrite, source)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     stage.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the artifact should look like any directory
+    marker = stage / STAGING_MARKER
     try:
-        with _sigterm_as_interrupt():
-            yield stage
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{stage.name[-8:]}")
-            final.rename(old)
-            stage.rename(final)
-            _remove(old)
-        else:
-            stage.rename(final)
+        marker.write_text(f"{final}\n{os.getpid()}\n", encoding="utf-8")
+        yield stage
+        marker.unlink()
+        _commit(stage, final, overwrite)
     finally:
         if stage.exists():
-            _remove(stage)
+            _remove_staging(stage, final)
 
 
-def refuse_existing(final: Path, overwrite: bool) -> None:
-    if final.exists() and not overwrite:
-        raise OutputExistsError(f"{final}: output already exists; choose another path or pass overwrite=True (--overwrite)")
+def _remove_staging(stage: Path, final: Path) -> None:
+    """Remove a staging directory marker-last, so a kill midway leaves one the next run recognises."""
+    marker = stage / STAGING_MARKER
+    with contextlib.suppress(OSError):
+        marker.write_text(f"{final}\n{os.getpid()}\n", encoding="utf-8")
+    for entry in list(stage.iterdir()) if stage.is_dir() else []:
+        if entry.name != STAGING_MARKER:
+            _remove(entry)
+    _remove(stage)
+
+
+def _commit(stage: Path, final: Path, overwrite: bool) -> None:
+    if rename_no_replace(stage, final):
+        return
+    # Something is at `final` now (it may have appeared while we converted): replace it only if allowed.
+    check_output(final, overwrite)
+    if not swap(stage, final):
+        old = final.with_name(f".{final.name}.old-{stage.name[-8:]}")
+        final.rename(old)
+        stage.rename(final)
+        _remove(old)
+        return
+    # `stage` now holds what was at `final`: make sure it was an artifact, then remove it.
+    if not (stage / MANIFEST).is_file():
+        swap(stage, final)
+        raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
+                                "left as it was")
+
+
+def _rename2(src: Path, dst: Path, flag: str) -> bool | None:
+    """Atomic rename with a no-replace or exchange flag: True done, False refused (dst exists),
+    None when this OS or file system has no such call (the caller falls back)."""
+    import ctypes
+    import errno
+    import sys
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, flags = -100, {"noreplace": 1, "exchange": 2}[flag]
+        rc = libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags)
+    elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        rc = libc.renamex_np(os.fsencode(src), os.fsencode(dst), {"noreplace": 0x4, "exchange": 0x2}[flag])
+    else:
+        return None
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EEXIST, errno.ENOTEMPTY):
+        return False
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return None
+    if err == errno.ENOENT and flag == "exchange":
+        return False
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def rename_no_replace(src: Path, dst: Path) -> bool:
+    """Rename src to dst unless dst exists (atomically where the OS allows); False if it exists."""
+    done = _rename2(src, dst, "noreplace")
+    if done is not None:
+        return done
+    if dst.exists() or dst.is_symlink():
+        return False
+    src.rename(dst)
+    return True
+
+
+def swap(a: Path, b: Path) -> bool:
+    """Exchange two directories atomically; False where the OS cannot (the caller falls back)."""
+    return bool(_rename2(a, b, "exchange"))
 
 
 def _remove(path: Path) -> None:
@@ -63,14 +236,14 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A `kill` during a conversion unwinds like Ctrl-C, so the staging directory is removed."""
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C (an Interrupted carrying the signal), so staging is removed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum)
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -82,6 +255,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def safe_member(root: Path, name: str) -> Path:
     """Resolve `name` inside `root`, refusing absolute paths and anything that escapes it."""
     root = Path(root).resolve()
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise UnsafePathError(f"{root}: path {name!r} is empty or holds a NUL byte")
     candidate = (root / name).resolve()
     if Path(name).is_absolute() or not candidate.is_relative_to(root):
         raise UnsafePathError(f"{root}: path '{name}' escapes the artifact directory")
@@ -103,16 +278,22 @@ def file_entry(root: Path, name: str) -> dict[str, Any]:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     path = Path(root) / MANIFEST
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **manifest}, indent=2) + "\n",
+                    encoding="utf-8")
     return path
 
 
 def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Load edgekit.json; with verify, check every listed file's size and sha256 first."""
+    """Load edgekit.json; with verify, check every listed file's size and sha256 first.
+
+    The model file, and every other file a runtime opens (tokenizer.json, ONNX external data),
+    must be a plain name inside the artifact and in the hash list: nothing is read unverified.
+    """
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{root}: no {MANIFEST}; not an edgekit artifact (convert one with `edgekit convert`)")
+        raise ArtifactError(f"{root}: no {MANIFEST}; not an edgekit artifact "
+                            "(convert one with `edgekit convert`)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -120,26 +301,55 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(f"{path}: unsupported manifest schema (expected version {SCHEMA_VERSION})")
     files = manifest.get("files")
-    if not isinstance(files, list) or not files:
-        raise ArtifactError(f"{path}: 'files' is missing or empty")
+    if not isinstance(files, list) or not files or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) for e in files):
+        raise ArtifactError(f"{path}: 'files' must be a non-empty list of {{name, size, sha256}} entries")
+    listed = {e["name"] for e in files}
+    model_file = manifest.get("model_file")
+    if not isinstance(model_file, str) or model_file not in listed:
+        raise UnsafePathError(f"{path}: model_file {json.dumps(model_file)} is not one of the artifact's "
+                              "hashed files; the manifest was altered")
+    for name in runtime_files(manifest):
+        if name not in listed:
+            raise UnsafePathError(f"{path}: '{name}' is read by the runtime but is not in the hash list")
     if verify:
+        try:
+            _verify_files(root, files)
+        except OSError as exc:  # permissions, a directory where a file should be ...
+            raise ArtifactError(f"{exc.filename or root}: cannot read ({exc.strerror or exc})") from exc
+    else:
         for entry in files:
-            member = safe_member(root, str(entry.get("name", "")))
-            if not member.is_file():
-                raise ManifestMismatch(f"{member}: listed in {MANIFEST} but missing")
-            size = member.stat().st_size
-            if size != entry.get("size"):
-                raise ManifestMismatch(f"{member}: size {size} differs from the manifest's {entry.get('size')}")
-            digest = file_entry(root, entry["name"])["sha256"]
-            if digest != entry.get("sha256"):
-                raise ManifestMismatch(f"{member}: sha256 differs from the manifest; the file was altered or corrupted")
+            safe_member(root, entry["name"])
     if manifest.get("format") == "onnx":
-        check_external_data(root, str(manifest.get("model_file", "model.onnx")))
+        check_external_data(root, model_file, listed)
+    elif manifest.get("format") == "gguf":
+        from edgekit.runtimes.gguf_preflight import preflight
+
+        preflight(safe_member(root, model_file))  # what would abort llama.cpp, refused with a message
     return manifest
 
 
-def check_external_data(root: Path, model_file: str) -> None:
-    """Every external-data location of an ONNX model must stay inside the artifact directory.
+def _verify_files(root: Path, files: list[dict[str, Any]]) -> None:
+    for entry in files:
+        member = safe_member(root, entry["name"])
+        if not member.is_file():
+            raise ManifestMismatch(f"{member}: listed in {MANIFEST} but missing")
+        size = member.stat().st_size
+        if size != entry.get("size"):
+            raise ManifestMismatch(f"{member}: size {size} differs from the manifest's {entry.get('size')}")
+        if sha256_file(member) != entry.get("sha256"):
+            raise ManifestMismatch(f"{member}: sha256 differs from the manifest; "
+                                   "the file was altered or corrupted")
+
+
+def runtime_files(manifest: dict[str, Any]) -> list[str]:
+    """Files besides the model that a runtime opens for this artifact (they must be hashed too)."""
+    return ["tokenizer.json"] if manifest.get("format") == "onnx" else []
+
+
+def check_external_data(root: Path, model_file: str, listed: set[str] | None = None) -> None:
+    """Every external-data location of an ONNX model must stay inside the artifact directory
+    (and, given `listed`, be one of its hashed files).
 
     ONNX Runtime would otherwise open whatever path the file names (../../secret, /etc/...).
     """
@@ -154,3 +364,6 @@ def check_external_data(root: Path, model_file: str) -> None:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             safe_member(root, location)
+            if listed is not None and location not in listed:
+                raise UnsafePathError(f"{path}: external data '{location}' is not in the artifact's "
+                                      "hash list")

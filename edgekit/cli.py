@@ -12,19 +12,22 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import EdgekitError
+from .errors import EdgekitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Convert distilled Hugging Face models to GGUF and run them on local devices.")
 
 
 def _fail(exc: BaseException, as_json: bool) -> None:
-    message = str(exc)
+    """One line (or one JSON error object) and a non-zero exit: 1 for a user error, 128 + the
+    signal for an interruption (130 Ctrl-C, 143 SIGTERM)."""
+    message = str(exc) or ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+    code = exc.exit_code if isinstance(exc, Interrupted) else 130 if isinstance(exc, KeyboardInterrupt) else 1
     if as_json:
-        typer.echo(json.dumps({"ok": False, "error": type(exc).__name__, "message": message}))
+        typer.echo(json.dumps({"ok": False, "error": type(exc).__name__, "message": message, "exit_code": code}))
     else:
         typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+    raise typer.Exit(code)
 
 
 def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .artifact import file_entry, refuse_existing, staged_output, write_manifest
-from .errors import ConversionError, UnsupportedArchitectureError
+from .artifact import (
+    check_output,
+    file_entry,
+    output_lock,
+    remove_stale_staging,
+    signals_as_interrupt,
+    staged_output,
+    write_manifest,
+)
+from .errors import ConversionError, EdgekitError, Interrupted, UnsupportedArchitectureError
 
 FORMATS = ("gguf", "onnx")
 EXPORTERS = ("auto", "edgekit", "optimum")  # how the ONNX graph is made
@@ -124,45 +134,37 @@ def convert(
         parent = Path(output) if output is not None else Path.cwd() / f"{base}-{quant.lower()}"
         finals = {fmt: parent / fmt for fmt in formats}
     for final in finals.values():  # refuse before writing the first of several artifacts
-        refuse_existing(final, overwrite)
-    # Hash the source on the other core while converting (hashlib releases the GIL).
-    with ThreadPoolExecutor(max_workers=1) as hasher:
+        check_output(final, overwrite, ckpt.path)
+    template = _chat_template(ckpt)
+    if template is not None:  # a template that cannot render would fail every chat later
+        check_chat_template(template, ckpt)
+    stage_now = ["converting"]
+
+    def track(stage: str, done: int, total: int) -> None:
+        stage_now[0] = _STAGE_WORDS.get(stage, stage)
+        if progress:
+            progress(stage, done, total)
+
+    results = []
+    with contextlib.ExitStack() as held:
+        held.enter_context(signals_as_interrupt())
+        for final in finals.values():
+            held.enter_context(output_lock(final))
+            remove_stale_staging(final)
+        # Hash the source on the other core while converting (hashlib releases the GIL).
+        hasher = held.enter_context(ThreadPoolExecutor(max_workers=1))
         source_hashes = hasher.submit(ckpt.file_hashes)
-        results = []
         for fmt in formats:
             t0 = time.perf_counter()
-            with staged_output(finals[fmt], overwrite=overwrite) as stage:
-                if fmt == "gguf":
-                    model_file, fmt_info = _write_gguf(ckpt, stage, schemes[fmt], base, progress)
-                else:
-                    model_file, fmt_info = _write_onnx(ckpt, stage, schemes[fmt], route, progress)
-                side = [n for n in _SIDE_FILES if ckpt.has(n)]
-                for name in side:
-                    shutil.copyfile(ckpt.path / name, stage / name)
-                if progress:
-                    progress("hash", 0, 1)
-                files = [file_entry(stage, n) for n in [model_file, *fmt_info.pop("extra_files", []), *side]]
-                manifest = {
-                    "edgekit_version": __version__,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "format": fmt,
-                    "architecture": ckpt.architecture,
-                    "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
-                               "files": source_hashes.result()},
-                    "model_file": model_file,
-                    "exporter": route[1] if fmt == "onnx" else "edgekit",
-                    "files": files,
-                    "chat_template": _chat_template(ckpt),
-                    "context_length": ckpt.config.get("max_position_embeddings"),
-                    "tool_versions": _tool_versions(),
-                    "fidelity": None,
-                    "profile": None,
-                    **fmt_info,
-                }
-                manifest["tokenizer"] = {**manifest.get("tokenizer", {}), **_special_texts(ckpt)}
-                write_manifest(stage, manifest)
-                if progress:
-                    progress("hash", 1, 1)
+            stage_now[0] = "converting"  # until the format's first progress report
+            try:
+                manifest, files = _convert_one(ckpt, fmt, finals[fmt], schemes[fmt], route, base, source,
+                                               source_hashes, template, overwrite, track)
+            except KeyboardInterrupt as exc:
+                signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+                raise Interrupted(signum, f"{stage_now[0]} ({fmt})", str(finals[fmt])) from None
+            except OSError as exc:
+                raise _io_error(exc, finals[fmt], ckpt.path) from exc
             q = manifest["quantization"]
             results.append(ConversionResult(
                 path=finals[fmt].absolute(), format=fmt, quant=q["scheme"], label=q["label"],
@@ -172,6 +174,72 @@ def convert(
                 exporter=manifest["exporter"], manifest=manifest,
             ))
     return results[0] if len(results) == 1 else results
+
+
+_STAGE_WORDS = {"inspect": "reading the checkpoint", "write": "writing tensors", "quantize": "quantizing (llama.cpp)",
+                "export": "exporting (optimum-onnx)", "hash": "hashing files"}
+
+
+def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, source_hashes,
+                 template: str | None, overwrite: bool, progress: Progress) -> tuple[dict[str, Any], list]:
+    """Write one artifact through a staging directory; returns its manifest and file list."""
+    with staged_output(final, overwrite=overwrite, source=ckpt.path) as stage:
+        if fmt == "gguf":
+            model_file, fmt_info = _write_gguf(ckpt, stage, scheme, base, progress)
+        else:
+            model_file, fmt_info = _write_onnx(ckpt, stage, scheme, route, progress)
+        side = [n for n in _SIDE_FILES if ckpt.has(n)]
+        for name in side:
+            shutil.copyfile(ckpt.path / name, stage / name)
+        progress("hash", 0, 1)
+        files = [file_entry(stage, n) for n in [model_file, *fmt_info.pop("extra_files", []), *side]]
+        manifest = {
+            "edgekit_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "format": fmt,
+            "architecture": ckpt.architecture,
+            "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
+                       "files": source_hashes.result()},
+            "model_file": model_file,
+            "exporter": route[1] if fmt == "onnx" else "edgekit",
+            "files": files,
+            "chat_template": template,
+            "context_length": ckpt.config.get("max_position_embeddings"),
+            "tool_versions": _tool_versions(),
+            "fidelity": None,
+            "profile": None,
+            **fmt_info,
+        }
+        manifest["tokenizer"] = {**manifest.get("tokenizer", {}), **_special_texts(ckpt)}
+        write_manifest(stage, manifest)
+        progress("hash", 1, 1)
+    return manifest, files
+
+
+def _io_error(exc: OSError, final: Path, source: Path) -> ConversionError:
+    """A file-system failure (disk full, permissions, a source file gone) as one line naming the place."""
+    import errno
+
+    where = Path(exc.filename) if isinstance(exc.filename, str) else final.parent
+    if exc.errno == errno.ENOSPC:
+        free = shutil.disk_usage(final.parent).free if final.parent.is_dir() else 0
+        return ConversionError(f"{final}: no space left on the device while writing ({free / 1e6:.0f} MB free "
+                               f"at {final.parent}); free some space or choose another output. Nothing was written")
+    verb = "read" if where.absolute().is_relative_to(source) else "write"
+    return ConversionError(f"{final}: could not {verb} {where} ({exc.strerror or exc}); nothing was written")
+
+
+def check_chat_template(template: str, ckpt) -> None:
+    """Render the checkpoint's chat template once, within limits, before converting anything."""
+    from edgekit.runtimes.chat_template import check_template
+
+    texts = _special_texts(ckpt)
+    try:
+        check_template(template, texts.get("bos_text", ""), texts.get("eos_text", ""))
+    except EdgekitError as exc:
+        where = ckpt.path / ("chat_template.jinja" if ckpt.has("chat_template.jinja") else "tokenizer_config.json")
+        raise ConversionError(f"{where}: the chat template cannot render a simple conversation ({exc}); "
+                              "fix or remove it") from exc
 
 
 def _scheme(fmt: str, quant: str):

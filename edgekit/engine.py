@@ -1,9 +1,10 @@
 """edgekit.load(): open an artifact on a local backend and generate, chat or embed.
 
 GGUF artifacts run through llama.cpp, ONNX ones through ONNX Runtime. The Engine adds what every
-backend shares, once: the artifact's chat template (rendered in jinja2's sandbox, so both
-backends see the same prompt text), stop strings, UTF-8-safe streaming, cancellation, one lock
-so calls from several threads take turns, metrics (DESIGN.md section 7) and the latency budget.
+backend shares, once: the artifact's chat template (rendered in jinja2's sandbox, in a child
+process with limits on time, memory and size, so both backends see the same prompt text), stop
+strings, UTF-8-safe streaming, cancellation, one lock so calls from several threads take turns,
+metrics (DESIGN.md section 7) and the latency budget.
 """
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from typing import Any
 
 from .artifact import read_manifest
 from .devices import llama_cpp_auto, onnxruntime_auto
-from .errors import ArtifactError, ContextOverflowError, DeviceUnavailableError, InvalidOptionError
+from .errors import (
+    ArtifactError,
+    BackendError,
+    ChatTemplateError,
+    ContextOverflowError,
+    DeviceUnavailableError,
+    InvalidOptionError,
+)
 from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
@@ -91,10 +99,14 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
 class Engine:
     def __init__(self, root: Path, manifest: dict[str, Any], backend, device: str,
                  budget: LatencyBudget | None = None) -> None:
-        self.path, self.manifest, self.backend, self.device, self.budget = root, manifest, backend, device, budget
+        self.path, self.manifest, self.backend = root, manifest, backend
+        self.device, self.budget = device, budget
         self._lock = threading.Lock()  # one native context: calls from several threads take turns
         self._running: threading.Event | None = None
-        self._template = None
+        self._state = threading.Lock()  # guards the chat template and the chats still rendering
+        self._template = None  # a ChatTemplate, made on the first chat
+        self._rendering: set[threading.Event] = set()  # the cancel events of chats rendering their prompt
+        self._closed = self._backend_closed = False
 
     # ---- text generation ------------------------------------------------------------------
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, stream: bool = False,
@@ -104,60 +116,136 @@ class Engine:
 
         sampling: top_k, top_p, min_p, repeat_penalty, ignore_eos (GenerationOptions).
         """
+        self._check_open()
+        if not isinstance(prompt, str):
+            raise InvalidOptionError(f"prompt must be a str, not {type(prompt).__name__}; "
+                                     "for a conversation use chat()")
+        _check_text(prompt, "the prompt")
+        return self._generate(prompt, threading.Event(), "prompt", max_tokens=max_tokens,
+                              temperature=temperature, stream=stream, stop=stop, seed=seed,
+                              add_special=add_special, **sampling)
+
+    def _generate(self, prompt: str, cancel: threading.Event, source: str, max_tokens: int = 128,
+                  temperature: float = 0.0, stream: bool = False, stop: Sequence[str] = (),
+                  seed: int | None = None, add_special: bool = True,
+                  **sampling: Any) -> GenerationResult | Stream:
         from edgekit.runtimes.base import GenerationOptions
 
+        if isinstance(stop, str):
+            stop = (stop,)
         try:
-            options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop),
-                                        **sampling)
+            options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                                        stop=tuple(stop), **sampling)
         except TypeError as exc:
-            raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, repeat_penalty, ignore_eos") from None
-        cancel = threading.Event()
-        events = self._run(prompt, options, add_special, cancel)
+            raise InvalidOptionError(f"unknown sampling option ({exc}); "
+                                     "use top_k, top_p, min_p, repeat_penalty, ignore_eos") from None
+        if not all(isinstance(s, str) for s in options.stop):
+            raise InvalidOptionError("stop must be a list of str")
+        if prompt == "" and not add_special:  # nothing to tokenize and no BOS: fail now, even for a stream
+            raise InvalidOptionError(_empty_prompt_message(source))
+        events = self._run(prompt, options, add_special, cancel, source)
         if stream:
             return Stream(events, cancel)
         return next(e for e in events if isinstance(e, GenerationResult))
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int = 128, temperature: float = 0.0,
              stream: bool = False, **kwargs: Any) -> GenerationResult | Stream:
-        """Render the artifact's chat template and generate the assistant's reply."""
-        prompt = self.render_chat(messages)
+        """Render the artifact's chat template and generate the assistant's reply.
+
+        messages: [{"role": "user", "content": "..."}, ...]. cancel() while the template renders
+        ends the call with finish_reason "cancelled" and no text.
+        """
+        from edgekit.runtimes.chat_template import RenderCancelled
+
+        start = time.perf_counter()
+        cancel = threading.Event()
+        with self._state:
+            self._rendering.add(cancel)
+        try:
+            prompt = self.render_chat(messages)
+        except RenderCancelled:
+            self._check_open()  # closed while rendering: say so
+            cancel.set()
+        except ChatTemplateError:
+            self._check_open()  # "the chat template is closed" means the engine is
+            raise
+        finally:
+            with self._state:
+                self._rendering.discard(cancel)
+        if cancel.is_set():
+            metrics = DecodeMetrics.from_times(start, [], time.perf_counter(), 0)
+            result = GenerationResult("", "cancelled", metrics)
+            if stream:
+                done = Stream(iter([result]), cancel)
+                done.result = result
+                return done
+            return result
         # the template already wrote BOS if the model wants one
-        return self.generate(prompt, max_tokens=max_tokens, temperature=temperature, stream=stream,
-                             add_special=False, **kwargs)
+        return self._generate(prompt, cancel, "chat", max_tokens=max_tokens, temperature=temperature,
+                              stream=stream, add_special=False, **kwargs)
 
     def cancel(self) -> None:
-        """Stop the generation running now (from another thread); it ends with finish_reason "cancelled"."""
+        """Stop the generation running now (from another thread); it ends with finish_reason "cancelled".
+
+        A chat() still rendering its prompt stops too (the template's child process is killed).
+        """
+        with self._state:
+            rendering, template = list(self._rendering), self._template
+        for event in rendering:
+            event.set()
+        if rendering and template is not None:
+            template.cancel()
         running = self._running
         if running is not None:
             running.set()
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
-        if self._template is None:
-            source = self.manifest.get("chat_template")
-            if not source:
-                raise ArtifactError(f"{self.path}: the artifact has no chat template; use generate() instead")
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        """The prompt the artifact's chat template makes of these messages (with the generation prompt).
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            self._template = env.from_string(source)
-        special = self.manifest.get("tokenizer", {})
-        return self._template.render(messages=messages, add_generation_prompt=True,
-                                     bos_token=special.get("bos_text", ""), eos_token=special.get("eos_text", ""))
+        The template renders in a child process, within 5 s and 4 million characters; a template
+        that fails is a ChatTemplateError, messages of the wrong shape an InvalidOptionError.
+        """
+        from edgekit.runtimes.chat_template import ChatTemplate, validate_messages
 
-    def _run(self, prompt: str, options, add_special: bool,
-             cancel: threading.Event) -> Iterator[str | GenerationResult]:
+        self._check_open()
+        messages = validate_messages(messages)
+        source = self.manifest.get("chat_template")
+        if not source:
+            raise ArtifactError(f"{self.path}: the artifact has no chat template; use generate() instead")
+        special = self.manifest.get("tokenizer") or {}
+        with self._state:
+            self._check_open()
+            template, stale = self._template, None
+            if template is None or template.source != source:  # made on first use; remade if replaced
+                stale, template = template, ChatTemplate(source, special.get("bos_text") or "",
+                                                         special.get("eos_text") or "")
+                self._template = template
+        if stale is not None:
+            stale.close()
+        return template.render(messages, add_generation_prompt=True)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"{self.path}: this engine is closed; open the artifact again with "
+                               "edgekit.load()")
+
+    def _run(self, prompt: str, options, add_special: bool, cancel: threading.Event,
+             source: str = "prompt") -> Iterator[str | GenerationResult]:
         """Yield text pieces as they become final, then one GenerationResult."""
         with self._lock:
+            self._check_open()  # closed while this call waited for the lock
             self._running = cancel
             try:
-                yield from self._generate_locked(prompt, options, add_special, cancel)
+                yield from self._generate_locked(prompt, options, add_special, cancel, source)
             finally:
                 self._running = None
 
-    def _generate_locked(self, prompt: str, options, add_special: bool,
-                         cancel: threading.Event) -> Iterator[str | GenerationResult]:
+    def _generate_locked(self, prompt: str, options, add_special: bool, cancel: threading.Event,
+                         source: str = "prompt") -> Iterator[str | GenerationResult]:
         start = time.perf_counter()
         ids = self.backend.tokenize(prompt, add_special)
+        if not ids:
+            raise InvalidOptionError(_empty_prompt_message(source))
         limit = self.backend.context_length
         if len(ids) + options.max_tokens > limit:
             raise ContextOverflowError(len(ids), options.max_tokens, limit)
@@ -195,19 +283,58 @@ class Engine:
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, texts: Sequence[str]):
         """One vector per text, pooled as the artifact says (e.g. mean for MiniLM)."""
+        self._check_open()
+        if isinstance(texts, str):
+            raise InvalidOptionError('embed() takes a list of texts, not one string; pass ["your text"]')
+        if not isinstance(texts, Sequence):
+            raise InvalidOptionError(f"embed() takes a list of texts, not {type(texts).__name__}")
+        if len(texts) == 0:
+            raise InvalidOptionError("embed() got an empty list; pass at least one text")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidOptionError(f"texts[{i}] is {type(text).__name__}, not a str; "
+                                         "embed() takes a list of str")
+            _check_text(text, f"texts[{i}]")
         with self._lock:
+            self._check_open()
             return self.backend.embed(list(texts))
 
     # ---- lifetime --------------------------------------------------------------------------
     def close(self) -> None:
+        """Free the model and stop the chat template's child process; later calls raise BackendError.
+
+        A chat() still rendering its prompt stops at once; a generation running in another thread
+        finishes first. Closing twice is harmless.
+        """
+        with self._state:
+            self._closed = True
+            template, self._template = self._template, None
+        if template is not None:
+            template.close()
         with self._lock:
-            self.backend.close()
+            if not self._backend_closed:
+                self._backend_closed = True
+                self.backend.close()
 
     def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_text(text: str, what: str) -> None:
+    from edgekit.runtimes.chat_template import check_text
+
+    check_text(text, what)
+
+
+def _empty_prompt_message(source: str) -> str:
+    if source == "chat":
+        return ("the chat template rendered these messages to an empty prompt (no tokens); check the "
+                "messages and the artifact's chat template")
+    return ("the prompt is empty (it has no tokens); pass some text, or add_special=True if the model has a "
+            "beginning-of-text token")
 
 
 def _stop_at(text: str, stops: Sequence[str], start: int = 0) -> int | None:

@@ -13,11 +13,15 @@ EdgekitError
 ├─ ArtifactError                 an artifact directory is missing, incomplete or altered
 │  ├─ ManifestMismatch           a file's size or sha256 differs from edgekit.json
 │  └─ UnsafePathError            a path in an artifact escapes its directory
-├─ InvalidOptionError            a generation option out of range or unknown (also a ValueError)
+├─ InvalidOptionError            a generation option, prompt or text out of range or unusable (also a ValueError)
+├─ ChatTemplateError             a chat template fails to render: syntax, sandbox, raise_exception, limits
 ├─ BackendError                  the runtime could not load or run an artifact
 │  ├─ DeviceUnavailableError     asked for a device this machine does not have
 │  └─ ContextOverflowError       prompt longer than the context window
 └─ LatencyBudgetExceeded         a call missed its LatencyBudget in mode="raise"; carries the numbers
+
+Interrupted (a KeyboardInterrupt, not an EdgekitError: `except EdgekitError` never swallows Ctrl-C)
+                                 Ctrl-C or SIGTERM stopped a conversion; says which stage, and the signal
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ class InvalidOptionError(EdgekitError, ValueError):
     pass
 
 
+class ChatTemplateError(EdgekitError):
+    pass
+
+
 class BackendError(EdgekitError):
     pass
 
@@ -109,6 +117,24 @@ class LatencyBudgetExceeded(EdgekitError):
     def __init__(self, message: str, budget, metrics, verdict) -> None:
         self.budget, self.metrics, self.verdict = budget, metrics, verdict
         super().__init__(message)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM during a conversion; everything it had written is removed."""
+
+    def __init__(self, signum: int, stage: str = "", output: str = "") -> None:
+        import signal
+
+        self.signum, self.stage, self.output = signum, stage, output
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        where = f" while {stage}" if stage else ""
+        left = f"; nothing was written to {output}" if output else ""
+        super().__init__(f"interrupted by {name}{where}{left}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as shells report it: 130 for Ctrl-C, 143 for SIGTERM."""
+        return 128 + self.signum
 
 
 def require(module: str, package: str, extra: str, purpose: str):

@@ -201,3 +201,142 @@ def test_ignore_eos_runs_to_max_tokens(fp32_artifact, monkeypatch):
         assert ended.tokens_out == 0 and ended.finish_reason == "stop"
         forced = engine.generate("Hello", max_tokens=6, temperature=0, ignore_eos=True)
         assert forced.tokens_out == 6 and forced.finish_reason == "length"
+
+
+# ---- user errors, chat templates, cancel and close ---------------------------------------------
+HANGING_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+@pytest.fixture(scope="module", params=["gguf", "onnx"])
+def embedding_artifact(request, tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("emb") / f"bert-{request.param}"
+    return edgekit.convert(str(tiny_checkpoint("bert")), to=request.param, quant="fp32", output=out).path
+
+
+def test_chat_renders_the_artifacts_template(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        prompt = engine.render_chat([{"role": "user", "content": "Hello"}])
+        assert prompt == "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+        chat = engine.chat([{"role": "user", "content": "Hello"}], max_tokens=6)
+        assert chat.text == engine.generate(prompt, max_tokens=6, add_special=False).text
+        assert chat.finish_reason in ("stop", "length") and chat.tokens_in > 0
+
+
+def test_empty_prompt_is_an_invalid_option(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:  # qwen2 has no BOS: "" is no tokens at all
+        with pytest.raises(edgekit.InvalidOptionError, match="the prompt is empty"):
+            engine.generate("", max_tokens=4)
+        with pytest.raises(edgekit.InvalidOptionError, match="the prompt is empty"):
+            engine.generate("", max_tokens=4, add_special=False, stream=True)  # refused before streaming
+        engine.manifest["chat_template"] = "{% if false %}{{ messages }}{% endif %}"
+        with pytest.raises(edgekit.InvalidOptionError, match="chat template rendered these messages to an"):
+            engine.chat([{"role": "user", "content": "hi"}], max_tokens=4)
+        assert engine.generate("Hi", max_tokens=2).tokens_out == 2  # the engine still works
+
+
+def test_lone_surrogates_are_invalid_options(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        with pytest.raises(edgekit.InvalidOptionError,
+                           match=r"the prompt contains a lone surrogate \(U\+D800 at index 2"):
+            engine.generate("ab\ud800c", max_tokens=4)
+        with pytest.raises(edgekit.InvalidOptionError,
+                           match=r"messages\[1\]\['content'\] contains a lone surrogate"):
+            engine.chat([{"role": "user", "content": "ok"}, {"role": "user", "content": "\udfff"}],
+                        max_tokens=4)
+        with pytest.raises(edgekit.InvalidOptionError, match=r"texts\[0\] contains a lone surrogate"):
+            engine.embed(["\ud83d"])
+
+
+def test_messages_of_the_wrong_type(fp32_artifact):
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        with pytest.raises(edgekit.InvalidOptionError,
+                           match=r'not a string; pass a list of dicts such as \[\{"role"'):
+            engine.chat("Hello there", max_tokens=4)
+        with pytest.raises(edgekit.InvalidOptionError, match=r"messages\[0\]\['role'\] is missing"):
+            engine.chat([{"content": "Hello"}], max_tokens=4)
+        with pytest.raises(edgekit.InvalidOptionError, match="prompt must be a str, not list"):
+            engine.generate([{"role": "user", "content": "Hello"}], max_tokens=4)
+
+
+def test_embed_refuses_empty_and_non_text_input(embedding_artifact):
+    with edgekit.load(embedding_artifact, device="cpu") as engine:
+        with pytest.raises(edgekit.InvalidOptionError, match="empty list"):
+            engine.embed([])
+        with pytest.raises(edgekit.InvalidOptionError, match=r"texts\[1\] is int, not a str"):
+            engine.embed(["a", 3])
+        with pytest.raises(edgekit.InvalidOptionError, match="not one string"):
+            engine.embed("a single text")
+        assert engine.embed(["a", "b"]).shape == (2, 64)
+
+
+def test_every_call_after_close_says_the_engine_is_closed(fp32_artifact, embedding_artifact):
+    psutil = pytest.importorskip("psutil")
+    engine = edgekit.load(fp32_artifact, device="cpu")
+    engine.chat([{"role": "user", "content": "Hello"}], max_tokens=2)
+    pid = engine._template.pid
+    assert pid is not None and psutil.pid_exists(pid)
+    stream = engine.generate("Hello", max_tokens=4, stream=True)  # made before close, read after
+    engine.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    calls = [lambda: engine.generate("Hello"), lambda: engine.chat([{"role": "user", "content": "Hi"}]),
+             lambda: engine.render_chat([{"role": "user", "content": "Hi"}]), lambda: engine.embed(["Hi"]),
+             lambda: list(stream)]
+    for call in calls:
+        with pytest.raises(edgekit.BackendError, match="this engine is closed; open the artifact again"):
+            call()
+    engine.close()  # closing twice is harmless
+    embedder = edgekit.load(embedding_artifact, device="cpu")
+    embedder.close()
+    with pytest.raises(edgekit.BackendError, match="closed"):
+        embedder.embed(["Hi"])
+
+
+def test_chat_template_that_raises(fp32_artifact):
+    from edgekit.errors import ChatTemplateError
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        engine.manifest["chat_template"] = (
+            "{% for m in messages %}{% if m['role'] == 'system' %}"
+            "{{ raise_exception('System messages are not supported by this model') }}"
+            "{% endif %}{{ m['content'] }}{% endfor %}")
+        with pytest.raises(ChatTemplateError,
+                           match="refused these messages: System messages are not supported"):
+            engine.chat([{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}])
+        assert engine.chat([{"role": "user", "content": "Hi"}], max_tokens=3).tokens_out > 0
+
+
+def test_cancel_stops_a_hanging_chat_template(fp32_artifact):
+    import threading
+    import time
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        original = engine.manifest["chat_template"]
+        engine.manifest["chat_template"] = HANGING_TEMPLATE
+        for stream in (False, True):
+            timer = threading.Timer(0.5, engine.cancel)
+            timer.start()
+            start = time.monotonic()
+            out = engine.chat([{"role": "user", "content": "Hi"}], max_tokens=8, stream=stream)
+            elapsed = time.monotonic() - start
+            timer.join()
+            assert elapsed < 4  # cancelled: the template's own time limit is 5 s
+            if stream:
+                assert list(out) == []
+                out = out.result
+            assert out.finish_reason == "cancelled" and out.text == "" and out.tokens_out == 0
+        engine.manifest["chat_template"] = original
+        again = engine.chat([{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert again.finish_reason in ("stop", "length") and again.tokens_out > 0
+
+
+def test_a_hanging_chat_template_times_out(fp32_artifact):
+    import time
+
+    from edgekit.errors import ChatTemplateError
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        engine.manifest["chat_template"] = HANGING_TEMPLATE
+        start = time.monotonic()
+        with pytest.raises(ChatTemplateError, match="took longer than 5 s to render"):
+            engine.chat([{"role": "user", "content": "Hi"}])
+        assert time.monotonic() - start < 20

@@ -135,13 +135,12 @@ def test_unknown_quant_and_format(ckpt, tmp_path):
 
 def test_output_exists_refused_then_overwritten(ckpt, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("user data")
+    first = _convert(ckpt, out, quant="int8")
     with pytest.raises(OutputExistsError, match="--overwrite"):
         _convert(ckpt, out)
-    assert (out / "keep.txt").read_text() == "user data"
-    result = _convert(ckpt, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "edgekit.json").is_file()
+    assert (out / first.manifest["model_file"]).is_file()
+    result = _convert(ckpt, out, overwrite=True)  # an edgekit artifact may be replaced
+    assert not (out / first.manifest["model_file"]).exists() and (out / "edgekit.json").is_file()
     assert _leftovers(out) == ["out"]
     assert result.path == out.absolute()
 
@@ -160,7 +159,7 @@ def test_failure_midway_leaves_nothing(ckpt, tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", failing)
     out = tmp_path / "out"
-    with pytest.raises(OSError):
+    with pytest.raises(ConversionError, match="no space left"):
         _convert(ckpt, out)
     assert calls["n"] == 3
     assert _leftovers(out) == []

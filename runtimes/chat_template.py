@@ -1,0 +1,630 @@
+"""Chat templates rendered in a child process, with limits on time, memory and output size.
+
+A chat template is Jinja code that came with a checkpoint. jinja2's ImmutableSandboxedEnvironment
+stops it from running Python code, but not from looping for hours (`range` inside `range`) or
+from building a string of many gigabytes (`'x' * 10**10`, `'%09999999999d'|format(1)`, a doubling
+`{% set ns.s = ns.s ~ ns.s %}` loop). So templates render in a persistent child process
+(`python -m edgekit.runtimes.chat_template`, spoken to with one JSON object a line):
+
+- the parent waits `timeout_s` for each render, then kills the child (and starts a new one for
+  the next render); `ChatTemplate.cancel()` kills it from another thread;
+- on Linux the child's address space is capped (RLIMIT_AS), so a memory bomb ends as a
+  MemoryError inside the child and is reported as an error; the child dies with its parent;
+- the output is counted while it is generated and stops at `max_chars`;
+- the obvious one-shot bombs (`*`, `**`, `%` and padding widths far past max_chars) fail at once
+  in the sandbox, before they allocate anything.
+
+Every failure is a ChatTemplateError with a one-line message; messages of the wrong shape are an
+InvalidOptionError. The environment matches transformers' apply_chat_template: trim_blocks,
+lstrip_blocks, loop controls, `raise_exception`, `strftime_now` and its `tojson`.
+
+jinja2 is imported only in the child (and never by `import edgekit`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from edgekit.errors import ChatTemplateError, InvalidOptionError
+
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_MAX_CHARS = 4_000_000
+DEFAULT_MEMORY_LIMIT_MB = 1024  # the child's whole address space: Python and jinja2 take ~50 MB of it
+STARTUP_TIMEOUT_S = 60.0  # a fresh interpreter importing jinja2; generous for loaded machines
+MAX_INT_BITS = 100_000  # integers a template may build (Python prints at most 4300 digits anyway)
+
+# What check_template renders: no system message (some templates refuse one), roles alternating.
+SAMPLE_CONVERSATION = [
+    {"role": "user", "content": "Hello!"},
+    {"role": "assistant", "content": "Hi. How can I help?"},
+    {"role": "user", "content": "What is 2 + 2?"},
+]
+
+
+class RenderCancelled(ChatTemplateError):
+    """ChatTemplate.render() was stopped by cancel() (or close()) from another thread."""
+
+
+def validate_messages(messages: Any) -> list[dict[str, Any]]:
+    """The messages as plain dicts, or an InvalidOptionError saying how to pass them."""
+    hint = 'pass a list of dicts such as [{"role": "user", "content": "Hello"}]'
+    if isinstance(messages, (str, bytes)):
+        raise InvalidOptionError(f"messages must be a list of messages, not a string; {hint}")
+    if isinstance(messages, Mapping):
+        raise InvalidOptionError(f"messages must be a list of messages, not a single dict; wrap it in a "
+                                 f"list: {hint}")
+    if not isinstance(messages, Sequence):
+        raise InvalidOptionError(f"messages must be a list of messages, not {type(messages).__name__}; "
+                                 f"{hint}")
+    if not messages:
+        raise InvalidOptionError(f"messages is empty; {hint}")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidOptionError(f"messages[{i}] is {type(message).__name__}, not a dict; {hint}")
+        for key in ("role", "content"):
+            value = message.get(key)
+            if not isinstance(value, str):
+                got = "missing" if key not in message else f"{type(value).__name__}, not a str"
+                raise InvalidOptionError(f"messages[{i}]['{key}'] is {got}; {hint}")
+            check_text(value, f"messages[{i}]['{key}']")
+        out.append(dict(message))
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as exc:
+        raise InvalidOptionError(f"messages hold a value that is not plain data ({exc}); use str, numbers, "
+                                 "lists and dicts") from None
+    return out
+
+
+def check_text(text: str, what: str) -> None:
+    """InvalidOptionError when text holds a lone surrogate (it cannot be encoded as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidOptionError(
+            f"{what} contains a lone surrogate (U+{ord(text[exc.start]):04X} at index {exc.start}), which is "
+            "not valid Unicode text; decode the input properly or drop it, e.g. "
+            "text.encode('utf-8', 'replace').decode('utf-8')"
+        ) from None
+
+
+class ChatTemplate:
+    """A chat template rendered in a child process, within a time limit and an output size.
+
+    render() may be called from several threads (they take turns); cancel() and close() from any
+    thread stop a render in progress at once.
+    """
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "",
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_chars: int = DEFAULT_MAX_CHARS,
+                 memory_limit_mb: int = DEFAULT_MEMORY_LIMIT_MB) -> None:
+        if not isinstance(source, str):
+            raise ChatTemplateError(f"a chat template must be a str, not {type(source).__name__}")
+        if not timeout_s > 0 or not max_chars > 0 or not memory_limit_mb > 0:
+            raise InvalidOptionError("timeout_s, max_chars and memory_limit_mb must be positive")
+        self.source, self.bos_token, self.eos_token = source, bos_token, eos_token
+        self.timeout_s, self.max_chars, self.memory_limit_mb = timeout_s, max_chars, memory_limit_mb
+        self._lock = threading.Lock()  # one render at a time: one child, one request in flight
+        self._state = threading.Lock()  # guards the fields below, never held while waiting
+        self._proc: subprocess.Popen | None = None
+        self._replies: queue.Queue | None = None
+        self._reader: threading.Thread | None = None
+        self._rendering = self._cancelled = self._closed = False
+
+    # ---- the API ---------------------------------------------------------------------------
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+        request = json.dumps({
+            "source": self.source, "messages": validate_messages(messages),
+            "add_generation_prompt": bool(add_generation_prompt), "bos_token": self.bos_token,
+            "eos_token": self.eos_token, "max_chars": self.max_chars,
+        }).encode("ascii") + b"\n"
+        with self._lock:
+            with self._state:
+                if self._closed:
+                    raise ChatTemplateError("this chat template is closed")
+                self._rendering, self._cancelled = True, False
+            try:
+                reply = self._exchange(request)
+            except BaseException:  # cancel, timeout, crash, Ctrl-C: the child's state is unknown
+                self._discard_child()
+                raise
+            finally:
+                with self._state:
+                    self._rendering = False
+        if "error" in reply:
+            raise ChatTemplateError(_describe(reply, self))
+        text = reply["text"]
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ChatTemplateError("the chat template produced text with a lone surrogate (e.g. a '\\ud800' "
+                                    "escape), which is not valid Unicode; fix the template") from None
+        return text
+
+    @property
+    def pid(self) -> int | None:
+        """The child process's id, or None while none runs (before the first render, after close())."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def cancel(self) -> None:
+        """Stop the render in progress (from another thread): it raises RenderCancelled at once."""
+        with self._state:
+            if not self._rendering:
+                return
+            self._cancelled = True
+            proc = self._proc
+        if proc is not None:
+            _kill(proc)
+
+    def close(self) -> None:
+        """Stop the child process (and a render in progress, which raises RenderCancelled)."""
+        with self._state:
+            self._closed = True
+            if self._rendering:
+                self._cancelled = True
+            proc = self._proc
+        if proc is not None:
+            _kill(proc)
+        with self._lock:  # a render in progress returns promptly: its child is dead
+            self._discard_child()
+
+    def __enter__(self) -> ChatTemplate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            proc = self._proc
+            if proc is not None:
+                _kill(proc)
+                proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort during garbage collection
+            pass
+
+    # ---- the child -------------------------------------------------------------------------
+    def _exchange(self, request: bytes) -> dict[str, Any]:
+        for attempt in (0, 1):  # a child that died on its own (not this request's fault) is replaced once
+            replies = self._child()
+            try:
+                self._proc.stdin.write(request)
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                reply = None
+            else:
+                try:
+                    reply = replies.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    self._raise_if_cancelled()
+                    raise ChatTemplateError(
+                        f"the chat template took longer than {self.timeout_s:g} s to render; it may loop "
+                        "without end (nested loops over large ranges?): fix the template, or give a longer "
+                        "timeout_s"
+                    ) from None
+            self._raise_if_cancelled()  # even when the reply came: the child may be dying
+            if reply is not None:
+                return json.loads(reply)
+            code = self._proc.wait()
+            self._discard_child()
+            if attempt == 1:
+                raise ChatTemplateError(f"the chat template renderer crashed ({_exit_words(code)}) while "
+                                        "rendering; the template may exhaust memory or recurse too deeply")
+        raise AssertionError("unreachable")
+
+    def _raise_if_cancelled(self) -> None:
+        with self._state:
+            cancelled, closed = self._cancelled, self._closed
+        if cancelled:
+            raise RenderCancelled("the chat template was closed while rendering" if closed
+                                  else "rendering the chat template was cancelled")
+
+    def _child(self) -> queue.Queue:
+        """The running child's reply queue, starting a child (and waiting for it) when there is none."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._replies
+        self._discard_child()
+        cmd = [sys.executable, "-m", "edgekit.runtimes.chat_template", "--parent-pid", str(os.getpid()),
+               "--memory-limit-mb", str(self.memory_limit_mb)]
+        if threading.current_thread() is threading.main_thread():
+            # Linux sends PR_SET_PDEATHSIG when the *thread* that started the child ends: only the
+            # main thread lives as long as the process (the child also polls its parent's pid)
+            cmd.append("--die-with-parent")
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, close_fds=True)
+        except OSError as exc:
+            raise ChatTemplateError(f"could not start the chat template renderer ({exc})") from exc
+        replies: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=_read_lines, args=(proc.stdout, replies), daemon=True,
+                                  name=f"edgekit-chat-template-{proc.pid}")
+        with self._state:
+            self._proc, self._replies, self._reader = proc, replies, reader
+            cancelled = self._cancelled
+        if cancelled:  # cancel() came while starting it, and found no child to kill
+            _kill(proc)
+        reader.start()
+        try:
+            ready = replies.get(timeout=STARTUP_TIMEOUT_S)
+        except queue.Empty:
+            ready = None
+        if ready is None or "ready" not in (hello := json.loads(ready)):
+            self._raise_if_cancelled()
+            _kill(proc)
+            code = proc.wait()
+            why = hello["message"] if ready is not None else _last_line(proc.stderr) or _exit_words(code)
+            raise ChatTemplateError(f"could not start the chat template renderer ({why})")
+        return replies
+
+    def _discard_child(self) -> None:
+        with self._state:
+            proc, reader = self._proc, self._reader
+            self._proc = self._replies = self._reader = None
+        if proc is None:
+            return
+        _kill(proc)
+        proc.wait()
+        if reader is not None and reader.is_alive():
+            reader.join(timeout=5)  # it reads to EOF and closes stdout
+        for stream in (proc.stdin, proc.stderr):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def check_template(source: str, bos_token: str = "", eos_token: str = "") -> None:
+    """Compile a chat template and render a short user/assistant/user conversation with it once,
+    within the limits; ChatTemplateError when it cannot."""
+    with ChatTemplate(source, bos_token, eos_token) as template:
+        template.render(SAMPLE_CONVERSATION, add_generation_prompt=True)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        proc.kill()
+    except OSError:  # already gone
+        pass
+
+
+def _read_lines(stream, replies: queue.Queue) -> None:
+    try:
+        for line in stream:
+            replies.put(line)
+    except (OSError, ValueError):
+        pass
+    finally:
+        replies.put(None)
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def _last_line(stream) -> str:
+    try:
+        lines = [x for x in stream.read().decode("utf-8", "replace").splitlines() if x.strip()]
+    except (OSError, ValueError):
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def _exit_words(code: int | None) -> str:
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(reply: dict[str, Any], template: ChatTemplate) -> str:
+    kind, message, line = reply.get("error"), _one_line(reply.get("message", "")), reply.get("line")
+    at = f" at line {line}" if line else ""
+    if kind == "syntax":
+        return f"the chat template has a syntax error{at}: {message}"
+    if kind == "security":
+        return f"the chat template did something the sandbox forbids{at}: {message}"
+    if kind == "raise_exception":
+        return f"the chat template refused these messages: {message}"
+    if kind == "too_long":
+        return (f"the chat template's output passed {template.max_chars:,} characters; it may repeat text "
+                "without end: fix the template, or give a larger max_chars")
+    if kind == "too_large":
+        return f"the chat template tried to build a value far too large{at}: {message}"
+    if kind == "memory":
+        return (f"the chat template ran out of memory{at} (the renderer may use {template.memory_limit_mb} "
+                "MiB); it may build a huge string or list: fix the template")
+    return f"the chat template failed to render{at}: {message}"
+
+
+# ---- the child process ----------------------------------------------------------------------
+class _Raised(Exception):
+    """raise_exception() called by the template."""
+
+
+class _TooLarge(Exception):
+    """An operation that would build a value far past the limits."""
+
+
+def _limit_memory(megabytes: int) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False  # macOS does not enforce RLIMIT_AS; the parent's timeout still holds
+    try:
+        import resource
+
+        want = megabytes * 2**20
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY and hard < want:
+            want = hard
+        resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+        return True
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def _die_with_parent(parent_pid: int, pdeathsig: bool) -> None:
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.name != "posix" or not parent_pid:
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+    def watch() -> None:  # covers the cases PDEATHSIG does not (macOS, a child started by a thread)
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _format_widths(fmt: str, args: Any) -> list[int]:
+    """The widths and precisions a %-format string asks for (with '*' taken from args)."""
+    import re
+
+    found = []
+    values = list(args) if isinstance(args, tuple) else [args]
+    for m in re.finditer(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?", fmt):
+        for group in m.groups():
+            if group == "*":
+                found.extend(v for v in values if isinstance(v, int))
+            elif group:
+                found.append(int(group))
+    return found
+
+
+def _brace_widths(fmt: str) -> list[int]:
+    """The widths and precisions a str.format string asks for."""
+    import re
+
+    return [int(n) for spec in re.findall(r"\{[^{}]*?:([^{}]*)\}", fmt) for n in re.findall(r"\d+", spec)]
+
+
+def _check_binop(operator: str, left: Any, right: Any, limit: int) -> None:
+    sized = (str, bytes, list, tuple)
+    if operator == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, sized) and isinstance(n, int) and len(seq) * n > limit:
+                what = "string" if isinstance(seq, (str, bytes)) else type(seq).__name__
+                raise _TooLarge(f"repeating a {what} of length {len(seq):,} {n:,} times")
+        if (isinstance(left, int) and isinstance(right, int)
+                and left.bit_length() + right.bit_length() > MAX_INT_BITS):
+            raise _TooLarge("multiplying integers of more than 100,000 bits")
+    elif operator == "**":
+        if (isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
+                and left.bit_length() * right > MAX_INT_BITS):
+            base = left if left.bit_length() < 64 else "a large integer"
+            raise _TooLarge(f"raising {base} to the power {right:,}")
+    elif operator == "+":
+        if isinstance(left, sized) and isinstance(right, sized) and len(left) + len(right) > limit:
+            raise _TooLarge(f"joining values of {len(left):,} and {len(right):,} items")
+    elif operator == "%" and isinstance(left, str):
+        widths = _format_widths(left, right)
+        if widths and max(widths) > limit:
+            raise _TooLarge(f"a %-format width of {max(widths):,}")
+
+
+def _check_str_method(owner: str, name: str, args: tuple, limit: int) -> None:
+    """Refuse the str methods that would build a string far past the limit."""
+    if name in ("center", "ljust", "rjust", "zfill"):
+        if args and isinstance(args[0], int) and args[0] > limit:
+            raise _TooLarge(f"padding a string to {args[0]:,} characters")
+    elif name in ("format", "format_map"):
+        widths = _brace_widths(owner)
+        if widths and max(widths) > limit:
+            raise _TooLarge(f"a format width of {max(widths):,}")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        old, new = args[0], args[1]
+        if len(new) > len(old):
+            count = owner.count(old) if old else len(owner) + 1
+            if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+                count = min(count, args[2])
+            if len(owner) + count * (len(new) - len(old)) > limit:
+                raise _TooLarge(f"a replace() growing a string past {limit:,} characters")
+
+
+def _environment():
+    """transformers' chat template environment, with the size checks above."""
+    import json as _json
+    from datetime import datetime
+
+    from jinja2 import filters, pass_eval_context
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Environment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+", "%"})
+        max_chars = DEFAULT_MAX_CHARS
+
+        def call_binop(self, context, operator, left, right):
+            _check_binop(operator, left, right, self.max_chars)
+            return super().call_binop(context, operator, left, right)
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja2's signature
+            owner, name = getattr(__obj, "__self__", None), getattr(__obj, "__name__", "")
+            if isinstance(owner, str):
+                _check_str_method(owner, name, args, __self.max_chars)
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def wrap_str_format(self, value):  # jinja2 >= 3.1.5 wraps str.format when it is looked up
+            owner = getattr(value, "__self__", None)
+            if isinstance(owner, str):
+                _check_str_method(owner, getattr(value, "__name__", ""), (), self.max_chars)
+            return super().wrap_str_format(value)
+
+    env = Environment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+
+    def raise_exception(message: Any = "") -> None:
+        raise _Raised(str(message))
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    def center(value: Any, width: int = 80) -> str:
+        if isinstance(width, int) and width > env.max_chars:
+            raise _TooLarge(f"centering in {width:,} characters")
+        return filters.do_center(value, width)
+
+    def indent(value: Any, width: Any = 4, first: bool = False, blank: bool = False) -> str:
+        if isinstance(width, int) and width > env.max_chars:
+            raise _TooLarge(f"indenting by {width:,} characters")
+        return filters.do_indent(value, width, first, blank)
+
+    @pass_eval_context
+    def replace(eval_ctx, value: Any, old: Any, new: Any, count: Any = None) -> str:
+        _check_str_method(str(value), "replace", (str(old), str(new), count), env.max_chars)
+        return filters.do_replace(eval_ctx, value, old, new, count)
+
+    def format_(value: Any, *args: Any, **kwargs: Any) -> str:
+        widths = _format_widths(str(value), tuple(args))
+        if widths and max(widths) > env.max_chars:
+            raise _TooLarge(f"a %-format width of {max(widths):,}")
+        return filters.do_format(value, *args, **kwargs)
+
+    def tojson(value: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        if isinstance(indent, int) and indent > env.max_chars:
+            raise _TooLarge(f"a JSON indent of {indent:,}")
+        return _json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                           sort_keys=sort_keys)
+
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    env.filters.update(center=center, indent=indent, format=format_, replace=replace, tojson=tojson)
+    return env
+
+
+def _template_line(exc: BaseException) -> int | None:
+    import traceback
+
+    lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if f.filename == "<template>"]
+    return lines[-1] if lines else None
+
+
+def _render_request(env, cache: dict, request: dict[str, Any]) -> dict[str, Any]:
+    from jinja2 import TemplateSyntaxError
+    from jinja2.exceptions import SecurityError
+
+    limit = int(request["max_chars"])
+    env.max_chars = limit
+    source = request["source"]
+    try:
+        template = cache.get(source)
+        if template is None:
+            template = env.from_string(source)  # constant folding may run filters: inside the try
+            cache.clear()  # one template per ChatTemplate: keep the last only
+            cache[source] = template
+        pieces, total = [], 0
+        for piece in template.generate(messages=request["messages"],
+                                       add_generation_prompt=request["add_generation_prompt"],
+                                       bos_token=request["bos_token"], eos_token=request["eos_token"]):
+            total += len(piece)
+            if total > limit:
+                return {"error": "too_long", "message": f"more than {limit} characters"}
+            pieces.append(piece)
+        return {"text": "".join(pieces)}
+    except TemplateSyntaxError as exc:
+        return {"error": "syntax", "message": exc.message or str(exc), "line": exc.lineno}
+    except _Raised as exc:
+        return {"error": "raise_exception", "message": str(exc)}
+    except SecurityError as exc:
+        return {"error": "security", "message": str(exc), "line": _template_line(exc)}
+    except _TooLarge as exc:
+        return {"error": "too_large", "message": str(exc), "line": _template_line(exc)}
+    except MemoryError as exc:
+        pieces = []  # noqa: F841 - free what was rendered before replying
+        return {"error": "memory", "message": "out of memory", "line": _template_line(exc)}
+    except RecursionError as exc:
+        return {"error": "render", "message": "recursion too deep (a macro calling itself?)",
+                "line": _template_line(exc)}
+    except Exception as exc:  # noqa: BLE001 - everything a template can do wrong, reported
+        return {"error": "render", "message": f"{type(exc).__name__}: {exc}", "line": _template_line(exc)}
+
+
+def _child_main(argv: list[str]) -> int:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m edgekit.runtimes.chat_template")
+    parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--memory-limit-mb", type=int, default=DEFAULT_MEMORY_LIMIT_MB)
+    parser.add_argument("--die-with-parent", action="store_true")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
+    _die_with_parent(args.parent_pid, args.die_with_parent)
+    limited = _limit_memory(args.memory_limit_mb)
+    out, inp = sys.stdout.buffer, sys.stdin.buffer
+
+    def send(obj: dict[str, Any]) -> None:
+        out.write(json.dumps(obj).encode("ascii") + b"\n")
+        out.flush()
+
+    try:
+        env = _environment()
+    except Exception as exc:  # noqa: BLE001 - e.g. jinja2 missing: the parent reports it
+        send({"error": "startup", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    send({"ready": True, "pid": os.getpid(), "memory_limited": limited})
+    devnull = os.open(os.devnull, os.O_WRONLY)  # nothing may block on a stderr pipe nobody reads
+    os.dup2(devnull, 2)
+    cache: dict[str, Any] = {}
+    for line in inp:
+        try:
+            reply = _render_request(env, cache, json.loads(line))
+        except MemoryError:
+            reply = {"error": "memory", "message": "out of memory"}
+        except Exception as exc:  # noqa: BLE001 - a malformed request
+            reply = {"error": "request", "message": f"{type(exc).__name__}: {exc}"}
+        try:
+            send(reply)
+        except MemoryError:
+            send({"error": "memory", "message": "out of memory"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))
