@@ -1,6 +1,6 @@
 """Variants of the ONNX int4 storage scheme side by side: size, fidelity on both texts, decode speed.
 
-The tool behind the int4 choices in converters/onnx_decoder.py (PRECISIONS["int4"]). Each variant
+The tool behind the int4 choices in converters/onnx_recipe.py (PRECISIONS["int4"]). Each variant
 is the shipped Precision with some fields replaced; all are built from off-grid SmolLM2
 (bench/offgrid.py), scored against transformers fp32 on bench/fidelity.py's texts, then decoded
 through edgekit in one process, interleaved in an order that reverses each run, with paired ratios
@@ -48,7 +48,7 @@ def main() -> None:
     from offgrid import offgrid_checkpoint
 
     import edgekit
-    from edgekit.converters import onnx_decoder
+    from edgekit.converters import onnx_recipe
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=8)
@@ -62,17 +62,17 @@ def main() -> None:
 
     ckpt = offgrid_checkpoint()
     ids, ref = references(ckpt)
-    shipped = onnx_decoder.PRECISIONS["int4"]
+    shipped = onnx_recipe.PRECISIONS["int4"]
     rows, engines = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            onnx_decoder.PRECISIONS["int4"] = dataclasses.replace(shipped, **VARIANTS[name])
+            onnx_recipe.PRECISIONS["int4"] = dataclasses.replace(shipped, **VARIANTS[name])
             try:
                 start = time.perf_counter()
                 r = edgekit.convert(str(ckpt), to="onnx", quant="int4", output=Path(tmp) / name)
                 build_s = time.perf_counter() - start
             finally:
-                onnx_decoder.PRECISIONS["int4"] = shipped
+                onnx_recipe.PRECISIONS["int4"] = shipped
             model = r.path / r.manifest["model_file"]
             row = {"size_mb": round(model.stat().st_size / 1e6, 2), "bits_per_weight": r.bits_per_weight,
                    "build_s": round(build_s, 1), **score(model, ids, ref)}

@@ -33,6 +33,8 @@ class ArchSpec:
     # MistralConfig and Qwen2Config do not)
     head_dim_default: bool = False
     keys: tuple[KeySpec, ...] = ()
+    zero_keys: tuple[str, ...] = ()  # methods of `keys` written even when the value is 0 (phi3's window)
+    longrope: bool = False  # write longrope's factor tensors and attention factor when the config has them
     # HF tensor-name prefixes/suffixes that carry no weights llama.cpp uses
     skip_prefixes: tuple[str, ...] = ()
     skip_names: tuple[str, ...] = ()
@@ -65,6 +67,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         space_prefix=False, trim_embeddings=True,
         keys=(("add_final_logit_softcapping", "final_logit_softcapping", None),
               ("add_sliding_window", "sliding_window", None)),
+    ),
+    # Phi-3 / Phi-3.5-mini: SentencePiece, fused qkv and gate_up (gguf-py maps both), longrope at 128k
+    "Phi3ForCausalLM": ArchSpec(
+        "phi3", "text-generation", "auto_llama", rope_dim_key=True, longrope=True,
+        keys=(("add_rope_scaling_orig_ctx_len", "original_max_position_embeddings", None),
+              ("add_sliding_window", "sliding_window", 0)),
+        zero_keys=("add_sliding_window",),
     ),
     # BERT encoders for embeddings: all-MiniLM-L6-v2, bge-small, e5-small ...
     "BertModel": ArchSpec(

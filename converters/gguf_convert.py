@@ -11,7 +11,6 @@ at a time, quantized in row chunks into the output buffer and written; peak stay
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +24,13 @@ from edgekit.errors import CheckpointFormatError, ConversionError, UnsupportedAr
 
 from .gguf_arch import ARCHITECTURES, ArchSpec
 from .gguf_vocab import read_vocab
+from .rope import (
+    base_frequencies,
+    llama3_divisors,
+    local_rope_theta,
+    longrope_attention_factor,
+    rope_parameters,
+)
 from .source import Checkpoint
 
 QT = gguf.GGMLQuantizationType
@@ -69,20 +75,6 @@ def _cfg(config: dict[str, Any], *names: str, required: bool = True) -> Any:
     return None
 
 
-def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
-    """Rope settings from either transformers 5's `rope_parameters` or the older top-level fields."""
-    params = dict(config.get("rope_parameters") or {})
-    params = dict(params.get("full_attention", params))  # per-layer-type form (gemma3)
-    scaling = config.get("rope_scaling") or {}
-    for key, value in scaling.items():
-        params.setdefault(key, value)
-    if "type" in params and "rope_type" not in params:
-        params["rope_type"] = params["type"]
-    if config.get("rope_theta") is not None:
-        params.setdefault("rope_theta", config["rope_theta"])
-    return params
-
-
 def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n_vocab: int) -> None:
     w.add_block_count(_cfg(config, "num_hidden_layers", "n_layer"))
     if (n_ctx := _cfg(config, "max_position_embeddings", "n_positions", required=False)) is not None:
@@ -107,7 +99,7 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n
     theta = rope.get("rope_theta", spec.rope_base_default)
     if theta is not None and spec.task == "text-generation" and spec.rope_base_key:
         w.add_rope_freq_base(theta)
-    if (local_theta := _local_rope_theta(config)) is not None:
+    if (local_theta := local_rope_theta(config)) is not None:
         w.add_rope_freq_base_swa(local_theta)
     if (eps := config.get("rms_norm_eps")) is not None:
         w.add_layer_norm_rms_eps(eps)
@@ -125,17 +117,12 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n
         w.add_rope_dimension_count(head_dim or config["hidden_size"] // n_head)
     for method, key, default in spec.keys:
         value = config.get(key, default)
-        if value:  # absent, null or 0 (e.g. no soft-capping) means: leave llama.cpp's default
+        if value is None and method in spec.zero_keys:
+            value = 0
+        if value or (value == 0 and method in spec.zero_keys):  # else absent, null or 0: llama.cpp's default
             getattr(w, method)(value)
-
-
-def _local_rope_theta(config: dict[str, Any]) -> float | None:
-    """Rope base of sliding-window layers (Gemma 3: 10k locally, 1M globally)."""
-    params = config.get("rope_parameters") or {}
-    sliding = params.get("sliding_attention") if isinstance(params, dict) else None
-    if isinstance(sliding, dict) and sliding.get("rope_theta") is not None:
-        return sliding["rope_theta"]
-    return config.get("rope_local_base_freq")
+    if spec.longrope and (factor := longrope_attention_factor(config)) is not None:
+        w.add_rope_scaling_attn_factors(factor)
 
 
 def _pooling_type(ckpt: Checkpoint) -> gguf.PoolingType | None:
@@ -159,27 +146,13 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _llama3_rope_factors(config: dict[str, Any]) -> np.ndarray | None:
-    """Llama 3.1+ frequency-dependent rope scaling, stored as the rope_freqs tensor."""
+    """Llama 3.1+ frequency-dependent rope scaling, stored as the rope_freqs tensor (float32 maths,
+    as llama.cpp's converter does)."""
     rope = rope_parameters(config)
     if str(rope.get("rope_type", "")).lower() != "llama3":
         return None
-    base = rope.get("rope_theta", 10000.0)
     dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    factor = rope.get("factor", 8.0)
-    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
-    old_ctx = rope.get("original_max_position_embeddings", 8192)
-    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    out = []
-    for f in freqs:
-        wavelen = 2 * math.pi / f
-        if wavelen < old_ctx / high:
-            out.append(1.0)
-        elif wavelen > old_ctx / low:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.asarray(out, dtype=np.float32)
+    return llama3_divisors(rope, base_frequencies(rope.get("rope_theta", 10000.0), dim, np.float32))
 
 
 def _target_type(name: str, ndim: int, base: gguf.GGMLQuantizationType, always_f32: set[str],
@@ -206,6 +179,11 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, base: gguf.GGMLQuantizationTy
     factors = _llama3_rope_factors(config) if spec.gguf_arch == "llama" else None
     if factors is not None:
         planned.append(PlannedTensor("rope_freqs.weight", factors.shape, QT.F32, lambda f=factors: f))
+    rope = rope_parameters(config)
+    if spec.longrope and rope.get("long_factor"):
+        for kind in ("long", "short"):
+            values = np.asarray(rope[f"{kind}_factor"], dtype=np.float32)
+            planned.append(PlannedTensor(f"rope_factors_{kind}.weight", values.shape, QT.F32, lambda v=values: v))
     for hf_name, ref in ckpt.tensors.items():
         name = hf_name
         for old, new in spec.rename:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from edgekit.errors import ConversionError, require
+from edgekit.signals import deferred_signals
 
 
 def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -> None:
@@ -26,18 +27,10 @@ def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -
             str(int(file_type)), str(threads or os.cpu_count() or 1), str(os.getpid())]
     # llama.cpp logs every tensor to stderr: keep it out of the terminal, keep it for errors
     with tempfile.TemporaryFile(mode="w+b") as log:
-        # A signal arriving inside Popen would orphan the child: hold it until the child is ours to
-        # kill. (A signal mask cannot do this: any other thread may take the signal.)
-        pending: list[int] = []
-        held = _hold_signals(pending)
         child = None
         try:
-            try:
+            with deferred_signals():  # a signal inside Popen would orphan the child: it waits until it is ours
                 child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-            finally:
-                _restore_signals(held)
-            if pending:
-                signal.raise_signal(pending[0])  # now the usual handler runs: Ctrl-C, SIGTERM ...
             while True:
                 try:
                     rc = child.wait(timeout=0.1)
@@ -58,21 +51,6 @@ def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -
             how = f"was killed by {signal.Signals(-rc).name}" \
                 if rc < 0 and -rc in signal.Signals._value2member_map_ else f"failed with code {rc}"
             raise ConversionError(f"{src}: llama.cpp's quantizer {how}: {tail}")
-
-
-def _hold_signals(pending: list[int]) -> dict:
-    """Record SIGINT/SIGTERM instead of acting on them (main thread only; elsewhere a no-op)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
-            for sig in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore_signals(held: dict) -> None:
-    for sig, handler in held.items():
-        signal.signal(sig, handler)
 
 
 def _child(src: str, dst: str, file_type: int, threads: int, parent: int) -> int:

@@ -16,9 +16,11 @@ import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
 
-from .onnx_decoder import PRECISIONS, Calibration, Precision, Progress, calibration_ids, run_taps
+from .onnx_calibration import Calibration, calibration_ids, run_taps
+from .onnx_decoder import Progress
 from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
+from .onnx_recipe import PRECISIONS, Precision
 from .source import Checkpoint, sentence_pooling
 
 ENCODERS = ("BertModel", "BertForMaskedLM")  # MiniLM (all-MiniLM-L6-v2), bge-small, e5-small ...

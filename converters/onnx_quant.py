@@ -8,28 +8,17 @@ Asymmetric blocks (the range always includes 0, which MatMulNBits' integer zero 
 min/max, or, given each input feature's importance (its mean square on calibration text), search
 their scale: for each of SEARCH_FRACTIONS of the min/max range, the zero point it implies, one
 importance-weighted least-squares refit of the scale to the codes it gives, and the candidate with
-the least weighted squared error wins. Off-grid SmolLM2 int4, mean KL over bench/fidelity.py's three
-texts: min/max 0.115, searched 0.104 (the real graph). In fake-quantized trials (0.112 for min/max):
-these four fractions 0.099; eleven fractions, zero point +-1 and two refits 0.095 for eight times
-the work; no refit 0.110; the same search unweighted 0.101. In the real graph six fractions
-(0.8-1.05) gave 0.101, eight (0.75-1.1) 0.101, six with zero point +-1 0.102: within noise, for
-1.5-3x the search time. An earlier unweighted search that only shrank the range made the model
-worse (it clips the weights whose inputs are largest). HQQ-style optimized float zero points (which
-MatMulNBits accepts) gained only 0.350 -> 0.344 for 7 MB more.
+the least weighted squared error wins.
 
 GPTQ (quantize_gptq) rounds a matrix block by block instead, each block's output error on the
 calibration text re-fit by the blocks not yet rounded; each block's scale is still searched, on the
-weights as the earlier blocks left them. Off-grid SmolLM2 int4 over the three texts: 0.103 -> 0.084
-(83-token text 0.149 -> 0.122). The calibration text is 155 tokens, far fewer than the 576-1536
-inputs, so the Hessian needs heavy damping: 0.01 of its mean diagonal (GPTQ's usual) made the model
-worse (0.165 in fake-quantized trials), 1.5 gave 0.090, 3 0.082, 5 0.087, 8 0.089; a 667-token text
-did no better. Which fractions the per-block search tries matters more than with round-to-nearest:
-(1.0, 0.95, 0.9) 0.084, adding 0.85 0.085, (1.0, 0.95) 0.086, (1.0, 0.9) 0.097, 1.0 alone 0.101;
-each fraction costs ~1.4 s of a SmolLM2 conversion. GPTQ on the 8-bit matrices gained nothing.
+weights as the earlier blocks left them. The calibration text is far shorter than the matrices are
+wide, so the Hessian is heavily damped and the compensation solved in token space.
 
 Symmetric blocks store no zero points: MatMulNBits and GatherBlockQuantized then use 2^(bits-1)
-(128 for 8 bits). That saves 8 bits per 8-bit block for a coarser grid: small next to int4's 4-bit
-error, but measurable in an all-8-bit model (off-grid SmolLM2 int8: mean KL 0.0069 -> 0.0088).
+(128 for 8 bits): 8 bits less per block for a coarser grid.
+
+docs/measurements.md has the figures behind each of these choices.
 """
 
 from __future__ import annotations
@@ -60,9 +49,9 @@ class BlockQuantized:
 SEARCH_FRACTIONS = (1.0, 0.95, 0.9, 0.85)  # on a tie the first (min/max) stays
 _SEARCH_ROWS = 128  # rows per chunk: a chunk's temporaries stay in cache
 # quantize_gptq's ridge, times the mean diagonal of X^T X: the calibration text is 155 tokens, so the
-# Hessian is far from full rank and GPTQ's usual 0.01 over-fits it (module docstring)
+# Hessian is far from full rank and GPTQ's usual 0.01 over-fits it (docs/measurements.md)
 GPTQ_DAMPING = 3.0
-GPTQ_FRACTIONS = (1.0, 0.95, 0.9)  # what quantize_gptq's per-block search tries (module docstring)
+GPTQ_FRACTIONS = (1.0, 0.95, 0.9)  # what quantize_gptq's per-block search tries (docs/measurements.md)
 
 
 def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, symmetric: bool = False,

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,11 +66,11 @@ class Checkpoint:
         except KeyError:
             raise CheckpointFormatError(f"{self.path}: tensor '{name}' is missing from the weights") from None
 
-    def file_hashes(self) -> dict[str, str]:
-        """sha256 of every source file that went into a conversion (for the manifest)."""
+    def file_hashes(self, stop: threading.Event | None = None) -> dict[str, str]:
+        """sha256 of every source file that went into a conversion (for the manifest); `stop` ends it early."""
         names = ["config.json", *(p.name for p in self.weight_files)]
         names += [n for n in ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json") if self.has(n)]
-        return {n: sha256_file(self.path / n) for n in names}
+        return {n: sha256_file(self.path / n, stop=stop) for n in names}
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any] | None:

@@ -64,9 +64,10 @@ def _dims(path: Path, config: dict[str, Any]) -> dict[str, int]:
             raise CheckpointFormatError(f"{path}: hidden_size {h} is not divisible by num_attention_heads "
                                         f"{heads} and there is no head_dim")
         head_dim = h // heads
+    kv = (config.get("num_key_value_heads") or heads) * head_dim
     return {"H": h, "I": config["intermediate_size"], "L": config["num_hidden_layers"],
-            "V": config["vocab_size"], "Q": heads * head_dim,
-            "KV": (config.get("num_key_value_heads") or heads) * head_dim, "D": head_dim,
+            "V": config["vocab_size"], "Q": heads * head_dim, "KV": kv, "D": head_dim,
+            "QKV": heads * head_dim + 2 * kv, "I2": 2 * config["intermediate_size"],
             "P": config.get("max_position_embeddings") or 0, "T": config.get("type_vocab_size") or 0}
 
 
@@ -101,11 +102,17 @@ _BERT = (
     (r"(bert\.)?encoder\.layer\.\d+\.output\.dense\.weight", "H,I"),
     (r"(bert\.)?encoder\.layer\.\d+\.output\.dense\.bias", "H"),
 )
+_PHI3 = (  # fused projections: q, k, v rows in one matrix, gate and up rows in another
+    *(rule for rule in _DECODER if "_proj" not in rule[0] or "o_proj" in rule[0] or "down_proj" in rule[0]),
+    (r"model\.layers\.\d+\.self_attn\.qkv_proj\.weight", "QKV,H"),
+    (r"model\.layers\.\d+\.mlp\.gate_up_proj\.weight", "I2,H"),
+)
 # HF architecture -> (shape rules, the tensor every layer must have, the embedding tensor)
 SHAPE_RULES: dict[str, tuple[tuple[tuple[str, str], ...], str, str]] = {
     **{arch: (_DECODER, "model.layers.{i}.self_attn.q_proj.weight", "model.embed_tokens.weight")
        for arch in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                     "Gemma2ForCausalLM", "Gemma3ForCausalLM")},
+    "Phi3ForCausalLM": (_PHI3, "model.layers.{i}.self_attn.qkv_proj.weight", "model.embed_tokens.weight"),
     **{arch: (_BERT, "encoder.layer.{i}.attention.self.query.weight", "embeddings.word_embeddings.weight")
        for arch in ("BertModel", "BertForMaskedLM")},
 }
@@ -151,61 +158,48 @@ def check_tensors(ckpt_path: Path, config: dict[str, Any], architecture: str,
 
 def _explain(spec: str, config: dict[str, Any]) -> str:
     words = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", "P": "max_position_embeddings",
+             "QKV": "(num_attention_heads + 2 x num_key_value_heads) x head_dim", "I2": "2 x intermediate_size",
              "T": "type_vocab_size", "D": "head_dim", "Q": "num_attention_heads x head_dim",
              "KV": "num_key_value_heads x head_dim"}
     return ", ".join(words[letter] for letter in spec.split(","))
 
 
-def tokenizer_ids(directory: Path) -> tuple[Path, int, list[tuple[str, int, int]]] | None:
-    """(file, highest token id, duplicate texts as (text, id, id)) of tokenizer.json, or None without one."""
+def tokenizer_ids(directory: Path) -> tuple[Path, int] | None:
+    """(file, highest id of its base vocabulary) of tokenizer.json, or None without one. Every id
+    (added tokens too) must be a whole number >= 0."""
     path = directory / "tokenizer.json"
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         vocab = data["model"].get("vocab") or {}
-        added = data.get("added_tokens") or []
-        pairs: list[tuple[str, int]] = []
         if isinstance(vocab, dict):
-            pairs += list(vocab.items())
+            base = list(vocab.items())
         elif isinstance(vocab, list):  # Unigram: [[piece, score], ...]
-            pairs += [(item[0], i) for i, item in enumerate(vocab)]
-        pairs += [(t["content"], t["id"]) for t in added]
-        for text, i in pairs:
-            if type(i) is not int or not isinstance(text, str):
-                raise ValueError(f"token {json.dumps(text)} has id {json.dumps(i)}; ids are whole numbers")
+            base = [(item[0], i) for i, item in enumerate(vocab)]
+        else:
+            raise TypeError(f"model.vocab is {type(vocab).__name__}")
+        added = [(t["content"], t["id"]) for t in data.get("added_tokens") or []]
+        for text, i in base + added:
+            if type(i) is not int or i < 0 or not isinstance(text, str):
+                raise ValueError(f"token {json.dumps(text)} has id {json.dumps(i)}; ids are whole numbers >= 0")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
             AttributeError, IndexError, OverflowError) as exc:
         raise TokenizerError(f"{path}: unreadable tokenizer ({type(exc).__name__}: {exc})") from exc
-    seen: dict[str, int] = {}
-    by_id: dict[int, str] = {}
-    duplicates = []
-    for text, i in pairs:
-        if i < 0:
-            raise TokenizerError(f"{path}: token '{text}' has a negative id {i}")
-        if i in by_id:  # an added token restating a vocab entry under its own id is fine
-            continue
-        by_id[i] = text
-        if text in seen and seen[text] != i:
-            duplicates.append((text, seen[text], i))
-        seen.setdefault(text, i)
-    return path, max(by_id, default=-1), duplicates
+    return path, max((i for _, i in base), default=-1)
 
 
 def check_tokenizer(directory: Path, config: dict[str, Any], architecture: str) -> None:
-    """The tokenizer fits the embedding (no id past its rows) and has no two ids with one text."""
+    """The tokenizer's base vocabulary fits the embedding (no id past its rows).
+
+    Added tokens past the rows are allowed: some releases list tokens the embedding lacks (Gemma 3's
+    <image_soft_token>); the converters leave them out. Duplicate texts matter only to llama.cpp and
+    are checked on the GGUF token list itself (check_unique_tokens).
+    """
     found = tokenizer_ids(directory)
-    if found is None:
+    if found is None or architecture not in SHAPE_RULES:
         return
-    path, top, duplicates = found
-    if duplicates:
-        text, a, b = duplicates[0]
-        more = f" (and {len(duplicates) - 1} more)" if len(duplicates) > 1 else ""
-        raise TokenizerError(f"{path}: token text {json.dumps(text)} has two ids, {a} and {b}{more}; "
-                             "llama.cpp cannot load a vocabulary with duplicate tokens. "
-                             "Remove or rename the duplicate")
-    if architecture not in SHAPE_RULES:
-        return
+    path, top = found
     rows = config.get("vocab_size")  # check_tensors has made it equal to the embedding's rows
     if rows is not None and top >= rows:
         raise TokenizerError(f"{path}: token id {top} does not fit the embedding's {rows} rows "

@@ -13,14 +13,14 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, Interrupted, ManifestMismatch, OutputExistsError, UnsafePathError
+from .errors import ArtifactError, ManifestMismatch, OutputExistsError, UnsafePathError
+from .signals import deferred_signals
 
 MANIFEST = "edgekit.json"
 SCHEMA_VERSION = 1
@@ -116,7 +116,7 @@ def remove_stale_staging(final: Path) -> list[Path]:
             continue
         marker = entry / STAGING_MARKER
         try:
-            ours = (marker.is_file() and marker.read_text(encoding="utf-8").split("\n")[0] == str(final)) or \
+            ours = (marker.is_file() and Path(marker.read_text(encoding="utf-8").split("\n")[0]).name == final.name) or \
                 (entry / MANIFEST).is_file() or not any(entry.iterdir())
         except OSError:
             ours = False
@@ -165,21 +165,34 @@ def _remove_staging(stage: Path, final: Path) -> None:
 
 
 def _commit(stage: Path, final: Path, overwrite: bool) -> None:
-    if rename_no_replace(stage, final):
-        return
-    # Something is at `final` now (it may have appeared while we converted): replace it only if allowed.
-    check_output(final, overwrite)
-    if not swap(stage, final):
-        old = final.with_name(f".{final.name}.old-{stage.name[-8:]}")
-        final.rename(old)
-        stage.rename(final)
-        _remove(old)
-        return
-    # `stage` now holds what was at `final`: make sure it was an artifact, then remove it.
-    if not (stage / MANIFEST).is_file():
-        swap(stage, final)
-        raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
-                                "left as it was")
+    """Move `stage` to `final` in one atomic step; Ctrl-C/SIGTERM wait until it is done, so a user's
+    folder is never caught half-way between names."""
+    with deferred_signals():
+        if rename_no_replace(stage, final):
+            return
+        # Something is at `final` now (it may have appeared while we converted): replace it only if allowed.
+        check_output(final, overwrite)
+        swapped = swap(stage, final)
+        if swapped is None:  # no atomic exchange here: move the old artifact aside, checked, then ours in
+            old = final.with_name(f".{final.name}.old-{stage.name[-8:]}")
+            final.rename(old)
+            if not (old / MANIFEST).is_file():  # it changed between the check and the rename
+                old.rename(final)
+                raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
+                                        "left as it was")
+            stage.rename(final)
+            _remove_staging(old, final)
+            return
+        if not swapped:  # `final` vanished between the check and the exchange
+            if rename_no_replace(stage, final):
+                return
+            raise OutputExistsError(f"{final}: changed while converting; choose another path")
+        # `stage` now holds what was at `final`: removed below only if it is an artifact, else put back
+        if not (stage / MANIFEST).is_file():
+            if not swap(stage, final):
+                stage.rename(stage.with_name(f".{final.name}.recovered-{stage.name[-8:]}"))
+            raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
+                                    "left as it was")
 
 
 def _rename2(src: Path, dst: Path, flag: str) -> bool | None:
@@ -189,9 +202,11 @@ def _rename2(src: Path, dst: Path, flag: str) -> bool | None:
     import errno
     import sys
 
+    if not sys.platform.startswith("linux") and sys.platform != "darwin":
+        return None  # Windows: no such call (and no libc to load)
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-    except OSError:
+    except (OSError, TypeError):
         return None
     if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
         at_fdcwd, flags = -100, {"noreplace": 1, "exchange": 2}[flag]
@@ -223,9 +238,10 @@ def rename_no_replace(src: Path, dst: Path) -> bool:
     return True
 
 
-def swap(a: Path, b: Path) -> bool:
-    """Exchange two directories atomically; False where the OS cannot (the caller falls back)."""
-    return bool(_rename2(a, b, "exchange"))
+def swap(a: Path, b: Path) -> bool | None:
+    """Exchange two directories atomically: True done, False one is missing, None where the OS or
+    file system cannot (the caller falls back)."""
+    return _rename2(a, b, "exchange")
 
 
 def _remove(path: Path) -> None:
@@ -233,23 +249,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def signals_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C (an Interrupted carrying the signal), so staging is removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise Interrupted(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def safe_member(root: Path, name: str) -> Path:
@@ -263,10 +262,13 @@ def safe_member(root: Path, name: str) -> Path:
     return candidate
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22, stop: threading.Event | None = None) -> str:
+    """The file's sha256; `stop` (set from another thread) ends the reading early with an error."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
+            if stop is not None and stop.is_set():
+                raise ArtifactError(f"{path}: hashing stopped")
             h.update(block)
     return h.hexdigest()
 
@@ -360,10 +362,28 @@ def check_external_data(root: Path, model_file: str, listed: set[str] | None = N
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
-    for tensor in model.graph.initializer:
+    for tensor in _all_tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             location = next((e.value for e in tensor.external_data if e.key == "location"), "")
             safe_member(root, location)
             if listed is not None and location not in listed:
                 raise UnsafePathError(f"{path}: external data '{location}' is not in the artifact's "
                                       "hash list")
+
+
+def _all_tensors(graph) -> Iterator:
+    """Every tensor an ONNX graph holds: initializers (sparse ones too), tensors in node attributes
+    (Constant), and the same inside subgraphs (If, Loop, Scan bodies)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)

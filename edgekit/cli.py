@@ -120,7 +120,7 @@ def bundled(
 
     try:
         path = bundled_models.path(name)
-    except EdgekitError as exc:
+    except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     _emit({"name": name, "path": str(path)}, as_json, str(path))
 
@@ -135,7 +135,7 @@ def info(
 
     try:
         manifest = read_manifest(artifact)
-    except EdgekitError as exc:
+    except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     q = manifest.get("quantization", {})
     _emit({"manifest": manifest}, as_json,

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,11 @@ from .artifact import (
     file_entry,
     output_lock,
     remove_stale_staging,
-    signals_as_interrupt,
     staged_output,
     write_manifest,
 )
-from .errors import ConversionError, EdgekitError, Interrupted, UnsupportedArchitectureError
+from .errors import ArtifactError, ConversionError, EdgekitError, Interrupted, UnsupportedArchitectureError
+from .signals import signals_as_interrupt
 
 FORMATS = ("gguf", "onnx")
 EXPORTERS = ("auto", "edgekit", "optimum")  # how the ONNX graph is made
@@ -106,6 +107,30 @@ def convert(
     Each artifact directory holds the model, tokenizer side files and edgekit.json; it appears only
     when complete. Raises an EdgekitError subclass for every problem with the inputs.
     """
+    stage = _Stage(progress)
+    try:
+        with signals_as_interrupt():  # SIGTERM unwinds like Ctrl-C, from the first step to the last
+            return _convert(source, to, quant, output, overwrite, revision, allow_remote_code, allow_pickle,
+                            exporter, stage)
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        raise Interrupted(signum, stage.words, stage.output) from None
+
+
+class _Stage:
+    """The progress callback, remembering the stage and output in progress for an interruption's message."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress, self.words, self.output, self.suffix = progress, "reading the checkpoint", "", ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.words = _STAGE_WORDS.get(stage, stage) + self.suffix
+        if self.progress:
+            self.progress(stage, done, total)
+
+
+def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, allow_pickle, exporter,
+             stage: _Stage) -> ConversionResult | list[ConversionResult]:
     from edgekit.converters.source import inspect
 
     start = time.perf_counter()
@@ -116,8 +141,7 @@ def convert(
         raise ConversionError(f"exporter='{exporter}' chooses how the ONNX graph is made; it has no meaning for "
                               f"to='{','.join(formats)}'")
     schemes = {fmt: _scheme(fmt, quant) for fmt in formats}  # bad names fail before any work
-    if progress:
-        progress("inspect", 0, 1)
+    stage("inspect", 0, 1)
     ckpt = inspect(_resolve_bundled(source), revision=revision, allow_remote_code=allow_remote_code,
                    allow_pickle=allow_pickle)
     route = _onnx_route(ckpt, exporter) if "onnx" in formats else None  # fails before anything is created
@@ -125,11 +149,11 @@ def convert(
         from edgekit.converters.gguf_convert import spec_for
 
         spec_for(ckpt)
-    if progress:
-        progress("inspect", 1, 1)
+    stage("inspect", 1, 1)
     base = _basename(source, ckpt.path)
     if len(formats) == 1:
-        finals = {formats[0]: Path(output) if output is not None else Path.cwd() / f"{base}-{_suffix(formats[0], schemes)}"}
+        default = Path.cwd() / f"{base}-{_suffix(formats[0], schemes)}"
+        finals = {formats[0]: Path(output) if output is not None else default}
     else:
         parent = Path(output) if output is not None else Path.cwd() / f"{base}-{quant.lower()}"
         finals = {fmt: parent / fmt for fmt in formats}
@@ -137,42 +161,39 @@ def convert(
         check_output(final, overwrite, ckpt.path)
     template = _chat_template(ckpt)
     if template is not None:  # a template that cannot render would fail every chat later
+        stage.words = "checking the chat template"
         check_chat_template(template, ckpt)
-    stage_now = ["converting"]
 
-    def track(stage: str, done: int, total: int) -> None:
-        stage_now[0] = _STAGE_WORDS.get(stage, stage)
-        if progress:
-            progress(stage, done, total)
-
-    results = []
-    with contextlib.ExitStack() as held:
-        held.enter_context(signals_as_interrupt())
-        for final in finals.values():
-            held.enter_context(output_lock(final))
-            remove_stale_staging(final)
-        # Hash the source on the other core while converting (hashlib releases the GIL).
-        hasher = held.enter_context(ThreadPoolExecutor(max_workers=1))
-        source_hashes = hasher.submit(ckpt.file_hashes)
-        for fmt in formats:
-            t0 = time.perf_counter()
-            stage_now[0] = "converting"  # until the format's first progress report
-            try:
-                manifest, files = _convert_one(ckpt, fmt, finals[fmt], schemes[fmt], route, base, source,
-                                               source_hashes, template, overwrite, track)
-            except KeyboardInterrupt as exc:
-                signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-                raise Interrupted(signum, f"{stage_now[0]} ({fmt})", str(finals[fmt])) from None
-            except OSError as exc:
-                raise _io_error(exc, finals[fmt], ckpt.path) from exc
-            q = manifest["quantization"]
-            results.append(ConversionResult(
-                path=finals[fmt].absolute(), format=fmt, quant=q["scheme"], label=q["label"],
-                architecture=ckpt.architecture, files=files, size_bytes=sum(f["size"] for f in files),
-                bits_per_weight=q["bits_per_weight"], tensor_types=q["tensor_types"],
-                seconds=round(time.perf_counter() - (start if len(results) == 0 else t0), 3),
-                exporter=manifest["exporter"], manifest=manifest,
-            ))
+    results: list[ConversionResult] = []
+    final = next(iter(finals.values()))
+    try:
+        with contextlib.ExitStack() as held:
+            for final in finals.values():
+                held.enter_context(output_lock(final))
+                remove_stale_staging(final)
+            # Hash the source on the other core while converting (hashlib releases the GIL); an
+            # interruption or error stops the hashing too, instead of waiting for it.
+            hasher = held.enter_context(ThreadPoolExecutor(max_workers=1))
+            stop_hashing = threading.Event()
+            held.callback(stop_hashing.set)
+            source_hashes = hasher.submit(ckpt.file_hashes, stop_hashing)
+            for fmt in formats:
+                t0 = time.perf_counter()
+                final = finals[fmt]
+                stage.words, stage.suffix, stage.output = f"converting ({fmt})", f" ({fmt})", str(final)
+                manifest, files = _convert_one(ckpt, fmt, final, schemes[fmt], route, base, source,
+                                               source_hashes, template, overwrite, stage)
+                stage.output = ""  # finished: an interruption from here on leaves it in place
+                q = manifest["quantization"]
+                results.append(ConversionResult(
+                    path=final.absolute(), format=fmt, quant=q["scheme"], label=q["label"],
+                    architecture=ckpt.architecture, files=files, size_bytes=sum(f["size"] for f in files),
+                    bits_per_weight=q["bits_per_weight"], tensor_types=q["tensor_types"],
+                    seconds=round(time.perf_counter() - (start if len(results) == 0 else t0), 3),
+                    exporter=manifest["exporter"], manifest=manifest,
+                ))
+    except OSError as exc:
+        raise _io_error(exc, final, ckpt.path) from exc
     return results[0] if len(results) == 1 else results
 
 
@@ -247,7 +268,7 @@ def _scheme(fmt: str, quant: str):
         from edgekit.converters.quant import gguf_quant
 
         return gguf_quant(quant)
-    from edgekit.converters.onnx_decoder import onnx_precision
+    from edgekit.converters.onnx_recipe import onnx_precision
 
     return onnx_precision(quant)
 
@@ -282,6 +303,7 @@ def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
 def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
     from edgekit.converters.gguf_convert import source_precision, write_gguf
     from edgekit.converters.gguf_info import gguf_stats
+    from edgekit.runtimes.gguf_preflight import preflight
 
     model_file = f"{base}.{scheme.name}.gguf"
     if scheme.direct is not None:
@@ -306,6 +328,11 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None)
         finally:
             intermediate.unlink(missing_ok=True)
     stats = gguf_stats(stage / model_file)  # from the file: llama.cpp chose the real types
+    try:  # the checks edgekit.load runs before llama.cpp sees a file: fail now, not at the user's first load
+        preflight(stage / model_file)
+    except ArtifactError as exc:
+        raise ConversionError(f"{ckpt.path}: the GGUF it converts to would not load in llama.cpp: "
+                              f"{str(exc).split(': ', 1)[-1]}") from exc
     extra = {}
     if info["task"] == "feature-extraction":
         from edgekit.converters.source import sentence_pooling

@@ -168,7 +168,8 @@ class Engine:
             cancel.set()
         except ChatTemplateError:
             self._check_open()  # "the chat template is closed" means the engine is
-            raise
+            if not cancel.is_set():  # a cancel() that came before the child started may still land here
+                raise
         finally:
             with self._state:
                 self._rendering.discard(cancel)

@@ -70,12 +70,19 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise InvalidOptionError(f"messages[{i}] is {type(message).__name__}, not a dict; {hint}")
-        for key in ("role", "content"):
-            value = message.get(key)
-            if not isinstance(value, str):
-                got = "missing" if key not in message else f"{type(value).__name__}, not a str"
-                raise InvalidOptionError(f"messages[{i}]['{key}'] is {got}; {hint}")
-            check_text(value, f"messages[{i}]['{key}']")
+        role = message.get("role")
+        if not isinstance(role, str):
+            got = "missing" if "role" not in message else f"{type(role).__name__}, not a str"
+            raise InvalidOptionError(f"messages[{i}]['role'] is {got}; {hint}")
+        # content: a str, None (an assistant turn that only calls tools) or a list of parts
+        # ([{"type": "text", "text": ...}]), as transformers' templates accept
+        if "content" not in message and "tool_calls" not in message:
+            raise InvalidOptionError(f"messages[{i}]['content'] is missing; {hint}")
+        content = message.get("content")
+        if not (content is None or isinstance(content, str | list | tuple)):
+            raise InvalidOptionError(f"messages[{i}]['content'] is {type(content).__name__}; use a str, None or "
+                                     f"a list of parts; {hint}")
+        _check_texts(message, f"messages[{i}]")
         out.append(dict(message))
     try:
         json.dumps(out)
@@ -83,6 +90,18 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         raise InvalidOptionError(f"messages hold a value that is not plain data ({exc}); use str, numbers, "
                                  "lists and dicts") from None
     return out
+
+
+def _check_texts(value: Any, what: str) -> None:
+    """check_text on every string inside a message (parts, tool calls ...)."""
+    if isinstance(value, str):
+        check_text(value, what)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_texts(item, f"{what}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for n, item in enumerate(value):
+            _check_texts(item, f"{what}[{n}]")
 
 
 def check_text(text: str, what: str) -> None:
@@ -473,8 +492,8 @@ def _environment():
     import json as _json
     from datetime import datetime
 
-    from jinja2 import filters, pass_eval_context
-    from jinja2.ext import loopcontrols
+    from jinja2 import filters, nodes, pass_eval_context
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class Environment(ImmutableSandboxedEnvironment):
@@ -497,7 +516,18 @@ def _environment():
                 _check_str_method(owner, getattr(value, "__name__", ""), (), self.max_chars)
             return super().wrap_str_format(value)
 
-    env = Environment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    class Generation(Extension):
+        """transformers' {% generation %} ... {% endgeneration %} marks assistant text for training
+        masks; for rendering a prompt it is a no-op block."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.Scope(body, lineno=lineno)
+
+    env = Environment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
 
     def raise_exception(message: Any = "") -> None:
         raise _Raised(str(message))

@@ -134,6 +134,37 @@ def test_two_conversions_to_one_output_exactly_one_wins(ckpt, tmp_path):
     assert _leftovers(out) == ["out"]
 
 
+def test_conversion_to_an_output_another_one_holds_fails_at_once(ckpt, tmp_path):
+    from edgekit.artifact import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):  # as a conversion running in another process holds it
+        p = _cli("convert", str(ckpt), "-o", str(out))
+    assert f"another conversion (pid {os.getpid()}) is writing this output" in _one_line(p)
+    assert _leftovers(out) == []
+
+
+def test_sigterm_before_writing_names_the_stage(ckpt, tmp_path):
+    """Signals are honoured from the first step: here while the chat template is checked."""
+    tc = json.loads((ckpt / "tokenizer_config.json").read_text())
+    tc["chat_template"] = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    (ckpt / "tokenizer_config.json").write_text(json.dumps(tc))
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "convert", str(ckpt), "-o", str(tmp_path / "o")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # well inside the template check's 5 s limit
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM while checking the chat template" in err and "Traceback" not in err
+    assert _leftovers(tmp_path / "o") == []
+
+
+def test_output_under_a_file_is_one_line(ckpt, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    p = _cli("convert", str(ckpt), "-o", str(tmp_path / "afile" / "out"))
+    assert "could not write" in _one_line(p)
+
+
 def test_sigkill_leftovers_removed_by_the_next_conversion(ckpt, tmp_path):
     out = tmp_path / "out"
     code = textwrap.dedent(f"""
@@ -154,13 +185,23 @@ def test_sigkill_leftovers_removed_by_the_next_conversion(ckpt, tmp_path):
 # ---- native aborts -----------------------------------------------------------------------------
 
 def test_duplicate_token_refused_before_anything_is_written(ckpt, tmp_path):
+    """The last merge's token becomes an added token with id 300's text: Hugging Face loads that;
+    llama.cpp cannot load a vocabulary with one text twice."""
     tj = json.loads((ckpt / "tokenizer.json").read_text())
-    text = next(t for t, i in tj["model"]["vocab"].items() if i == 300)
-    tj["added_tokens"].append({"id": len(tj["model"]["vocab"]), "content": text, "single_word": False,
-                               "lstrip": False, "rstrip": False, "normalized": False, "special": False})
+    by_id = {i: t for t, i in tj["model"]["vocab"].items()}
+    last = max(by_id)  # the last merge's result: no other merge uses it
+    del tj["model"]["vocab"][by_id[last]]
+    tj["model"]["merges"] = [m for m in tj["model"]["merges"]
+                             if by_id[last] != ("".join(m) if isinstance(m, list) else m.replace(" ", ""))]
+    tj["added_tokens"].append({"id": last, "content": by_id[300], "single_word": False, "lstrip": False,
+                               "rstrip": False, "normalized": False, "special": False})
     (ckpt / "tokenizer.json").write_text(json.dumps(tj))
+    from tokenizers import Tokenizer
+
+    Tokenizer.from_file(str(ckpt / "tokenizer.json"))  # the tokenizers library takes it
     p = _cli("convert", str(ckpt), "-o", str(tmp_path / "out"))
-    assert "has two ids" in _one_line(p) and "tokenizer.json" in p.stderr
+    line = _one_line(p)
+    assert f"tokens 300 and {last} are both" in line and "tokenizer.json" in line
     assert _leftovers(tmp_path / "out") == []
 
 

@@ -67,9 +67,9 @@ def bpe_tokenizer(dest: Path, regex: str, vocab_size: int = 600) -> int:
     return tok.get_vocab_size()
 
 
-def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = False) -> int:
+def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = False, symbols: tuple = ()) -> int:
     """Train a small SentencePiece BPE with byte fallback: the Llama-2 / TinyLlama kind, or with
-    gemma=True the Gemma kind (no dummy-prefix space, GemmaTokenizer)."""
+    gemma=True the Gemma kind (no dummy-prefix space, GemmaTokenizer). symbols: user-defined pieces."""
     import sentencepiece as spm
 
     text = dest / "corpus.txt"
@@ -78,6 +78,7 @@ def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = Fal
         input=str(text), model_prefix=str(dest / "spm"), vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
         add_dummy_prefix=not gemma, normalization_rule_name="identity", split_digits=True, minloglevel=2,
+        user_defined_symbols=list(symbols),
     )
     (dest / "spm.model").rename(dest / "tokenizer.model")
     (dest / "spm.vocab").unlink()
@@ -148,6 +149,14 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
         cfg = transformers.Gemma3TextConfig(**_decoder_config(n, tie_word_embeddings=True), head_dim=16,
                                             query_pre_attn_scalar=16, sliding_window=128)
         model = transformers.Gemma3ForCausalLM(cfg)
+    elif arch == "phi3":  # Phi-3-mini: SentencePiece, fused qkv and gate_up, a sliding window
+        # llama.cpp looks up <|endoftext|> by name in any model called "phi3" (real Phi-3 has it)
+        n = sentencepiece_tokenizer(dest, symbols=("<|endoftext|>",))
+        # the real window (2047): llama.cpp runs Phi-3 without one, so only a window past the probe text
+        # lets both formats match transformers; test_onnx_matrix checks a short window on ONNX alone
+        cfg = transformers.Phi3Config(**_decoder_config(n), original_max_position_embeddings=256, pad_token_id=0,
+                                      sliding_window=2047)
+        model = transformers.Phi3ForCausalLM(cfg)
     elif arch == "distilbert":  # no native builder: the ONNX path goes through optimum-onnx
         assert minilm_dir is not None
         _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -174,4 +183,4 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
 
 
 # The GGUF families; "distilbert" is built too, for the ONNX path's optimum fallback.
-ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "bert"]
+ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "bert"]

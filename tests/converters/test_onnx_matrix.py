@@ -13,15 +13,23 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit.converters.onnx_decoder import CALIBRATION_TEXT, DECODERS
+from edgekit.converters.onnx_calibration import CALIBRATION_TEXT
+from edgekit.converters.onnx_decoder import DECODERS
 from edgekit.converters.onnx_encoder import ENCODERS
 
 import tiny
 from helpers import hf_logits, hf_tokenizer, mean_kl, onnx_logits, rel_error
 
 ARCHS = {"llama-smollm2": "LlamaForCausalLM", "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-         "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+         "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 BOUNDS = {"fp32": ("rel", 1e-4), "fp16": ("rel", 1e-2), "int8": ("kl", 0.01), "int4": ("kl", 0.5)}
+
+
+def _decoder_calibration(ckpt, path, precision):
+    from edgekit.converters.onnx_calibration import calibrate
+    from edgekit.converters.onnx_decoder import family_for
+
+    return calibrate(family_for(ckpt)(ckpt, precision), path, precision)
 
 
 def test_every_onnx_family_has_a_tiny_model():
@@ -55,7 +63,7 @@ def test_encoder_calibration(tiny_checkpoint, tmp_path):
     included; q/k/v one shared array), no file is left, and the int4 manifest names the scale search,
     the one calibrated step encoders take."""
     from edgekit.converters import source
-    from edgekit.converters.onnx_decoder import calibration_ids
+    from edgekit.converters.onnx_calibration import calibration_ids
     from edgekit.converters.onnx_encoder import _calibrate
 
     ckpt_dir = tiny_checkpoint("bert")
@@ -115,6 +123,27 @@ def test_onnx_logits_full_and_decode(arch, quant, tiny_checkpoint, onnx_model):
         assert value <= bound, f"{arch} {quant} {mode}: {kind} {value:.3g} > {bound} (top-1 {top1:.2f})"
 
 
+def test_phi3_sliding_window_matches_transformers(tiny_checkpoint, tmp_path):
+    """Phi-3 attends within its sliding window: with a window shorter than the text, logits past it
+    match transformers only if the graph's window is the same (llama.cpp runs Phi-3 without one)."""
+    import json
+    import shutil
+
+    ckpt = tmp_path / "phi3-w16"
+    shutil.copytree(tiny_checkpoint("phi3"), ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["sliding_window"] = 16
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    ids = hf_tokenizer(ckpt)(tiny.PROBE_TEXT, add_special_tokens=False)["input_ids"][:64]
+    ref = hf_logits(ckpt, ids)
+    result = edgekit.convert(str(ckpt), to="onnx", quant="fp32", output=tmp_path / "onnx")
+    for prompt in (None, 8):  # whole sequence, then step by step through the KV cache
+        ours = onnx_logits(result.path / "model.onnx", ids, prompt)
+        assert rel_error(ours, ref) < 1e-4, prompt
+    windowless = hf_logits(tiny_checkpoint("phi3"), ids)
+    assert rel_error(windowless, ref) > 0.01  # the window does change these logits
+
+
 def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
     """No float copy of a tied embedding is left in an int4 model (the 113 MB trap)."""
     import onnx
@@ -147,7 +176,7 @@ def test_onnx_storage_choices_per_tensor():
     """int4: 4-bit blocks of 32; k/v/o always 8-bit, down 8-bit in the first and last quarter of the
     layers; 8-bit tensors and the head in the widest block up to 128 dividing K, without zero points.
     int8 keeps blocks of 32 (wider ones doubled its mean KL through the int8 activation blocks)."""
-    from edgekit.converters.onnx_decoder import at_ends, onnx_precision
+    from edgekit.converters.onnx_recipe import at_ends, onnx_precision
 
     int4, int8 = onnx_precision("int4"), onnx_precision("int8")
     assert int4.layer_spec("model.layers.0.self_attn.q_proj.weight", 576, 0, 30) == (4, 32)
@@ -278,7 +307,8 @@ def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
     import onnx
 
     from edgekit.converters import source
-    from edgekit.converters.onnx_decoder import PRECISIONS, _calibrate, build_decoder
+    from edgekit.converters.onnx_decoder import build_decoder
+    from edgekit.converters.onnx_recipe import PRECISIONS
 
     ckpt = source.inspect(str(tiny_checkpoint("qwen2")))
     info = build_decoder(ckpt, tmp_path / "c.onnx", PRECISIONS["fp16"], taps=True)
@@ -286,7 +316,7 @@ def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
     assert (tmp_path / "c.onnx").stat().st_size < 200_000 and info["feeds"]
     assert all(t.name not in info["feeds"] for t in graph.initializer)
     assert all(o.name.startswith("tap.") for o in graph.output)
-    calibration = _calibrate(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
+    calibration = _decoder_calibration(ckpt, tmp_path / "model.onnx", PRECISIONS["int4"])
     cfg = ckpt.config
     assert len(calibration.inputs) == 7 * cfg["num_hidden_layers"]
     tokens = {x.shape[0] for x in calibration.inputs.values()}
@@ -298,7 +328,7 @@ def test_calibration_reads_our_own_graph(tiny_checkpoint, tmp_path):
     assert calibration.inputs[a + "q_proj.weight"] is calibration.inputs[a + "v_proj.weight"]  # one array per input
     assert "model.layers.0.self_attn.v_proj.bias" in calibration.multipliers  # folds into v's bias
     # the inputs are divided by the column multipliers the weights were scaled by
-    plain = _calibrate(ckpt, tmp_path / "model.onnx", dataclasses.replace(PRECISIONS["int4"], awq_alpha=None))
+    plain = _decoder_calibration(ckpt, tmp_path / "model.onnx", dataclasses.replace(PRECISIONS["int4"], awq_alpha=None))
     assert not plain.multipliers
     cols = calibration.multipliers[a + "q_proj.weight"][0]
     np.testing.assert_allclose(calibration.inputs[a + "q_proj.weight"] * cols, plain.inputs[a + "q_proj.weight"],
@@ -329,8 +359,9 @@ def test_bias_correction_graph(arch, tiny_checkpoint, tmp_path):
     import onnx
 
     from edgekit.converters import source
-    from edgekit.converters.onnx_decoder import PRECISIONS, _calibrate, build_decoder
+    from edgekit.converters.onnx_decoder import build_decoder
     from edgekit.converters.onnx_quant import dequantize, quantize_gptq
+    from edgekit.converters.onnx_recipe import PRECISIONS
 
     ckpt_dir = tiny_checkpoint(arch)
     ckpt = source.inspect(str(ckpt_dir))
@@ -342,7 +373,7 @@ def test_bias_correction_graph(arch, tiny_checkpoint, tmp_path):
         bits = next(a.i for a in node.attribute if a.name == "bits")
         assert (len(node.input) == 6) == (bits == 4 and not node.input[1].startswith("embed")), node.name
     # the bias is the mean output error of the stored weights on the calibration text: its sign and size
-    calibration = _calibrate(ckpt, tmp_path / "again.onnx", precision)
+    calibration = _decoder_calibration(ckpt, tmp_path / "again.onnx", precision)
     name = "model.layers.0.self_attn.q_proj.weight"
     w = ckpt.tensor(name).astype(np.float32) * calibration.multipliers[name][0][None, :]
     x = calibration.inputs[name]

@@ -134,8 +134,8 @@ def test_exporter_choice(tiny_checkpoint, tmp_path):
 def test_fallback_keeps_the_native_int4_tensor_choices():
     """The fallback picks its 8-bit MatMuls on optimum's node names by the same rules as the native
     graphs: k/v/o and the lm_head always, down_proj only in the first and last quarter of the layers."""
-    from edgekit.converters.onnx_decoder import onnx_precision
     from edgekit.converters.onnx_optimum import _wide
+    from edgekit.converters.onnx_recipe import onnx_precision
 
     int4 = onnx_precision("int4")
     assert _wide("/model/layers.15/self_attn/k_proj/MatMul", int4, 30)

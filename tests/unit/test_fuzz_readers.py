@@ -9,9 +9,11 @@ runs longer and prints how many inputs each reader saw.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
+import shutil
 import struct
 import tempfile
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from edgekit.errors import EdgekitError
 
 EXAMPLES = int(os.environ.get("EDGEKIT_FUZZ_EXAMPLES", "150"))
 _DIR = Path(tempfile.mkdtemp(prefix="edgekit-fuzz-"))
+atexit.register(shutil.rmtree, _DIR, True)
 
 
 # ---- seeds: small valid files of each kind ------------------------------------------------------

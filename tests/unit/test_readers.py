@@ -130,10 +130,17 @@ def _tokenizer(tmp_path: Path, vocab: dict[str, int], added: list[dict]) -> Path
     return tmp_path
 
 
-def test_duplicate_token_text_refused(tmp_path):
-    d = _tokenizer(tmp_path, {"a": 0, "b": 1}, [{"id": 2, "content": "b", "special": False}])
-    with pytest.raises(TokenizerError, match=r'tokenizer.json: token text "b" has two ids, 1 and 2'):
-        check_tokenizer(d, {"vocab_size": 3}, "LlamaForCausalLM")
+def test_added_token_past_the_embedding_is_tolerated(tmp_path):
+    """Gemma 3's tokenizer.json lists <image_soft_token> one past its embedding: left out, not refused."""
+    d = _tokenizer(tmp_path, {"a": 0, "b": 1}, [{"id": 2, "content": "<image_soft_token>", "special": True}])
+    check_tokenizer(d, {"vocab_size": 2}, "Gemma3ForCausalLM")
+
+
+def test_negative_or_non_integer_ids_refused(tmp_path):
+    for bad in (-1, 1.5, "2"):
+        d = _tokenizer(tmp_path, {"a": 0, "b": bad}, [])
+        with pytest.raises(TokenizerError, match="ids are whole numbers"):
+            check_tokenizer(d, {"vocab_size": 3}, "LlamaForCausalLM")
 
 
 def test_added_token_restating_its_vocab_entry_is_fine(tmp_path):

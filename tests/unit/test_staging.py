@@ -154,9 +154,9 @@ def test_stale_staging_recognised_and_removed(tmp_path):
     empty.mkdir()
     other = tmp_path / ".out.partial-mnop3456"  # someone else's hidden folder with that look: kept
     _user_folder(other)
-    elsewhere = tmp_path / ".out.partial-qrst7890"  # staging for a different output path: kept
+    elsewhere = tmp_path / ".out.partial-qrst7890"  # its marker names another output: kept
     elsewhere.mkdir()
-    (elsewhere / STAGING_MARKER).write_text(f"{tmp_path / 'other' / 'out'}\n1\n")
+    (elsewhere / STAGING_MARKER).write_text(f"{tmp_path / 'out2'}\n1\n")
     (elsewhere / "x").write_text("x")
     removed = remove_stale_staging(final)
     assert sorted(p.name for p in removed) == sorted([killed.name, finished.name, empty.name])
