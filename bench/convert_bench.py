@@ -82,13 +82,15 @@ def main() -> None:
     def genai(quant: str) -> tuple[float, float]:
         out = work / "genai"
         shutil.rmtree(out, ignore_errors=True)
-        return measure([str(genai_py), "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-m", str(src),
-                        "-o", str(out), "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")], env)
+        return measure([str(genai_py), "-m", "onnxruntime_genai.models.builder", "-i", str(src),
+                        "-m", str(src), "-o", str(out), "-p", "int4", "-e", "cpu",
+                        "-c", str(work / "genai-cache")], env)
 
     cases = [("edgekit", "F16", ours), ("llama.cpp", "F16", reference),
              ("edgekit", "Q4_K_M", ours), ("llama.cpp", "Q4_K_M", reference)]
     # onnxruntime-genai's builder lives in its own venv (../shared/anchors/build-genai-anchor.sh makes it)
-    genai_py = Path(os.environ.get("GENAI_ANCHOR_VENV", Path(tempfile.gettempdir()) / "genai-anchor-venv")) / "bin/python"
+    genai_py = Path(os.environ.get("GENAI_ANCHOR_VENV",
+                                   Path(tempfile.gettempdir()) / "genai-anchor-venv")) / "bin/python"
     if genai_py.exists():
         cases += [("edgekit", "ONNX int4", ours_onnx), ("onnxruntime-genai", "ONNX int4", genai)]
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {(n, q): [] for n, q, _ in cases}
@@ -101,7 +103,8 @@ def main() -> None:
     rows = {}
     for (name, quant), values in samples.items():
         rows[f"{name} {quant}"] = {"wall_s": statistics.median(v[0] for v in values),
-                                   "peak_rss_mb": statistics.median(v[1] for v in values), "runs": len(values)}
+                                   "peak_rss_mb": statistics.median(v[1] for v in values),
+                                   "runs": len(values)}
     anchors = {"F16": "llama.cpp", "Q4_K_M": "llama.cpp", "ONNX int4": "onnxruntime-genai"}
     ratios = {q: {"time": rows[f"edgekit {q}"]["wall_s"] / rows[f"{a} {q}"]["wall_s"],
                   "rss": rows[f"edgekit {q}"]["peak_rss_mb"] / rows[f"{a} {q}"]["peak_rss_mb"]}

@@ -1,7 +1,9 @@
 """Decode speed and TTFT: edgekit's runtimes against the raw engines underneath and the anchors.
 
-DESIGN.md section 6 shape: a ~176-token chat prompt, 64 greedy tokens, warm-up first, runs
-interleaved in an order that flips every run (A B C, C B A ...), medians, ratios in one run, and each as a share of the memory-
+The shape of the anchors in docs/measurements.md: a ~176-token chat prompt, 64 greedy tokens, warm-up first, \
+runs
+interleaved in an order that flips every run (A B C, C B A ...), medians, ratios in one run, and each as a \
+share of the memory-
 bandwidth limit (decode reads every weight once per token: tok/s <= bandwidth / weight bytes).
 
   GGUF Q4_K_M: edgekit.load(...).generate  vs  raw llama_cpp.Llama on the same file
@@ -26,13 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-SYSTEM = ("You are a careful assistant who writes short, factual answers. You never invent facts, you say when "
-          "you are unsure, and you prefer plain words to jargon. When asked about history, give dates; when "
-          "asked about science, give the mechanism in one or two sentences.")
+SYSTEM = ("You are a careful assistant who writes short, factual answers. You never invent facts, you say "
+          "when you are unsure, and you prefer plain words to jargon. When asked about history, give dates; "
+          "when asked about science, give the mechanism in one or two sentences.")
 QUESTION = ("I am preparing a short talk for a local library about how printing changed Europe. Could you "
-            "explain, in a few sentences, what Johannes Gutenberg invented, roughly when, and why movable type "
-            "mattered so much for the spread of books, literacy and new ideas across the continent? Please keep "
-            "it simple enough for a general audience and mention one concrete example of a famous early book.")
+            "explain, in a few sentences, what Johannes Gutenberg invented, roughly when, and why movable "
+            "type mattered so much for the spread of books, literacy and new ideas across the continent? "
+            "Please keep it simple enough for a general audience and mention one concrete example of a "
+            "famous early book.")
 N_TOKENS = 64
 
 
@@ -59,7 +62,7 @@ def edgekit_run(engine, prompt_text: str) -> tuple[float, float]:
 
 def raw_llama_run(llm, prompt_text: str) -> tuple[float, float]:
     llm.reset()
-    start = time.perf_counter()  # TTFT counts tokenization (DESIGN.md section 7), as edgekit's does
+    start = time.perf_counter()  # TTFT counts tokenization (docs/architecture.md), as edgekit's does
     ids = llm.tokenize(prompt_text.encode(), add_bos=False, special=True)
     first = None
     n = 0
@@ -129,7 +132,8 @@ def main() -> None:
 
     gguf_engine = edgekit.load(args.gguf, device="cpu")
     onnx_engine = edgekit.load(args.onnx, device="cpu")
-    prompt = gguf_engine.render_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
+    prompt = gguf_engine.render_chat([{"role": "system", "content": SYSTEM},
+                                      {"role": "user", "content": QUESTION}])
     # The raw side drives the very Llama object edgekit's backend holds: two identical Llama objects in
     # one process differed by up to 7% in decode tok/s here (memory placement), which would swamp the
     # wrapper's own cost, the thing this ratio measures.
@@ -153,12 +157,14 @@ def main() -> None:
     if args.onnx_fallback:
         fallback_engine = edgekit.load(args.onnx_fallback, device="cpu")
         cases["edgekit onnx (optimum graph)"] = lambda: edgekit_run(fallback_engine, prompt)
-        weights["edgekit onnx (optimum graph)"] = sum(p.stat().st_size for p in args.onnx_fallback.glob("model.onnx*"))
+        weights["edgekit onnx (optimum graph)"] = sum(p.stat().st_size
+                                                      for p in args.onnx_fallback.glob("model.onnx*"))
     if args.optimum and args.optimum.is_dir():
         from optimum.onnxruntime import ORTModelForCausalLM
         from transformers import AutoTokenizer
 
-        omodel = ORTModelForCausalLM.from_pretrained(args.optimum, use_cache=True, provider="CPUExecutionProvider")
+        omodel = ORTModelForCausalLM.from_pretrained(args.optimum, use_cache=True,
+                                                     provider="CPUExecutionProvider")
         otok = AutoTokenizer.from_pretrained(args.optimum)
         cases["optimum ORTModel"] = lambda: optimum_run(omodel, otok, prompt)
         weights["optimum ORTModel"] = sum(p.stat().st_size for p in args.optimum.glob("model.onnx*"))
@@ -176,7 +182,8 @@ def main() -> None:
     rows = {}
     for name, vals in samples.items():
         tok_s = statistics.median(v[0] for v in vals)
-        rows[name] = {"decode_tok_s": round(tok_s, 1), "ttft_s": round(statistics.median(v[1] for v in vals), 3),
+        rows[name] = {"decode_tok_s": round(tok_s, 1),
+                      "ttft_s": round(statistics.median(v[1] for v in vals), 3),
                       "weight_mb": round(weights[name] / 1e6, 1),
                       "pct_of_bandwidth_limit": round(100 * tok_s * weights[name] / (bw * 1e9), 1)}
     print(f"prompt {len(ids)} tokens, {N_TOKENS} generated, {args.runs} interleaved runs after warm-up, "
@@ -187,7 +194,8 @@ def main() -> None:
     # Two estimates per pair: the ratio of the medians, and the median of per-run ratios (the two
     # runs of one round are adjacent in time, so the pairing cancels the machine's slow drifts;
     # single runs here vary by +-15%).
-    pairs = [("gguf", "edgekit gguf", "llama-cpp-python", "raw"), ("onnx", "edgekit onnx", "onnxruntime-genai", "genai"),
+    pairs = [("gguf", "edgekit gguf", "llama-cpp-python", "raw"),
+             ("onnx", "edgekit onnx", "onnxruntime-genai", "genai"),
              ("onnx", "edgekit onnx", "optimum ORTModel", "optimum")]
     ratios = {}
     for prefix, ours, theirs, short in pairs:

@@ -1,7 +1,8 @@
 """Fidelity of every int8/int4 artifact kind against transformers fp32, on off-grid SmolLM2.
 
 Teacher-forced next-token distributions over a short text of prose, code and Spanish and two longer
-mixed ones; mean KL and top-1 agreement (DESIGN.md section 6 method), with the artifact's size. Off-grid weights
+mixed ones; mean KL and top-1 agreement (the method of docs/measurements.md), with the artifact's size. \
+Off-grid weights
 (bench/offgrid.py) so that no format is flattered by SmolLM2's Q4_1 origin.
 
     python bench/fidelity.py [--grid]     # --grid: the bundled (grid-aligned) weights instead
@@ -20,11 +21,14 @@ sys.path.insert(0, str(HERE.parent / "tests"))  # the reference computations the
 sys.path.insert(0, str(HERE))
 
 TEXT = ("The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-        "movable metal type with an oil-based ink. def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+        "movable metal type with an oil-based ink. def fib(n):\n"
+        "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
         "La biblioteca de la ciudad abre todos los días a las nueve de la mañana.")
 # A second, longer text (381 tokens: prose, Q&A, code, SQL, science, Spanish, French, chat): the
 # 83-token TEXT alone swings by +-0.01 in mean KL between quantizations of equal quality.
-TEXT_LONG = """The committee met on Tuesday to review the budget for the new library wing. After a long discussion about heating costs, the members agreed to postpone the decision until the engineers report in March. Meanwhile, volunteers will continue to sort the donated books by subject and condition.
+TEXT_LONG = """The committee met on Tuesday to review the budget for the new library wing. \
+After a long discussion about heating costs, the members agreed to postpone the decision until the engineers \
+report in March. Meanwhile, volunteers will continue to sort the donated books by subject and condition.
 Q: How do I reverse a list in Python?
 A: Use slicing, `items[::-1]`, which returns a new list, or call `items.reverse()` to reverse it in place.
 class Stack:
@@ -35,26 +39,36 @@ class Stack:
     def pop(self):
         return self.items.pop()
 SELECT name, COUNT(*) FROM orders WHERE total > 100 GROUP BY name ORDER BY 2 DESC;
-Photosynthesis converts light energy into chemical energy: plants take in carbon dioxide and water and release oxygen. The reaction happens in the chloroplasts, which contain the green pigment chlorophyll.
-El tren sale de la estación central a las ocho y cuarto, y llega a Sevilla poco antes del mediodía. Los billetes se pueden comprar en línea o en la taquilla.
+Photosynthesis converts light energy into chemical energy: plants take in carbon dioxide and water and \
+release oxygen. The reaction happens in the chloroplasts, which contain the green pigment chlorophyll.
+El tren sale de la estación central a las ocho y cuarto, y llega a Sevilla poco antes del mediodía. \
+Los billetes se pueden comprar en línea o en la taquilla.
 User: Can you suggest a name for my bakery?
-Assistant: How about "Morning Crumb", "The Rolling Pin" or "Golden Crust"? Each suggests warmth and fresh bread.
-In 1969, Apollo 11 landed on the Moon, and Neil Armstrong became the first person to walk on its surface. The mission returned 21.5 kilograms of lunar samples to Earth.
+Assistant: How about "Morning Crumb", "The Rolling Pin" or "Golden Crust"? \
+Each suggests warmth and fresh bread.
+In 1969, Apollo 11 landed on the Moon, and Neil Armstrong became the first person to walk on its surface. \
+The mission returned 21.5 kilograms of lunar samples to Earth.
 Le chat dort sur le canapé pendant que la pluie tombe doucement contre la fenêtre."""
 # A third text (recipe, contract, numpy, JSON, arithmetic, German, Q&A, prose, Italian), written after
 # the int4 storage choices were made and never used to make them: a check that they carry over.
-TEXT_FRESH = """To make a simple tomato soup, soften a chopped onion in olive oil, add two cloves of garlic and a tin of tomatoes, then simmer for twenty minutes before blending until smooth. Season with salt, pepper and a pinch of sugar.
-The tenant shall pay the rent on the first day of each month. If the rent is more than ten days late, the landlord may charge a fee of five percent of the amount due.
+TEXT_FRESH = """To make a simple tomato soup, soften a chopped onion in olive oil, add two cloves of garlic \
+and a tin of tomatoes, then simmer for twenty minutes before blending until smooth. \
+Season with salt, pepper and a pinch of sugar.
+The tenant shall pay the rent on the first day of each month. If the rent is more than ten days late, the \
+landlord may charge a fee of five percent of the amount due.
 import numpy as np
 def normalize(rows):
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     return rows / np.maximum(norms, 1e-12)
 {"id": 42, "name": "sensor-7", "readings": [21.5, 21.7, 22.1], "active": true}
 A train leaves at 9:40 and travels 180 kilometres at 90 kilometres per hour, so it arrives at 11:40.
-Die Stadtbibliothek bleibt wegen Renovierungsarbeiten bis Ende Mai geschlossen. Bücher können in der Zweigstelle am Marktplatz zurückgegeben werden.
+Die Stadtbibliothek bleibt wegen Renovierungsarbeiten bis Ende Mai geschlossen. \
+Bücher können in der Zweigstelle am Marktplatz zurückgegeben werden.
 User: What is the difference between weather and climate?
-Assistant: Weather is what the atmosphere does over hours or days; climate is the average pattern over decades.
-The river rose slowly through the night, and by morning the lower fields were under water. Farmers moved their animals to higher ground while the rain kept falling.
+Assistant: Weather is what the atmosphere does over hours or days; \
+climate is the average pattern over decades.
+The river rose slowly through the night, and by morning the lower fields were under water. \
+Farmers moved their animals to higher ground while the rain kept falling.
 Il museo è aperto dal martedì alla domenica, dalle dieci alle diciotto."""
 CASES = [("onnx", "int8"), ("onnx", "int4"), ("gguf", "int8"), ("gguf", "int4"), ("gguf", "Q4_0")]
 TEXTS = {"": TEXT, "long_": TEXT_LONG, "fresh_": TEXT_FRESH}  # key: prefix of the result fields

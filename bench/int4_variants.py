@@ -81,7 +81,8 @@ def main() -> None:
             engines[name] = edgekit.load(str(r.path), device="cpu")
 
         first = engines[names[0]]
-        prompt = first.render_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}])
+        prompt = first.render_chat([{"role": "system", "content": SYSTEM},
+                                    {"role": "user", "content": QUESTION}])
         for engine in engines.values():
             edgekit_run(engine, prompt)  # warm-up
         speeds: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
@@ -91,7 +92,8 @@ def main() -> None:
         for engine in engines.values():
             engine.close()
 
-    print(f"{'variant':<28}{'MB':>7}{'bits/w':>7}" + "".join(f"{'KL ' + str(len(i)):>9}" for i in ids.values())
+    print(f"{'variant':<28}{'MB':>7}{'bits/w':>7}"
+          + "".join(f"{'KL ' + str(len(i)):>9}" for i in ids.values())
           + f"{'KL all':>9}{'tok/s':>7}{'TTFT s':>8}{'paired':>8}")
     for name in names:
         decode = [s[0] for s in speeds[name]]

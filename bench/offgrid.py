@@ -1,4 +1,4 @@
-"""SmolLM2 with its weights moved off the Q4_1 grid, for judging quantizers fairly (DESIGN.md §5-6).
+"""SmolLM2 with its weights moved off the Q4_1 grid, for judging quantizers fairly (docs/measurements.md).
 
 The bundled SmolLM2 is dequantized from Q4_1: every 32-value block of every matrix sits on a
 16-level grid, which flatters any quantizer that can land on that grid. Here each value gets a

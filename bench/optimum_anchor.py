@@ -1,4 +1,4 @@
-"""Build the optimum anchor of DESIGN.md section 6: optimum-onnx's export of a checkpoint with
+"""Build the optimum anchor: optimum-onnx's export of a checkpoint with
 its KV cache, then onnxruntime's MatMulNBits int4 quantizer as people usually run it (block 32,
 asymmetric, accuracy level 4, default node selection, so a tied lm_head stays fp32). The result
 loads with optimum.onnxruntime.ORTModelForCausalLM; bench/decode_bench.py --optimum runs it.
@@ -38,8 +38,8 @@ def main() -> None:
     quantizer.model.save_model_to_file(str(args.output / "model.onnx"), use_external_data_format=False)
     shutil.rmtree(work)
     size = sum(p.stat().st_size for p in args.output.glob("model.onnx*")) / 1e6
-    print(f"built {args.output}: export {exported - start:.1f} s, int4 {time.perf_counter() - exported:.1f} s, "
-          f"{size:.0f} MB")
+    print(f"built {args.output}: export {exported - start:.1f} s, "
+          f"int4 {time.perf_counter() - exported:.1f} s, {size:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Converters: read a Hugging Face checkpoint and write deployable artifacts (GGUF; ONNX to come).
+"""Converters: read and check a Hugging Face checkpoint and write deployable artifacts (GGUF, ONNX).
 
 Installed as `edgekit.converters`. Never imports `edgekit.runtimes`.
 """

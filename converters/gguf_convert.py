@@ -62,7 +62,8 @@ class PlannedTensor:
 def spec_for(ckpt: Checkpoint) -> ArchSpec:
     spec = ARCHITECTURES.get(ckpt.architecture)
     if spec is None:
-        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, list(ARCHITECTURES))
+        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture,
+                                           list(ARCHITECTURES))
     return spec
 
 
@@ -114,7 +115,10 @@ def _write_hparams(w: gguf.GGUFWriter, spec: ArchSpec, config: dict[str, Any], n
     if spec.vocab_size_key:
         w.add_vocab_size(config.get("vocab_size", n_vocab))
     if spec.rope_dim_key:
-        w.add_rope_dimension_count(head_dim or config["hidden_size"] // n_head)
+        # partial rotary (Phi-4-mini) turns only a share of each head, counted as llama.cpp does
+        share = float(config.get("partial_rotary_factor") or rope.get("partial_rotary_factor") or 1)
+        w.add_rope_dimension_count(int(share * config["hidden_size"]) // n_head if share != 1
+                                   else head_dim or config["hidden_size"] // n_head)
     for method, key, default in spec.keys:
         value = config.get(key, default)
         if value is None and method in spec.zero_keys:
@@ -172,7 +176,8 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, base: gguf.GGMLQuantizationTy
     n_blocks = _cfg(config, "num_hidden_layers")
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == spec.gguf_arch)
     tmap = gguf.get_tensor_name_map(arch, n_blocks)
-    always_f32 = {gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in _ALWAYS_F32 for b in range(n_blocks)}
+    always_f32 = {gguf.TENSOR_NAMES[k].format(bid=b) + ".weight"
+                  for k in _ALWAYS_F32 for b in range(n_blocks)}
     n_head = config.get("num_attention_heads")
     n_kv = config.get("num_key_value_heads", n_head)
     planned: list[PlannedTensor] = []
@@ -183,7 +188,8 @@ def plan_tensors(ckpt: Checkpoint, spec: ArchSpec, base: gguf.GGMLQuantizationTy
     if spec.longrope and rope.get("long_factor"):
         for kind in ("long", "short"):
             values = np.asarray(rope[f"{kind}_factor"], dtype=np.float32)
-            planned.append(PlannedTensor(f"rope_factors_{kind}.weight", values.shape, QT.F32, lambda v=values: v))
+            planned.append(PlannedTensor(f"rope_factors_{kind}.weight", values.shape, QT.F32,
+                                         lambda v=values: v))
     for hf_name, ref in ckpt.tensors.items():
         name = hf_name
         for old, new in spec.rename:
@@ -264,7 +270,8 @@ def write_gguf(ckpt: Checkpoint, out: Path, base: gguf.GGMLQuantizationType, fil
         for i, t in enumerate(tensors):
             data = t.load()
             if data.shape != t.shape:
-                raise CheckpointFormatError(f"{ckpt.path}: tensor for {t.name} has shape {data.shape}, expected {t.shape}")
+                raise CheckpointFormatError(f"{ckpt.path}: tensor for {t.name} has shape {data.shape}, "
+                                            f"expected {t.shape}")
             buf = np.empty(t.nbytes, dtype=np.uint8)
             pos = 0
             for chunk in _encode(data, t.qtype):

@@ -24,12 +24,17 @@ from .validate import check_unique_tokens
 # The pre-tokenizer regexes of tokenizer.json (Split pattern, in order) -> llama.cpp's name.
 # Each row was checked against the regex list llama.cpp applies for that name (src/llama-vocab.cpp).
 _LLAMA3 = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN2 = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _TEKKEN = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+    r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 # Signature: tuple of steps; ("split", regex) / ("digits", individual) / ("bytelevel", use_regex)
 PRE_TOKENIZERS: dict[tuple, str] = {
@@ -59,7 +64,8 @@ class Vocab:
         writer.add_token_types(self.types)
         if self.token_type_count is not None:
             writer.add_token_type_count(self.token_type_count)
-        special = gguf.SpecialVocab(checkpoint_dir, load_merges=self.model == "gpt2", n_vocab=len(self.tokens))
+        special = gguf.SpecialVocab(checkpoint_dir, load_merges=self.model == "gpt2",
+                                    n_vocab=len(self.tokens))
         tj_path = checkpoint_dir / "tokenizer.json"
         tj = _load_tokenizer_json(tj_path) if tj_path.is_file() else {}
         tok_config = _json_or_empty(checkpoint_dir / "tokenizer_config.json")
@@ -200,7 +206,8 @@ def _base_vocab(tj: dict[str, Any], vocab_size: int, path: Path) -> tuple[list[s
     by_id: dict[int, str] = {i: t for t, i in vocab.items()}
     by_id.update({i: t["content"] for i, t in added.items()})
     if by_id and max(by_id) >= vocab_size:
-        raise TokenizerError(f"{path}: token id {max(by_id)} does not fit the model's vocab_size {vocab_size}")
+        raise TokenizerError(f"{path}: token id {max(by_id)} does not fit the model's vocab_size "
+                             f"{vocab_size}")
     tokens: list[str] = []
     types: list[int] = []
     for i in range(vocab_size):
@@ -229,7 +236,8 @@ def bpe_vocab(directory: Path, vocab_size: int | None) -> Vocab:
         raise TokenizerError(f"{path}: expected a BPE model, found {model.get('type')}")
     if model.get("byte_fallback"):
         raise TokenizerError(
-            f"{path}: a byte-fallback BPE (SentencePiece-style) tokenizer needs its tokenizer.model to convert"
+            f"{path}: a byte-fallback BPE (SentencePiece-style) tokenizer needs its tokenizer.model "
+            "to convert"
         )
     size = vocab_size or (len(model["vocab"]) + len(tj.get("added_tokens", [])))
     tokens, types = _base_vocab(tj, size, path)
@@ -255,7 +263,8 @@ def wordpiece_vocab(directory: Path, vocab_size: int | None, type_vocab_size: in
     tokens, types = _base_vocab(tj, size, path)
     # BERT's [CLS]/[SEP]/[PAD]/[MASK]/[UNK] are control tokens even when listed only in vocab.txt.
     bert_specials = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-    types = [gguf.TokenType.CONTROL if t in bert_specials else ty for t, ty in zip(tokens, types, strict=True)]
+    types = [gguf.TokenType.CONTROL if t in bert_specials else ty
+             for t, ty in zip(tokens, types, strict=True)]
     phantom = [t if ty == gguf.TokenType.CONTROL else (t[2:] if t.startswith("##") else "\u2581" + t)
                for t, ty in zip(tokens, types, strict=True)]
     return Vocab("bert", "jina-v2-en", phantom, types, token_type_count=type_vocab_size)
@@ -277,13 +286,15 @@ def sentencepiece_vocab(directory: Path, vocab_size: int | None) -> Vocab:
     for i in range(min(size, proc.vocab_size())):
         tokens[i] = proc.IdToPiece(i).encode("utf-8")
         scores[i] = proc.GetScore(i)
-        types[i] = (gguf.TokenType.UNKNOWN if proc.IsUnknown(i) else gguf.TokenType.CONTROL if proc.IsControl(i)
+        types[i] = (gguf.TokenType.UNKNOWN if proc.IsUnknown(i)
+                    else gguf.TokenType.CONTROL if proc.IsControl(i)
                     else gguf.TokenType.UNUSED if proc.IsUnused(i) else gguf.TokenType.BYTE if proc.IsByte(i)
                     else gguf.TokenType.NORMAL)
     added_file = directory / "added_tokens.json"
     for text, i in _json_or_empty(added_file).items():
         if not (isinstance(i, int) and 0 <= i):
-            raise TokenizerError(f"{added_file}: token {json.dumps(text)} has id {json.dumps(i)}; ids are whole numbers >= 0")
+            raise TokenizerError(f"{added_file}: token {json.dumps(text)} has id {json.dumps(i)}; "
+                                 "ids are whole numbers >= 0")
         if i < size:
             tokens[i], scores[i], types[i] = text.encode("utf-8"), -1000.0, gguf.TokenType.USER_DEFINED
     config = directory / "tokenizer_config.json"
@@ -292,7 +303,8 @@ def sentencepiece_vocab(directory: Path, vocab_size: int | None) -> Vocab:
         try:
             i, text = int(key), str(data["content"])
         except (ValueError, TypeError, KeyError) as exc:
-            raise TokenizerError(f"{config}: added_tokens_decoder entry {key!r} is malformed ({exc})") from exc
+            raise TokenizerError(f"{config}: added_tokens_decoder entry {key!r} is malformed "
+                                 f"({exc})") from exc
         if not 0 <= i < size:
             continue
         if data.get("special") or looks_special(text):
@@ -310,7 +322,8 @@ def read_vocab(kind: str, directory: Path, config: dict[str, Any]) -> Vocab:
                    if (directory / n).is_file()), directory)
     try:
         vocab = _read_vocab(kind, directory, config)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as exc:  # wrong shapes
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError,
+            OverflowError) as exc:  # wrong shapes
         raise TokenizerError(f"{source}: malformed tokenizer ({type(exc).__name__}: {exc})") from exc
     check_unique_tokens(vocab.tokens, source)
     return vocab

@@ -29,7 +29,8 @@ def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -
     with tempfile.TemporaryFile(mode="w+b") as log:
         child = None
         try:
-            with deferred_signals():  # a signal inside Popen would orphan the child: it waits until it is ours
+            # a signal inside Popen would orphan the child: it waits until it is ours
+            with deferred_signals():
                 child = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
             while True:
                 try:

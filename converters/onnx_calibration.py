@@ -29,7 +29,8 @@ CALIBRATION_TEXT = (
     "morning he went out in his boat before sunrise and came back at noon with the day's catch.\n"
     "User: What is the tallest mountain in the world?\nAssistant: Mount Everest, at about 8,849 metres.\n"
     "import os\nfor name in sorted(os.listdir('.')):\n    print(name.upper(), len(name))\n"
-    "The mitochondria produce most of the energy a cell uses. Water boils at 100 degrees Celsius at sea level.\n"
+    "The mitochondria produce most of the energy a cell uses. "
+    "Water boils at 100 degrees Celsius at sea level.\n"
     "Hola, ¿cómo estás? Me gustaría reservar una mesa para dos personas esta noche, por favor."
 )
 
@@ -44,7 +45,8 @@ def calibration_ids(ckpt: Checkpoint) -> list[int]:
     if ckpt.has("tokenizer.model"):
         import sentencepiece as spm
 
-        return spm.SentencePieceProcessor(model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
+        return spm.SentencePieceProcessor(
+            model_file=str(ckpt.path / "tokenizer.model")).EncodeAsIds(CALIBRATION_TEXT)
     if ckpt.has("vocab.txt"):
         from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
@@ -55,8 +57,8 @@ def calibration_ids(ckpt: Checkpoint) -> list[int]:
         marks = [wordpiece.token_to_id(t) for t in ("[CLS]", "[SEP]")]
         ids = wordpiece.encode(CALIBRATION_TEXT).ids
         return [marks[0], *ids, marks[1]] if None not in marks else ids
-    raise ConversionError(f"{ckpt.path}: no tokenizer.json, tokenizer.model or vocab.txt to tokenize the calibration "
-                          "text with; int4 scales are fitted on it (int8 and float need none)")
+    raise ConversionError(f"{ckpt.path}: no tokenizer.json, tokenizer.model or vocab.txt to tokenize the "
+                          "calibration text with; int4 scales are fitted on it (int8 and float need none)")
 
 
 @dataclass
@@ -86,15 +88,16 @@ def calibrate(family: LlamaDecoder, out_file: Path, precision: Precision) -> Cal
     n_heads, n_kv, head_dim = family.n_heads, family.n_kv, family.head_dim
     calib = out_file.with_name(".calibration.onnx")
     try:
-        # fp16 weights: half the memory of an fp32 graph; the statistics need no more precision (an
-        # overflow is caught)
-        info = type(family)(ckpt, PRECISIONS["fp16"], taps=True).build(calib)
+        # fp16 weights (the family's calibration_precision): half the memory of an fp32 graph; the
+        # statistics need no more precision (an overflow is caught)
+        info = type(family)(ckpt, PRECISIONS[family.calibration_precision], taps=True).build(calib)
         weights = info.pop("feeds")
         ids = calibration_ids(ckpt)[: info["context_length"]]
-        feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64), **weights}
+        feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+                 **weights}
         for i in range(info["num_layers"]):
             for kind in ("key", "value"):
-                feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, n_kv, 0, head_dim), np.float16)
+                feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, n_kv, 0, head_dim), info["kv_type"])
         seen = run_taps(ckpt, calib, feeds)
         del feeds, weights  # the fp16 weights go before the real build reads the checkpoint
     finally:
@@ -110,9 +113,11 @@ def calibrate(family: LlamaDecoder, out_file: Path, precision: Precision) -> Cal
     out: dict[str, tuple] = {}
     for i in range(family.n_layers):
         p, a, m = f"model.layers.{i}.", f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        s_qkv, s_gu, s_down = (scale(np.abs(seen[f"tap.{i}.{k}"]).mean(axis=0)) for k in ("qkv", "gate_up", "down"))
+        s_qkv, s_gu, s_down = (scale(np.abs(seen[f"tap.{i}.{k}"]).mean(axis=0))
+                               for k in ("qkv", "gate_up", "down"))
         # o_proj's input is a mix of v rows per kv head: heads sharing a kv head share one scale
-        s_kv = scale(np.abs(seen[f"tap.{i}.o"]).mean(axis=0)).reshape(n_kv, group, head_dim).mean(axis=1).reshape(-1)
+        s_kv = (scale(np.abs(seen[f"tap.{i}.o"]).mean(axis=0))
+                .reshape(n_kv, group, head_dim).mean(axis=1).reshape(-1))
         s_o = np.repeat(s_kv.reshape(n_kv, head_dim), group, axis=0).reshape(-1)
         out[p + "input_layernorm.weight"] = (1 / s_qkv, None)
         out[a + "q_proj.weight"] = (s_qkv, None)
@@ -152,6 +157,6 @@ def run_taps(ckpt: Checkpoint, graph: Path, feeds: dict[str, np.ndarray]) -> dic
     for name, value in zip(names, sess.run(names, feeds), strict=True):
         seen[name] = value[0].astype(np.float32)
         if not np.isfinite(seen[name]).all():
-            raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration text; "
-                                  "use --quant int8 or fp32 for this model")
+            raise ConversionError(f"{ckpt.path}: activations overflow float16 at {name} on the calibration "
+                                  "text; use --quant int8 or fp32 for this model")
     return seen

@@ -39,7 +39,7 @@ MAX_CONTEXT = 32768  # rotary caches beyond this cost memory few edge users want
 # HF architecture -> the family class that builds it; filled by @register
 DECODERS: dict[str, type[LlamaDecoder]] = {}
 # Family modules beyond this one: importing one runs its @register (one line per new family file)
-FAMILY_MODULES = ("onnx_phi3",)
+FAMILY_MODULES = ("onnx_phi3", "onnx_gemma")
 
 
 def register(*architectures: str) -> Callable[[type[LlamaDecoder]], type[LlamaDecoder]]:
@@ -48,7 +48,7 @@ def register(*architectures: str) -> Callable[[type[LlamaDecoder]], type[LlamaDe
     def add(cls: type[LlamaDecoder]) -> type[LlamaDecoder]:
         for arch in architectures:
             DECODERS[arch] = cls
-        cls.architectures = (*cls.architectures, *architectures)
+        cls.architectures = (*cls.__dict__.get("architectures", ()), *architectures)  # not the parent's
         return cls
 
     return add
@@ -84,6 +84,10 @@ class LlamaDecoder:
     qkv_bias: ClassVar[bool] = False  # biases on q/k/v (Qwen2)
     qk_norm: ClassVar[bool] = False  # RMSNorm of q and k per head before rotary (Qwen3)
     mlp_norm: ClassVar[str] = "post_attention_layernorm"  # the norm before the MLP
+    # the calibration graph's precision: fp16 halves its memory; families whose activations exceed
+    # float16's range calibrate in fp32
+    calibration_precision: ClassVar[str] = "fp16"
+    float16_ok: ClassVar[bool] = True  # whether an fp16 graph of the family stays within float16's range
 
     def __init__(self, ckpt: Checkpoint, precision: Precision, taps: bool = False,
                  progress: Progress | None = None) -> None:
@@ -99,6 +103,15 @@ class LlamaDecoder:
         if self.head_dim % 16:
             raise ConversionError(f"{ckpt.path}: head_dim {self.head_dim} is not a multiple of 16, which "
                                   "GroupQueryAttention needs")
+        if precision.float_type == "float16" and not self.float16_ok and not taps:
+            raise ConversionError(f"{ckpt.path}: {ckpt.architecture}'s activations exceed float16's range, "
+                                  "so an fp16 graph would compute inf/NaN; use --quant fp32, int8 or int4")
+        scaling = cfg.get("rope_scaling") or {}
+        share = cfg.get("partial_rotary_factor") or scaling.get("partial_rotary_factor")
+        if share not in (None, 1, 1.0):
+            raise ConversionError(f"{ckpt.path / 'config.json'}: partial_rotary_factor {share} (rotary on "
+                                  "part of each head, as in Phi-4-mini) is not built by edgekit's ONNX graph "
+                                  "yet; convert to GGUF, or use exporter='optimum'")
         self.calibration = Calibration({}, {})
 
     # ---- what a family may override ------------------------------------------------------------
@@ -120,10 +133,38 @@ class LlamaDecoder:
     def rotary_speeds(self) -> np.ndarray:
         return rotary_inv_freq(self.ckpt.config, self.head_dim)
 
+    def extra_rotary_caches(self, g: GraphBuilder) -> None:
+        """Caches beyond the global one (built before the layers, so node order stays stable)."""
+
     def attention_window(self, layer: int) -> int:
         """GroupQueryAttention's local_window_size for a layer: keys before the query it may see
-        (-1: all of them)."""
-        return -1
+        (-1: all of them). Mistral v0.1's sliding_window; Qwen2 states one but turns it off."""
+        config = self.ckpt.config
+        window = config.get("sliding_window")
+        return int(window) if window and config.get("use_sliding_window", True) else -1
+
+    def attention_attributes(self, layer: int) -> dict[str, Any]:
+        """GroupQueryAttention's scale and any extra attributes (e.g. softcap)."""
+        return {"scale": 1.0 / math.sqrt(self.head_dim)}
+
+    def rotary_cache(self, layer: int) -> tuple[str, str]:
+        """The (cos, sin) caches a layer rotates with."""
+        return self.cos_sin
+
+    def scale_embedding(self, x: str) -> str:
+        """The token vectors as the first layer takes them."""
+        return x
+
+    def after_attention(self, layer: int, out: str) -> str:
+        """The attention block's output before it joins the residual stream."""
+        return out
+
+    def after_mlp(self, layer: int, out: str) -> str:
+        """The MLP's output before it joins the residual stream."""
+        return out
+
+    def final_logits(self, logits: str) -> str:
+        return logits
 
     # ---- the graph --------------------------------------------------------------------------------
     def weight(self, name: str) -> np.ndarray:
@@ -160,7 +201,8 @@ class LlamaDecoder:
                 g.count_kind(precision.float_type)
                 outs.append(g.op("MatMul", [x, g.init(name + ".T", w.T.astype(ft))])[0])
         else:
-            specs = [precision.layer_spec(n, w.shape[1], layer, self.n_layers) for n, w in zip(hf_names, ws, strict=True)]
+            specs = [precision.layer_spec(n, w.shape[1], layer, self.n_layers)
+                     for n, w in zip(hf_names, ws, strict=True)]
             i = 0
             while i < len(ws):
                 j = i + 1
@@ -207,7 +249,8 @@ class LlamaDecoder:
         g = self.g = GraphBuilder(precision.float_type, weights_as_inputs=self.taps)
         self.tap_outputs: list = []
         ft = g.np_float
-        n_layers, n_heads, n_kv, head_dim, eps = self.n_layers, self.n_heads, self.n_kv, self.head_dim, self.eps
+        n_layers, n_heads, n_kv, head_dim, eps = (self.n_layers, self.n_heads, self.n_kv,
+                                                  self.head_dim, self.eps)
 
         # ---- inputs and shared values -----------------------------------------------------------
         kv_dtype = g.elem
@@ -220,21 +263,28 @@ class LlamaDecoder:
                                                             ["batch", n_kv, "past", head_dim]))
                 outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", kv_dtype,
                                                              ["batch", n_kv, "present", head_dim]))
-        mask_sum = g.op("ReduceSum", ["attention_mask", g.init("one_axis", np.array([1], np.int64))], keepdims=0)[0]
+        mask_sum = g.op("ReduceSum", ["attention_mask", g.init("one_axis", np.array([1], np.int64))],
+                        keepdims=0)[0]
         seqlens = g.op("Cast", [g.op("Sub", [mask_sum, g.init("one_i64", np.array(1, np.int64))])[0]],
                        to=TensorProto.INT32)[0]
-        width = g.op("Gather", [g.op("Shape", ["attention_mask"])[0], g.init("one_idx", np.array(1, np.int64))],
+        width = g.op("Gather", [g.op("Shape", ["attention_mask"])[0],
+                                g.init("one_idx", np.array(1, np.int64))],
                      axis=0)[0]
         total = g.op("Cast", [width], to=TensorProto.INT32)[0]
-        cos_name, sin_name = _rotary_tables(g, self.rotary_speeds(), self.context, attention_factor(self.ckpt.config))
-        cache_bytes = g.weight_bytes  # rotary speeds and shapes are not weights; bits per weight leaves them out
+        self.cos_sin = _rotary_tables(g, self.rotary_speeds(), self.context,
+                                      attention_factor(self.ckpt.config))
+        self.extra_rotary_caches(g)
+        # rotary speeds and shapes are not weights; bits per weight leaves them out
+        cache_bytes = g.weight_bytes
 
         embed = self.weight("model.embed_tokens.weight")
         tied = not self.has_tensor("lm_head.weight")
         embed_q = None
-        g.count_kind(precision.float_type if precision.bits is None else f"int{precision.head_bits or precision.bits}")
+        g.count_kind(precision.float_type if precision.bits is None
+                     else f"int{precision.head_bits or precision.bits}")
         if precision.bits is None:
-            x = g.op("Gather", [g.init("model.embed_tokens.weight", embed.astype(ft)), "input_ids"], axis=0)[0]
+            x = g.op("Gather", [g.init("model.embed_tokens.weight", embed.astype(ft)), "input_ids"],
+                     axis=0)[0]
         else:
             # Quantized embedding read by GatherBlockQuantized; when tied, the lm_head reuses the very
             # same bytes (MatMulNBits' B is the embedding matrix itself, [vocab, hidden]).
@@ -242,6 +292,7 @@ class LlamaDecoder:
             embed_q = quantize_blockwise(embed, head_bits, head_block, precision.symmetric(head_bits),
                                          scale_dtype=precision.scale_dtype(head_bits, head=True))
             x = g.gather_quantized(embed_q, "input_ids", precision.half_scale_head)
+        x = self.scale_embedding(x)
         lm_head_source = embed if tied and embed_q is None else None
         del embed
 
@@ -251,11 +302,12 @@ class LlamaDecoder:
             p = f"model.layers.{i}."
             ln = self.norm_weight(p + "input_layernorm.weight")
             if residual is None:
-                normed = g.op("SimplifiedLayerNormalization", [pending, ln], axis=-1, epsilon=eps, stash_type=1)[0]
+                normed = g.op("SimplifiedLayerNormalization", [pending, ln], axis=-1, epsilon=eps,
+                              stash_type=1)[0]
                 residual = pending
             else:
-                normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln], n_out=4,
-                                              domain="com.microsoft", epsilon=eps)
+                normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, ln],
+                                              n_out=4, domain="com.microsoft", epsilon=eps)
             a = p + "self_attn."
             self.tap(normed, "qkv", i, self.hidden)
             q, k, v = self.linears(normed, [f"{a}{n}_proj.weight" for n in "qkv"],
@@ -263,15 +315,17 @@ class LlamaDecoder:
             if self.qk_norm:
                 q = _head_norm(g, q, n_heads, head_dim, self.norm_weight(a + "q_norm.weight"), eps)
                 k = _head_norm(g, k, n_kv, head_dim, self.norm_weight(a + "k_norm.weight"), eps)
+            cos_name, sin_name = self.rotary_cache(i)
             attn = g.op("GroupQueryAttention",
                         [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total,
                          cos_name, sin_name],
                         domain="com.microsoft", name=f"layer{i}/attn",
                         outputs=[f"layer{i}/attn_out", f"present.{i}.key", f"present.{i}.value"],
                         num_heads=n_heads, kv_num_heads=n_kv, do_rotary=1, rotary_interleaved=0,
-                        local_window_size=self.attention_window(i), scale=1.0 / math.sqrt(head_dim))[0]
+                        local_window_size=_window(self.attention_window(i), self.context),
+                        **self.attention_attributes(i))[0]
             self.tap(attn, "o", i, n_heads * head_dim)
-            o = self.linear(attn, a + "o_proj.weight", i)
+            o = self.after_attention(i, self.linear(attn, a + "o_proj.weight", i))
             ln2 = self.norm_weight(p + self.mlp_norm + ".weight")
             normed, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [o, residual, ln2], n_out=4,
                                           domain="com.microsoft", epsilon=eps)
@@ -280,13 +334,14 @@ class LlamaDecoder:
             gate, up = self.linears(normed, [m + "gate_proj.weight", m + "up_proj.weight"], [None, None], i)
             act = g.op("Mul", [self.activation(gate), up])[0]
             self.tap(act, "down", i, self.ckpt.config["intermediate_size"])
-            pending = self.linear(act, m + "down_proj.weight", i)
+            pending = self.after_mlp(i, self.linear(act, m + "down_proj.weight", i))
             if self.progress:
                 self.progress("write", i + 1, n_layers + 1)
 
         if self.taps:
             g.save(out_file, "edgekit-calibration", inputs, self.tap_outputs)  # no weights: never a side file
-            return {"num_layers": n_layers, "context_length": self.context, "feeds": g.feeds}
+            return {"num_layers": n_layers, "context_length": self.context, "feeds": g.feeds,
+                    "kv_type": g.np_float}
         final = self.norm_weight("model.norm.weight")
         normed = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final], n_out=4,
                       domain="com.microsoft", epsilon=eps)[0]
@@ -297,14 +352,16 @@ class LlamaDecoder:
             ins = [g.half(normed) if half else normed, b, g.op("Reshape", ["embed.scales", flat])[0]]
             if embed_q.zero_points is not None:
                 ins.append(g.op("Reshape", ["embed.zp", flat])[0])
-            logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n, bits=embed_q.bits,
-                          block_size=embed_q.block_size, accuracy_level=precision.accuracy_level)[0]
+            logits = g.op("MatMulNBits", ins, domain="com.microsoft", K=embed_q.k, N=embed_q.n,
+                          bits=embed_q.bits, block_size=embed_q.block_size,
+                          accuracy_level=precision.accuracy_level)[0]
             if half:
                 logits = g.op("Cast", [logits], to=g.elem)[0]
         else:
             g.count_kind(precision.float_type if precision.bits is None
                          else f"int{precision.head_bits or precision.bits}")
             logits = _lm_head(g, normed, lm_head_source if tied else self.weight("lm_head.weight"), precision)
+        logits = self.final_logits(logits)
         if precision.float_type != "float32":
             logits = g.op("Cast", [logits], to=TensorProto.FLOAT)[0]
         g.op("Identity", [logits], outputs=["logits"], name="logits_out")
@@ -345,11 +402,15 @@ class Qwen3Decoder(LlamaDecoder):
     qk_norm = True
 
 
-for _module in FAMILY_MODULES:
-    importlib.import_module(f"{__package__}.{_module}")
 
 
-def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int, factor: float = 1.0) -> tuple[str, str]:
+def _window(window: int, context: int) -> int:
+    """A window as wide as the context is no window (Phi-3.5 states 262144 for a 4096 context)."""
+    return -1 if window < 0 or window >= context else window
+
+
+def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int, factor: float = 1.0,
+                   prefix: str = "") -> tuple[str, str]:
     """GroupQueryAttention's cos/sin caches [context, head_dim/2], computed in the graph from the
     head_dim/2 speeds: for 8192 positions the stored tables would be 2 MB of the file. They depend on
     no input, so onnxruntime folds them into constants once, when the session loads. factor scales
@@ -358,7 +419,7 @@ def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int, factor: 
                                g.init("rope_limit", np.array(float(context), np.float32)),
                                g.init("rope_delta", np.array(1.0, np.float32))])[0]
     column = g.op("Unsqueeze", [positions, g.init("rope_axis", np.array([1], np.int64))])[0]
-    angles = g.op("Mul", [column, g.init("rope_inv_freq", inv_freq.astype(np.float32))])[0]
+    angles = g.op("Mul", [column, g.init(prefix + "rope_inv_freq", inv_freq.astype(np.float32))])[0]
     tables = []
     for fn in ("Cos", "Sin"):
         table = g.op(fn, [angles])[0]
@@ -366,7 +427,8 @@ def _rotary_tables(g: GraphBuilder, inv_freq: np.ndarray, context: int, factor: 
             table = g.op("Mul", [table, g.init("rope_attention_factor", np.array(factor, np.float32))])[0]
         if g.np_float is not np.float32:
             table = g.op("Cast", [table], to=g.elem)[0]
-        tables.append(g.op("Identity", [table], outputs=[fn.lower() + "_cache"], name=fn.lower() + "_cache")[0])
+        name = prefix + fn.lower() + "_cache"
+        tables.append(g.op("Identity", [table], outputs=[name], name=name)[0])
     return tables[0], tables[1]
 
 
@@ -384,5 +446,11 @@ def _lm_head(g: GraphBuilder, x: str, head: np.ndarray, precision: Precision) ->
     if precision.bits is None:
         return g.op("MatMul", [x, g.init("lm_head.T", head.T.astype(g.np_float))])[0]
     bits, block = precision.head_spec(head.shape[1])
-    q = quantize_blockwise(head, bits, block, precision.symmetric(bits), scale_dtype=precision.scale_dtype(bits, head=True))
+    q = quantize_blockwise(head, bits, block, precision.symmetric(bits),
+                           scale_dtype=precision.scale_dtype(bits, head=True))
     return g.matmul_nbits(x, "lm_head", q, precision.accuracy_level, half_scales=precision.half_scale_head)
+
+
+# the family files register themselves (they import this module, so this comes last)
+for _module in FAMILY_MODULES:
+    importlib.import_module(f"{__package__}.{_module}")

@@ -58,13 +58,15 @@ class GraphBuilder:
         """
         half = half_scales and self.np_float is np.float32
         scales = q.scales.astype(np.float16 if half else self.np_float)
-        ins = [self.half(x) if half else x, self.init(name + ".q", q.packed), self.init(name + ".scales", scales)]
+        ins = [self.half(x) if half else x, self.init(name + ".q", q.packed),
+               self.init(name + ".scales", scales)]
         if q.zero_points is not None:
             ins.append(self.init(name + ".zp", q.zero_points))
         if bias is not None:  # optional inputs 3 (zero points) and 4 (g_idx) left empty
-            ins += [""] * (5 - len(ins)) + [self.init(name + ".bias", bias.astype(np.float16 if half else self.np_float))]
-        out = self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
-                      accuracy_level=accuracy_level)[0]
+            ins += [""] * (5 - len(ins)) + [self.init(name + ".bias",
+                                                      bias.astype(np.float16 if half else self.np_float))]
+        out = self.op("MatMulNBits", ins, domain="com.microsoft", K=q.k, N=q.n, bits=q.bits,
+                      block_size=q.block_size, accuracy_level=accuracy_level)[0]
         return self.op("Cast", [out], to=self.elem)[0] if half else out
 
     def gather_quantized(self, q, ids: str, half_scales: bool = False) -> str:
@@ -73,7 +75,8 @@ class GraphBuilder:
         can reuse. half_scales: float16 scales in a float32 graph, the rows cast back."""
         half = half_scales and self.np_float is np.float32
         ins = [self.init("embed.q", q.packed.reshape(q.n, -1)), ids,
-               self.init("embed.scales", q.scales.reshape(q.n, -1).astype(np.float16 if half else self.np_float))]
+               self.init("embed.scales",
+                         q.scales.reshape(q.n, -1).astype(np.float16 if half else self.np_float))]
         if q.zero_points is not None:
             ins.append(self.init("embed.zp", q.zero_points.reshape(q.n, -1)))
         rows = self.op("GatherBlockQuantized", ins, domain="com.microsoft", gather_axis=0, quantize_axis=1,
@@ -92,7 +95,8 @@ class GraphBuilder:
         graph = helper.make_graph(self.nodes, graph_name, inputs + self.weight_inputs, outputs, self.inits)
         self.inits.clear()  # make_graph copied them: drop ours before serializing (peak memory)
         model = helper.make_model(graph, producer_name="edgekit",
-                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+                                  opset_imports=[helper.make_opsetid("", 17),
+                                                 helper.make_opsetid("com.microsoft", 1)])
         model.ir_version = 8
         return save_model(model, out_file, self.weight_bytes)
 
@@ -101,7 +105,8 @@ class GraphBuilder:
         self.count += 1
         name = name or f"{op_type}_{self.count}"
         outs = outputs or [f"{name}/out{i}" for i in range(n_out)]
-        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain or None, **attrs))
+        self.nodes.append(self.onnx.helper.make_node(op_type, inputs, outs, name=name, domain=domain or None,
+                                                     **attrs))
         return outs
 
 

@@ -1,20 +1,21 @@
 """The fallback ONNX path: optimum-onnx's exporter (torch tracing) for what edgekit does not build
-natively (encoders such as DistilBERT, decoders outside onnx_decoder.DECODERS such as Gemma-2),
-then onnxruntime's own quantizers.
+natively (encoders such as DistilBERT, decoders outside onnx_decoder.DECODERS), then onnxruntime's
+own quantizers.
 
 Weights: int8/int4 are MatMulNBits weight-only (block 32, asymmetric, accuracy level 4) on every
 MatMul, the lm_head included, and GatherBlockQuantized on the embedding; int4 keeps the same
 tensors at 8 bits as edgekit's own graphs (Precision.widened, the lm_head and the embedding),
-without the activation-aware scaling, which needs our own graph's calibration taps. Dynamic int8 activation quantization is not offered: it
-wrecks models this small (DESIGN.md section 6: mean KL 0.86 on SmolLM2). fp16 converts the float
-weights and keeps float32 inputs and outputs.
+without the activation-aware scaling, which needs our own graph's calibration taps. Dynamic int8
+activation quantization is not offered: it wrecks models this small (mean KL 0.86 on SmolLM2).
+fp16 converts the float weights and keeps float32 inputs and outputs.
 
 The graph's KV cache concatenates: present = past + new tokens, so runtimes feed each step's
 present back as the next step's past (manifest onnx.kv_layout = "concat") instead of sharing one
 preallocated buffer as edgekit's native graphs allow.
 
-optimum-onnx pins transformers < 4.58 (DESIGN.md section 4): it is the "optimum" extra, and
-nothing else in edgekit imports transformers.
+optimum-onnx pins transformers < 4.58 (docs/architecture.md): it is the "optimum" extra. Elsewhere
+edgekit uses transformers only, when installed, to write a tokenizer.json for a SentencePiece-only
+checkpoint.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def supports(ckpt: Checkpoint) -> bool:
     task = task_for(ckpt)
     model_type = str(ckpt.config.get("model_type", "")).replace("_", "-")
     try:
-        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="onnx", library_name="transformers")
+        tasks = TasksManager.get_supported_tasks_for_model_type(model_type, exporter="onnx",
+                                                                library_name="transformers")
     except KeyError:
         return False
     return task is not None and task in tasks
@@ -79,16 +81,19 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
             with _quiet():
                 # loaded here, not by optimum's main_export, to ask for eager attention: the SDPA path
                 # of transformers 4.x traces without Gemma-2's attention logit softcapping
-                auto = transformers.AutoModelForCausalLM if task != "feature-extraction" else transformers.AutoModel
+                auto = (transformers.AutoModelForCausalLM if task != "feature-extraction"
+                        else transformers.AutoModel)
                 model = auto.from_pretrained(str(ckpt.path), dtype=torch.float32, attn_implementation="eager",
                                              trust_remote_code=False).eval()
                 onnx_export_from_model(model, str(work), task=task, device="cpu", do_validation=False)
                 del model
         except Exception as exc:  # torch tracing and optimum raise many kinds; name the source
-            raise ConversionError(f"{ckpt.path}: optimum's ONNX export failed ({type(exc).__name__}: {exc})") from exc
+            raise ConversionError(f"{ckpt.path}: optimum's ONNX export failed "
+                                  f"({type(exc).__name__}: {exc})") from exc
         if not (work / "model.onnx").is_file():
             raise ConversionError(f"{ckpt.path}: optimum's export wrote no single model.onnx "
-                                  f"({', '.join(sorted(p.name for p in work.iterdir()))}); edgekit cannot run it")
+                                  f"({', '.join(sorted(p.name for p in work.iterdir()))}); "
+                                  "edgekit cannot run it")
         model = onnx.load(str(work / "model.onnx"))  # external data is read in too
         facts = _facts(ckpt, model, task)  # refuses a graph the runtime could not feed, before writing
         if progress:
@@ -149,7 +154,8 @@ def scheme(precision) -> str:
     if precision.bits == 4 and precision.eight_bit:
         parts.append("8-bit " + "/".join(precision.eight_bit))
     if precision.bits == 4 and precision.eight_bit_ends:
-        parts.append("8-bit " + "/".join(precision.eight_bit_ends) + " in the first and last quarter of the layers")
+        parts.append("8-bit " + "/".join(precision.eight_bit_ends)
+                     + " in the first and last quarter of the layers")
     parts.append(f"lm_head and GatherBlockQuantized embedding {_head_bits(precision)}-bit")
     parts.append("no activation-aware scaling (it needs edgekit's own graph)")
     return "; ".join(parts)
@@ -222,7 +228,8 @@ def _quantize(model, precision, n_layers: int | None):
         for bits, exclude in passes:
             config = DefaultWeightOnlyQuantConfig(block_size=precision.block_size, is_symmetric=False,
                                                   accuracy_level=precision.accuracy_level, bits=bits,
-                                                  op_types_to_quantize=("MatMul",), quant_axes=(("MatMul", 0),))
+                                                  op_types_to_quantize=("MatMul",),
+                                                  quant_axes=(("MatMul", 0),))
             quantizer = MatMulNBitsQuantizer(model, algo_config=config, nodes_to_exclude=exclude)
             quantizer.process()
             model = quantizer.model.model
@@ -257,9 +264,11 @@ def _quantize_embedding(model, precision) -> None:
                 numpy_helper.from_array(q.zero_points.reshape(q.n, -1), base + ".zp"),
             ])
             done.add(base)
-        gathered = helper.make_node("GatherBlockQuantized", [base + ".q", node.input[1], base + ".scales", base + ".zp"],
-                                    list(node.output), name=node.name + "_q", domain="com.microsoft", gather_axis=0,
-                                    quantize_axis=1, block_size=precision.block_size, bits=_head_bits(precision))
+        gathered = helper.make_node("GatherBlockQuantized",
+                                    [base + ".q", node.input[1], base + ".scales", base + ".zp"],
+                                    list(node.output), name=node.name + "_q", domain="com.microsoft",
+                                    gather_axis=0, quantize_axis=1, block_size=precision.block_size,
+                                    bits=_head_bits(precision))
         model.graph.node.remove(node)
         model.graph.node.insert(index, gathered)
     for base in done:
@@ -310,8 +319,8 @@ def _facts(ckpt: Checkpoint, model, task: str) -> dict[str, Any]:
     if task == "feature-extraction":
         from .source import sentence_pooling
 
-        return {"inputs": list(inputs), "outputs": [o.name for o in model.graph.output], "context_length": context,
-                "pooling": sentence_pooling(ckpt)}
+        return {"inputs": list(inputs), "outputs": [o.name for o in model.graph.output],
+                "context_length": context, "pooling": sentence_pooling(ckpt)}
     past = [n for n in inputs if n.startswith("past_key_values.")]
     if not past:
         raise ConversionError(f"{ckpt.path}: optimum's export has no KV cache inputs; cannot decode with it")

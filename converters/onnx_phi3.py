@@ -26,7 +26,7 @@ class Phi3Decoder(LlamaDecoder):
         self._last: tuple[str, np.ndarray] | None = None  # q, k, v read one fused tensor in a row
         window = self.ckpt.config.get("sliding_window")
         # transformers' window of W reaches W tokens back, as GroupQueryAttention's local_window_size W
-        # does (checked against transformers' logits position by position)
+        # does in onnxruntime from 1.24 (checked against transformers' logits position by position)
         self.window = int(window) if window else -1
 
     def context_limit(self) -> int:
@@ -45,7 +45,8 @@ class Phi3Decoder(LlamaDecoder):
             self._last = (fused, self.ckpt.tensor(fused))
         rows = self._last[1]
         q, kv, inter = self.n_heads * self.head_dim, self.n_kv * self.head_dim, rows.shape[0] // 2
-        start, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv), "gate": (0, inter), "up": (inter, inter)}[part]
+        start, size = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv),
+                       "gate": (0, inter), "up": (inter, inter)}[part]
         return rows[start:start + size]
 
     def has_tensor(self, name: str) -> bool:

@@ -42,7 +42,8 @@ class BlockQuantized:
 
     @property
     def nbytes(self) -> int:
-        return self.packed.nbytes + self.scales.nbytes + (0 if self.zero_points is None else self.zero_points.nbytes)
+        return (self.packed.nbytes + self.scales.nbytes
+                + (0 if self.zero_points is None else self.zero_points.nbytes))
 
 
 # Fractions of a block's min/max range tried by the scale search (each then refit once).
@@ -55,7 +56,8 @@ GPTQ_FRACTIONS = (1.0, 0.95, 0.9)  # what quantize_gptq's per-block search tries
 
 
 def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, symmetric: bool = False,
-                       importance: np.ndarray | None = None, scale_dtype: type = np.float32) -> BlockQuantized:
+                       importance: np.ndarray | None = None,
+                       scale_dtype: type = np.float32) -> BlockQuantized:
     """Quantize a [N, K] weight (rows = output features) block-wise along K.
 
     importance: [K] weight of each input feature's error (mean square of that input); given, the
@@ -88,7 +90,8 @@ def quantize_blockwise(w: np.ndarray, bits: int, block_size: int = 32, symmetric
     return _packed(codes, scale, zp, bits, block_size, k)
 
 
-def _packed(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, block_size: int, k: int) -> BlockQuantized:
+def _packed(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, block_size: int,
+            k: int) -> BlockQuantized:
     """Asymmetric codes [N, k_blocks, block] with their scales and zero points in MatMulNBits' layout."""
     n, k_blocks = codes.shape[:2]
     zp = zp.reshape(n, k_blocks).astype(np.uint8)
@@ -99,11 +102,12 @@ def _packed(codes: np.ndarray, scale: np.ndarray, zp: np.ndarray, bits: int, blo
         zp = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
     else:
         packed = codes
-    return BlockQuantized(packed, scale.reshape(-1).astype(np.float32), zp.reshape(-1), bits, block_size, n, k)
+    return BlockQuantized(packed, scale.reshape(-1).astype(np.float32), zp.reshape(-1),
+                          bits, block_size, n, k)
 
 
-def quantize_gptq(w: np.ndarray, bits: int, block_size: int, inputs: np.ndarray, damping: float = GPTQ_DAMPING,
-                  scale_dtype: type = np.float32) -> BlockQuantized:
+def quantize_gptq(w: np.ndarray, bits: int, block_size: int, inputs: np.ndarray,
+                  damping: float = GPTQ_DAMPING, scale_dtype: type = np.float32) -> BlockQuantized:
     """Quantize a [N, K] weight block by block, each block's error re-fit by the blocks still to come
     (GPTQ, one block at a time), on calibration inputs [T, K] (the rows of x in y = x @ w.T).
 
@@ -194,7 +198,8 @@ def _min_max(blocks: np.ndarray, qmax: int, scale_dtype: type) -> tuple[np.ndarr
     return scale, np.clip(np.round(-lo / scale), 0, qmax)
 
 
-def _searched(blocks: np.ndarray, weights: np.ndarray, qmax: int, scale_dtype: type) -> tuple[np.ndarray, np.ndarray]:
+def _searched(blocks: np.ndarray, weights: np.ndarray, qmax: int,
+              scale_dtype: type) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero point) per block with the least importance-weighted squared error."""
     chunks = range(0, blocks.shape[0], _SEARCH_ROWS)
 

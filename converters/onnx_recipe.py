@@ -74,10 +74,12 @@ class Precision:
         how = ", ".join(["symmetric"] * self.symmetric_eight_bit
                         + [f"block up to {self.eight_bit_block}"] * bool(self.eight_bit_block))
         wide = f" ({how})" if how else ""
-        tensors = list(self.eight_bit) + [f"{t} in the first and last quarter of the layers" for t in self.eight_bit_ends]
+        tensors = list(self.eight_bit) + [f"{t} in the first and last quarter of the layers"
+                                          for t in self.eight_bit_ends]
         if tensors:
             parts.append("8-bit" + wide + ": " + ", ".join(tensors))
-        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit" + (wide if self.head_bits == 8 else "")
+        parts.append(f"embedding+lm_head {self.head_bits or self.bits}-bit"
+                     + (wide if self.head_bits == 8 else "")
                      + (" with float16 scales" if self.half_scale_head else ""))
         if self.awq_alpha is not None:
             parts.append(f"activation-aware scaling alpha {self.awq_alpha}")
@@ -134,8 +136,9 @@ PRECISIONS = {
     # scaling, GPTQ rounding, searched scales); k/v/o, down at the ends, the embedding and lm_head at 8
     # bits. Quality first: "int4" must not buy size with quality.
     "int4": Precision("int4", "float32", bits=4, eight_bit=("k_proj", "v_proj", "o_proj"),
-                      eight_bit_ends=("down_proj",), eight_bit_block=128, symmetric_eight_bit=True, head_bits=8,
-                      awq_alpha=0.5, half_scales=True, half_scale_head=True, scale_search=True, gptq=True),
+                      eight_bit_ends=("down_proj",), eight_bit_block=128, symmetric_eight_bit=True,
+                      head_bits=8, awq_alpha=0.5, half_scales=True, half_scale_head=True, scale_search=True,
+                      gptq=True),
 }
 ALIASES = {"float32": "fp32", "f32": "fp32", "float16": "fp16", "f16": "fp16", "q8": "int8", "q4": "int4"}
 

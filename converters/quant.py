@@ -53,6 +53,7 @@ def gguf_quant(name: str) -> GGUFQuant:
     key = ALIASES.get(name.lower(), name.upper())
     if key not in GGUF_QUANTS:
         raise ConversionError(
-            f"unknown quantization '{name}'; use one of {', '.join(ALIASES)} or a llama.cpp type: {', '.join(GGUF_QUANTS)}"
+            f"unknown quantization '{name}'; use one of {', '.join(ALIASES)} or a llama.cpp type: "
+            f"{', '.join(GGUF_QUANTS)}"
         )
     return GGUF_QUANTS[key]

@@ -77,11 +77,13 @@ def read_index(path: Path) -> dict[str, TensorRef]:
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise CheckpointFormatError(f"{path}: file is truncated ({size} bytes); not a safetensors file")
+                raise CheckpointFormatError(f"{path}: file is truncated ({size} bytes); "
+                                            "not a safetensors file")
             (hlen,) = struct.unpack("<Q", head)
             if hlen > _MAX_HEADER or 8 + hlen > size:
                 raise CheckpointFormatError(
-                    f"{path}: header length {hlen} does not fit a {size}-byte file; the file is truncated or not safetensors"
+                    f"{path}: header length {hlen} does not fit a {size}-byte file; "
+                    "the file is truncated or not safetensors"
                 )
             header_bytes = fh.read(hlen)
     except OSError as exc:
@@ -104,7 +106,8 @@ def read_index(path: Path) -> dict[str, TensorRef]:
             if not all(type(v) is int and v >= 0 for v in (*shape, begin, end)):
                 raise ValueError("shape and data_offsets must be whole numbers >= 0")
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointFormatError(f"{path}: tensor '{name}' has a malformed header entry ({exc})") from exc
+            raise CheckpointFormatError(f"{path}: tensor '{name}' has a malformed header entry "
+                                        f"({exc})") from exc
         if not isinstance(dtype, str) or dtype not in _DTYPES:
             raise CheckpointFormatError(f"{path}: tensor '{name}' has unsupported dtype {dtype}")
         expected = _DTYPES[dtype].itemsize
@@ -112,11 +115,13 @@ def read_index(path: Path) -> dict[str, TensorRef]:
             expected *= d
         if not (0 <= begin <= end) or end - begin != expected:
             raise CheckpointFormatError(
-                f"{path}: tensor '{name}' spans {end - begin} bytes but shape {list(shape)} of {dtype} needs {expected}"
+                f"{path}: tensor '{name}' spans {end - begin} bytes but shape {list(shape)} of {dtype} "
+                f"needs {expected}"
             )
         if end > data_len:
             raise CheckpointFormatError(
-                f"{path}: tensor '{name}' ends at byte {data_start + end} but the file has {size}; the file is truncated"
+                f"{path}: tensor '{name}' ends at byte {data_start + end} but the file has {size}; "
+                "the file is truncated"
             )
         spans.append((begin, end, name))
         tensors[name] = TensorRef(path, name, dtype, shape, data_start + begin, expected)
@@ -124,12 +129,14 @@ def read_index(path: Path) -> dict[str, TensorRef]:
     position, previous = 0, None
     for begin, end, name in sorted(spans):
         if begin != position:
-            what = f"overlaps '{previous}'" if begin < position else f"leaves {begin - position} unused bytes before it"
+            what = (f"overlaps '{previous}'" if begin < position
+                    else f"leaves {begin - position} unused bytes before it")
             raise CheckpointFormatError(f"{path}: tensor '{name}' starts at data byte {begin}, which {what}; "
                                         "the header is damaged")
         position, previous = end, name
     if position != data_len:
         raise CheckpointFormatError(
-            f"{path}: {data_len - position} unexpected trailing bytes after the tensor data; the file is garbled"
+            f"{path}: {data_len - position} unexpected trailing bytes after the tensor data; "
+            "the file is garbled"
         )
     return tensors

@@ -67,23 +67,26 @@ class Checkpoint:
             raise CheckpointFormatError(f"{self.path}: tensor '{name}' is missing from the weights") from None
 
     def file_hashes(self, stop: threading.Event | None = None) -> dict[str, str]:
-        """sha256 of every source file that went into a conversion (for the manifest); `stop` ends it early."""
+        """sha256 of each source file converted (for the manifest); `stop` ends it early."""
         names = ["config.json", *(p.name for p in self.weight_files)]
-        names += [n for n in ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json") if self.has(n)]
+        names += [n for n in ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json")
+                  if self.has(n)]
         return {n: sha256_file(self.path / n, stop=stop) for n in names}
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any] | None:
     if not path.is_file():
         if required:
-            raise CheckpointFormatError(f"{path.parent}: no {path.name} found; is this a Hugging Face checkpoint directory?")
+            raise CheckpointFormatError(f"{path.parent}: no {path.name} found; "
+                                        "is this a Hugging Face checkpoint directory?")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise CheckpointFormatError(f"{path}: not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        raise CheckpointFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
+                                    f"{exc.msg}") from exc
     if not isinstance(data, dict):
         raise CheckpointFormatError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -109,7 +112,8 @@ def resolve(source: str | os.PathLike[str], revision: str | None = None) -> Path
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        local = snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=offline)
+        local = snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS,
+                                  local_files_only=offline)
     except LocalEntryNotFoundError as exc:
         where = "HF_HUB_OFFLINE is set and the cache has no copy" if offline else "it could not be fetched"
         raise SourceNotFoundError(
@@ -137,15 +141,18 @@ def inspect(
     if "auto_map" in config and not allow_remote_code:
         raise RemoteCodeRefused(
             f"{path / 'config.json'}: 'auto_map' asks to run the model's own Python code. "
-            "edgekit never runs it; pass allow_remote_code=True (--allow-remote-code) to convert the weights anyway"
+            "edgekit never runs it; pass allow_remote_code=True (--allow-remote-code) to convert "
+            "the weights anyway"
         )
     archs = config.get("architectures")
     if not (isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)):
-        raise CheckpointFormatError(f"{path / 'config.json'}: 'architectures' must be a non-empty list of names")
+        raise CheckpointFormatError(f"{path / 'config.json'}: 'architectures' must be a non-empty "
+                                    "list of names")
     check_config(path / "config.json", config)
     weight_files, tensors = _load_weight_index(path, allow_pickle)
     if not any(path.joinpath(n).is_file() for n in ("tokenizer.json", "tokenizer.model", "vocab.txt")):
-        raise TokenizerError(f"{path}: no tokenizer found (expected tokenizer.json, tokenizer.model or vocab.txt)")
+        raise TokenizerError(f"{path}: no tokenizer found "
+                             "(expected tokenizer.json, tokenizer.model or vocab.txt)")
     check_tensors(path, config, archs[0], {n: (r.shape, r.file) for n, r in tensors.items()})
     check_tokenizer(path, config, archs[0])
     return Checkpoint(path, revision, config, tensors, weight_files)
@@ -160,7 +167,8 @@ def _load_weight_index(path: Path, allow_pickle: bool) -> tuple[list[Path], dict
         files = sorted({path / f for f in wm.values()})
         for f in files:
             if f.parent != path:
-                raise CheckpointFormatError(f"{path / 'model.safetensors.index.json'}: shard '{f.name}' is outside the checkpoint")
+                raise CheckpointFormatError(f"{path / 'model.safetensors.index.json'}: shard '{f.name}' "
+                                            "is outside the checkpoint")
             if not f.is_file():
                 raise CheckpointFormatError(f"{path}: shard {f.name} listed in the index is missing")
     else:
@@ -169,8 +177,10 @@ def _load_weight_index(path: Path, allow_pickle: bool) -> tuple[list[Path], dict
         pickles = sorted({p.name for pat in _PICKLE_WEIGHTS for p in path.glob(pat)})
         if pickles and not allow_pickle:
             raise CheckpointFormatError(
-                f"{path}: only pickle weights ({', '.join(pickles)}); loading pickles can run arbitrary code. "
-                "Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+                f"{path}: only pickle weights ({', '.join(pickles)}); "
+                "loading pickles can run arbitrary code. "
+                "Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) "
+                "if you trust the source"
             )
         if pickles:
             return [path / p for p in pickles], _pickle_to_safetensors(path, pickles)
@@ -190,7 +200,8 @@ def _pickle_to_safetensors(path: Path, pickles: list[str]) -> dict[str, TensorRe
 
     from edgekit.cache import cache_dir
 
-    key = hashlib.sha256("|".join(str((path / p).stat().st_mtime_ns) + p for p in pickles).encode()).hexdigest()[:16]
+    key = hashlib.sha256("|".join(str((path / p).stat().st_mtime_ns) + p
+                                  for p in pickles).encode()).hexdigest()[:16]
     out = cache_dir("pickle") / f"{key}.safetensors"
     if not out.is_file():
         state: dict[str, Any] = {}

@@ -158,7 +158,8 @@ def check_tensors(ckpt_path: Path, config: dict[str, Any], architecture: str,
 
 def _explain(spec: str, config: dict[str, Any]) -> str:
     words = {"H": "hidden_size", "I": "intermediate_size", "V": "vocab_size", "P": "max_position_embeddings",
-             "QKV": "(num_attention_heads + 2 x num_key_value_heads) x head_dim", "I2": "2 x intermediate_size",
+             "QKV": "(num_attention_heads + 2 x num_key_value_heads) x head_dim",
+             "I2": "2 x intermediate_size",
              "T": "type_vocab_size", "D": "head_dim", "Q": "num_attention_heads x head_dim",
              "KV": "num_key_value_heads x head_dim"}
     return ", ".join(words[letter] for letter in spec.split(","))
@@ -182,7 +183,8 @@ def tokenizer_ids(directory: Path) -> tuple[Path, int] | None:
         added = [(t["content"], t["id"]) for t in data.get("added_tokens") or []]
         for text, i in base + added:
             if type(i) is not int or i < 0 or not isinstance(text, str):
-                raise ValueError(f"token {json.dumps(text)} has id {json.dumps(i)}; ids are whole numbers >= 0")
+                raise ValueError(f"token {json.dumps(text)} has id {json.dumps(i)}; "
+                                 "ids are whole numbers >= 0")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
             AttributeError, IndexError, OverflowError) as exc:
         raise TokenizerError(f"{path}: unreadable tokenizer ({type(exc).__name__}: {exc})") from exc

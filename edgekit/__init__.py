@@ -72,12 +72,16 @@ _LAZY = {
     "ConversionResult": ("conversion", "ConversionResult"),
     "load": ("engine", "load"),
     "LatencyBudget": ("metrics", "LatencyBudget"),
-    "devices": ("devices", "devices"),
+    "devices": ("hardware", "devices"),
 }
 
 
 def __getattr__(name: str) -> Any:
     # Submodules pull in numpy/gguf; load them on first use so `import edgekit` stays cheap.
+    if name == "bundled":  # edgekit.bundled.path(...) without a separate import
+        import importlib
+
+        return importlib.import_module(".bundled", __name__)
     if name in _LAZY:
         import importlib
 

@@ -1,4 +1,4 @@
-"""The artifact contract (DESIGN.md section 3): a directory of model files plus edgekit.json.
+"""The artifact contract: a directory of model files plus edgekit.json.
 
 Writers stage everything in a hidden temporary sibling and rename it into place only when the
 manifest is complete, so an error, Ctrl-C or kill leaves nothing a later run could mistake for a
@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,31 @@ from .signals import deferred_signals
 
 MANIFEST = "edgekit.json"
 SCHEMA_VERSION = 1
+_NONE = type(None)
+# edgekit.json: field -> (allowed types, required). Written by edgekit.conversion, read here first:
+# a field of the wrong type is refused by name instead of failing deep inside a runtime.
+MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "schema_version": ((int,), True),
+    "format": ((str,), True),  # "gguf" or "onnx"
+    "model_file": ((str,), True),  # a hashed member of the artifact
+    "files": ((list,), True),  # [{name, size, sha256}]
+    "task": ((str,), False),  # "text-generation" (default) or "feature-extraction"
+    "edgekit_version": ((str,), False),
+    "created": ((str,), False),
+    "architecture": ((str,), False),  # the Hugging Face architecture converted
+    "source": ((dict,), False),  # id (hub id, bundled:NAME or the directory's name), revision, file sha256s
+    "exporter": ((str,), False),  # "edgekit" or "optimum-onnx"
+    "chat_template": ((str, _NONE), False),
+    "context_length": ((int, _NONE), False),
+    "tool_versions": ((dict,), False),
+    "quantization": ((dict,), False),  # scheme (words), label, bits_per_weight, tensor_types
+    "tokenizer": ((dict,), False),  # special ids and texts, GGUF vocabulary facts
+    "onnx": ((dict,), False),  # graph I/O facts (ONNX only)
+    "gguf_architecture": ((str,), False),
+    "pooling": ((dict,), False),  # embedders: mode and normalization
+}
+# what the ONNX decoder runtime reads from manifest["onnx"]
+ONNX_DECODER_FACTS = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "context_length")
 
 
 STAGING_MARKER = ".edgekit-staging"  # inside a staging directory: the final path it is meant for
@@ -116,7 +141,8 @@ def remove_stale_staging(final: Path) -> list[Path]:
             continue
         marker = entry / STAGING_MARKER
         try:
-            ours = (marker.is_file() and Path(marker.read_text(encoding="utf-8").split("\n")[0]).name == final.name) or \
+            ours = (marker.is_file()
+                    and Path(marker.read_text(encoding="utf-8").split("\n")[0]).name == final.name) or \
                 (entry / MANIFEST).is_file() or not any(entry.iterdir())
         except OSError:
             ours = False
@@ -128,7 +154,8 @@ def remove_stale_staging(final: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def staged_output(final: Path, overwrite: bool = False, source: Path | None = None) -> Iterator[Path]:
+def staged_output(final: Path, overwrite: bool = False, source: Path | None = None,
+                  on_commit: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory that becomes `final` only if the block succeeds.
 
     The caller holds output_lock(final). The last step is one atomic rename that never replaces
@@ -147,7 +174,7 @@ def staged_output(final: Path, overwrite: bool = False, source: Path | None = No
         marker.write_text(f"{final}\n{os.getpid()}\n", encoding="utf-8")
         yield stage
         marker.unlink()
-        _commit(stage, final, overwrite)
+        _commit(stage, final, overwrite, on_commit)
     finally:
         if stage.exists():
             _remove_staging(stage, final)
@@ -164,35 +191,41 @@ def _remove_staging(stage: Path, final: Path) -> None:
     _remove(stage)
 
 
-def _commit(stage: Path, final: Path, overwrite: bool) -> None:
-    """Move `stage` to `final` in one atomic step; Ctrl-C/SIGTERM wait until it is done, so a user's
-    folder is never caught half-way between names."""
+def _commit(stage: Path, final: Path, overwrite: bool, on_commit=None) -> None:
+    """Move `stage` to `final` in one atomic step; Ctrl-C/SIGTERM wait until it is done (and until
+    on_commit has noted it), so no folder is caught half-way between names."""
     with deferred_signals():
-        if rename_no_replace(stage, final):
-            return
-        # Something is at `final` now (it may have appeared while we converted): replace it only if allowed.
-        check_output(final, overwrite)
-        swapped = swap(stage, final)
-        if swapped is None:  # no atomic exchange here: move the old artifact aside, checked, then ours in
-            old = final.with_name(f".{final.name}.old-{stage.name[-8:]}")
-            final.rename(old)
-            if not (old / MANIFEST).is_file():  # it changed between the check and the rename
-                old.rename(final)
-                raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
-                                        "left as it was")
-            stage.rename(final)
-            _remove_staging(old, final)
-            return
-        if not swapped:  # `final` vanished between the check and the exchange
-            if rename_no_replace(stage, final):
-                return
-            raise OutputExistsError(f"{final}: changed while converting; choose another path")
-        # `stage` now holds what was at `final`: removed below only if it is an artifact, else put back
-        if not (stage / MANIFEST).is_file():
-            if not swap(stage, final):
-                stage.rename(stage.with_name(f".{final.name}.recovered-{stage.name[-8:]}"))
+        _move_into_place(stage, final, overwrite)
+        if on_commit is not None:
+            on_commit()
+
+
+def _move_into_place(stage: Path, final: Path, overwrite: bool) -> None:
+    if rename_no_replace(stage, final):
+        return
+    # Something is at `final` now (it may have appeared while we converted): replace it only if allowed.
+    check_output(final, overwrite)
+    swapped = swap(stage, final)
+    if swapped is None:  # no atomic exchange here: move the old artifact aside, checked, then ours in
+        old = final.with_name(f".{final.name}.old-{stage.name[-8:]}")
+        final.rename(old)
+        if not (old / MANIFEST).is_file():  # it changed between the check and the rename
+            old.rename(final)
             raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
                                     "left as it was")
+        stage.rename(final)
+        _remove_staging(old, final)
+        return
+    if not swapped:  # `final` vanished between the check and the exchange
+        if rename_no_replace(stage, final):
+            return
+        raise OutputExistsError(f"{final}: changed while converting; choose another path")
+    # `stage` now holds what was at `final`: removed below only if it is an artifact, else put back
+    if not (stage / MANIFEST).is_file():
+        if not swap(stage, final):
+            stage.rename(stage.with_name(f".{final.name}.recovered-{stage.name[-8:]}"))
+        raise OutputExistsError(f"{final}: changed while converting and is not an edgekit artifact; "
+                                "left as it was")
 
 
 def _rename2(src: Path, dst: Path, flag: str) -> bool | None:
@@ -302,6 +335,7 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
         raise ArtifactError(f"{path}: unreadable manifest ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(f"{path}: unsupported manifest schema (expected version {SCHEMA_VERSION})")
+    _check_fields(manifest, path)
     files = manifest.get("files")
     if not isinstance(files, list) or not files or not all(
             isinstance(e, dict) and isinstance(e.get("name"), str) for e in files):
@@ -312,8 +346,12 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
         raise UnsafePathError(f"{path}: model_file {json.dumps(model_file)} is not one of the artifact's "
                               "hashed files; the manifest was altered")
     for name in runtime_files(manifest):
-        if name not in listed:
-            raise UnsafePathError(f"{path}: '{name}' is read by the runtime but is not in the hash list")
+        if name in listed:
+            continue
+        if not (root / name).exists():
+            raise ArtifactError(f"{root}: no {name}, which the {manifest.get('format')} runtime needs; "
+                                "convert from a checkpoint that has one")
+        raise UnsafePathError(f"{path}: '{name}' is read by the runtime but is not in the hash list")
     if verify:
         try:
             _verify_files(root, files)
@@ -329,6 +367,24 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
 
         preflight(safe_member(root, model_file))  # what would abort llama.cpp, refused with a message
     return manifest
+
+
+def _check_fields(manifest: dict[str, Any], path: Path) -> None:
+    for key, (types, required) in MANIFEST_FIELDS.items():
+        if key not in manifest:
+            if required:
+                raise ArtifactError(f"{path}: '{key}' is missing")
+            continue
+        value = manifest[key]
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+            want = " or ".join("null" if t is _NONE else t.__name__ for t in types)
+            raise ArtifactError(f"{path}: '{key}' is {json.dumps(value)[:60]}, not {want}")
+    if manifest["format"] == "onnx" and manifest.get("task", "text-generation") == "text-generation":
+        facts = manifest.get("onnx") or {}
+        for key in ONNX_DECODER_FACTS:
+            value = facts.get(key)
+            if type(value) is not int or value < 1:
+                raise ArtifactError(f"{path}: onnx.{key} is {json.dumps(value)}, not a whole number >= 1")
 
 
 def _verify_files(root: Path, files: list[dict[str, Any]]) -> None:

@@ -31,7 +31,7 @@ def _package_dir(module: str, package: str) -> Path:
 
 # ---- SmolLM2-135M-Instruct -------------------------------------------------------------------
 # Facts of the original HuggingFaceTB/SmolLM2-135M-Instruct repo that the GGUF does not carry or
-# that a naive GGUF->HF conversion garbles (DESIGN.md section 5).
+# that a naive GGUF->HF conversion garbles (docs/architecture.md has the facts).
 _SMOLLM2_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "attention_bias": False,

@@ -15,16 +15,34 @@ import typer
 from .errors import EdgekitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Convert distilled Hugging Face models to GGUF and run them on local devices.")
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Convert distilled Hugging Face models to GGUF and ONNX (int8/int4) and run them "
+                       "locally: generation, chat and embeddings on CPU, CUDA or Apple.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"edgekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """Convert distilled Hugging Face models to GGUF and ONNX and run them locally."""
 
 
 def _fail(exc: BaseException, as_json: bool) -> None:
     """One line (or one JSON error object) and a non-zero exit: 1 for a user error, 128 + the
     signal for an interruption (130 Ctrl-C, 143 SIGTERM)."""
-    message = str(exc) or ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+    message = str(exc) or ("interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
+                           else type(exc).__name__)
     code = exc.exit_code if isinstance(exc, Interrupted) else 130 if isinstance(exc, KeyboardInterrupt) else 1
     if as_json:
-        typer.echo(json.dumps({"ok": False, "error": type(exc).__name__, "message": message, "exit_code": code}))
+        typer.echo(json.dumps({"ok": False, "error": type(exc).__name__, "message": message,
+                               "exit_code": code}))
     else:
         typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
@@ -40,8 +58,9 @@ def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
 class _StageProgress:
     """rich progress bars, one per conversion stage (inspect, write, quantize, hash)."""
 
-    _LABELS = {"inspect": "Reading checkpoint", "write": "Writing tensors", "quantize": "Quantizing (llama.cpp)",
-               "export": "Exporting (optimum-onnx)", "hash": "Hashing files"}
+    _LABELS = {"inspect": "Reading checkpoint", "write": "Writing tensors",
+               "quantize": "Quantizing (llama.cpp)", "export": "Exporting (optimum-onnx)",
+               "hash": "Hashing files"}
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -75,15 +94,21 @@ class _StageProgress:
 
 @app.command()
 def convert(
-    source: Annotated[str, typer.Argument(help="HF checkpoint directory, hub id (owner/name) or bundled:NAME")],
+    source: Annotated[str, typer.Argument(
+        help="HF checkpoint directory, hub id (owner/name) or bundled:NAME")],
     to: Annotated[str, typer.Option("--to", help="output format(s), comma-separated")] = "gguf",
-    quant: Annotated[str, typer.Option("--quant", "-q", help="fp32, fp16, int8, int4 (GGUF also: bf16, llama.cpp types)")] = "int4",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="artifact directory to create")] = None,
+    quant: Annotated[str, typer.Option(
+        "--quant", "-q", help="fp32, fp16, int8, int4 (GGUF also: bf16, llama.cpp types)")] = "int4",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="artifact directory to create")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing output")] = False,
-    revision: Annotated[str | None, typer.Option("--revision", help="hub revision (branch, tag or commit)")] = None,
-    allow_remote_code: Annotated[bool, typer.Option("--allow-remote-code", help="convert configs with auto_map")] = False,
+    revision: Annotated[str | None, typer.Option(
+        "--revision", help="hub revision (branch, tag or commit)")] = None,
+    allow_remote_code: Annotated[bool, typer.Option(
+        "--allow-remote-code", help="convert configs with auto_map")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="read pickle (.bin) weights")] = False,
-    exporter: Annotated[str, typer.Option("--exporter", help="ONNX: auto (native, else optimum), edgekit or optimum")] = "auto",
+    exporter: Annotated[str, typer.Option(
+        "--exporter", help="ONNX: auto (native, else optimum), edgekit or optimum")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Convert a Hugging Face checkpoint into GGUF and/or ONNX artifacts (edgekit.convert)."""
@@ -92,22 +117,24 @@ def convert(
     _quiet_gguf_logs()
     try:
         with _StageProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
-            result = run_convert(source, to=to, quant=quant, output=output, overwrite=overwrite, revision=revision,
-                                 allow_remote_code=allow_remote_code, allow_pickle=allow_pickle, exporter=exporter,
-                                 progress=progress)
+            result = run_convert(source, to=to, quant=quant, output=output, overwrite=overwrite,
+                                 revision=revision, allow_remote_code=allow_remote_code,
+                                 allow_pickle=allow_pickle, exporter=exporter, progress=progress)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     results = result if isinstance(result, list) else [result]
     data = results[0].to_dict() if len(results) == 1 else {"artifacts": [r.to_dict() for r in results]}
     _emit(data, as_json, "\n".join(f"wrote {r.path} ({r.format}, {r.quant}, {r.size_bytes / 1e6:.1f} MB, "
-                                   f"{r.bits_per_weight:.2f} bits/weight) in {r.seconds:.1f} s{_path_taken(r)}"
+                                   f"{r.bits_per_weight:.2f} bits/weight) in {r.seconds:.1f} s"
+                                   f"{_path_taken(r)}"
                                    for r in results))
 
 
 def _path_taken(result) -> str:
     if result.exporter == "edgekit":
         return ""
-    return f"\n  exported through {result.exporter} for {result.architecture} (the fallback path, not edgekit's own graph)"
+    return (f"\n  exported through {result.exporter} for {result.architecture} "
+            "(the fallback path, not edgekit's own graph)")
 
 
 @app.command()
@@ -155,9 +182,11 @@ def run(
     repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
-    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="generate max_tokens even past EOS")] = False,
+    ignore_eos: Annotated[bool, typer.Option(
+        "--ignore-eos", help="generate max_tokens even past EOS")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
-    chat: Annotated[bool, typer.Option("--chat", help="wrap the prompt in the artifact's chat template")] = False,
+    chat: Annotated[bool, typer.Option(
+        "--chat", help="wrap the prompt in the artifact's chat template")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
 ) -> None:
     """Generate from a prompt, streaming the text (edgekit.load(...).generate / .chat)."""
@@ -173,7 +202,8 @@ def run(
                 result = engine.chat(messages, **kwargs) if chat else engine.generate(prompt, **kwargs)
                 _emit({"device": engine.device, **result.to_dict()}, True, "")
                 return
-            pieces = engine.chat(messages, stream=True, **kwargs) if chat else engine.generate(prompt, stream=True, **kwargs)
+            pieces = (engine.chat(messages, stream=True, **kwargs) if chat
+                      else engine.generate(prompt, stream=True, **kwargs))
             for piece in pieces:
                 typer.echo(piece, nl=False)
             typer.echo("")
@@ -203,9 +233,14 @@ def chat(
                     break
                 messages.append({"role": "user", "content": line})
                 reply = ""
-                for piece in engine.chat(messages, max_tokens=max_tokens, temperature=temperature, stream=True):
-                    reply += piece
-                    typer.echo(piece, nl=False)
+                stream = engine.chat(messages, max_tokens=max_tokens, temperature=temperature, stream=True)
+                try:
+                    for piece in stream:
+                        reply += piece
+                        typer.echo(piece, nl=False)
+                except KeyboardInterrupt:  # Ctrl-C stops this reply; Ctrl-C at the prompt ends the chat
+                    stream.close()
+                    typer.echo(" [stopped]", err=True)
                 typer.echo("")
                 messages.append({"role": "assistant", "content": reply})
     except (EdgekitError, KeyboardInterrupt) as exc:
@@ -213,9 +248,11 @@ def chat(
 
 
 @app.command()
-def devices(as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False) -> None:
+def devices(
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
     """What each backend can run on here, and what device='auto' would pick (edgekit.devices)."""
-    from .devices import devices as detect
+    from .hardware import devices as detect
 
     report = detect()
     lines = [f"{name}: {', '.join(info.get('devices', [])) or 'unavailable'} (auto: {info.get('auto', '-')}; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import shutil
@@ -24,7 +25,14 @@ from .artifact import (
     staged_output,
     write_manifest,
 )
-from .errors import ArtifactError, ConversionError, EdgekitError, Interrupted, UnsupportedArchitectureError
+from .errors import (
+    ArtifactError,
+    ConversionError,
+    EdgekitError,
+    Interrupted,
+    TokenizerError,
+    UnsupportedArchitectureError,
+)
 from .signals import signals_as_interrupt
 
 FORMATS = ("gguf", "onnx")
@@ -79,7 +87,8 @@ def _resolve_bundled(source: str | os.PathLike[str]) -> str | os.PathLike[str]:
 
 def _basename(source: str | os.PathLike[str], ckpt_path: Path) -> str:
     text = str(source)
-    name = text[len(BUNDLED_PREFIX):] if text.startswith(BUNDLED_PREFIX) else Path(text).name or ckpt_path.name
+    name = (text[len(BUNDLED_PREFIX):] if text.startswith(BUNDLED_PREFIX)
+            else Path(text).name or ckpt_path.name)
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-").lower() or "model"
 
 
@@ -138,8 +147,8 @@ def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, 
     if exporter not in EXPORTERS:
         raise ConversionError(f"unknown exporter '{exporter}'; use one of {', '.join(EXPORTERS)}")
     if exporter != "auto" and "onnx" not in formats:
-        raise ConversionError(f"exporter='{exporter}' chooses how the ONNX graph is made; it has no meaning for "
-                              f"to='{','.join(formats)}'")
+        raise ConversionError(f"exporter='{exporter}' chooses how the ONNX graph is made; "
+                              f"it has no meaning for to='{','.join(formats)}'")
     schemes = {fmt: _scheme(fmt, quant) for fmt in formats}  # bad names fail before any work
     stage("inspect", 0, 1)
     ckpt = inspect(_resolve_bundled(source), revision=revision, allow_remote_code=allow_remote_code,
@@ -197,14 +206,17 @@ def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, 
     return results[0] if len(results) == 1 else results
 
 
-_STAGE_WORDS = {"inspect": "reading the checkpoint", "write": "writing tensors", "quantize": "quantizing (llama.cpp)",
-                "export": "exporting (optimum-onnx)", "hash": "hashing files"}
+_STAGE_WORDS = {"inspect": "reading the checkpoint", "write": "writing tensors",
+                "quantize": "quantizing (llama.cpp)", "export": "exporting (optimum-onnx)",
+                "hash": "hashing files"}
 
 
 def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, source_hashes,
                  template: str | None, overwrite: bool, progress: Progress) -> tuple[dict[str, Any], list]:
     """Write one artifact through a staging directory; returns its manifest and file list."""
-    with staged_output(final, overwrite=overwrite, source=ckpt.path) as stage:
+    # once the rename is done, an interruption no longer means "nothing was written"
+    done = (lambda: setattr(progress, "output", "")) if isinstance(progress, _Stage) else None
+    with staged_output(final, overwrite=overwrite, source=ckpt.path, on_commit=done) as stage:
         if fmt == "gguf":
             model_file, fmt_info = _write_gguf(ckpt, stage, scheme, base, progress)
         else:
@@ -219,22 +231,28 @@ def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, 
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "format": fmt,
             "architecture": ckpt.architecture,
-            "source": {"id": str(source), "path": str(ckpt.path), "revision": ckpt.revision,
-                       "files": source_hashes.result()},
+            "source": {"id": _source_id(source), "revision": ckpt.revision, "files": source_hashes.result()},
             "model_file": model_file,
             "exporter": route[1] if fmt == "onnx" else "edgekit",
             "files": files,
             "chat_template": template,
             "context_length": ckpt.config.get("max_position_embeddings"),
             "tool_versions": _tool_versions(),
-            "fidelity": None,
-            "profile": None,
             **fmt_info,
         }
         manifest["tokenizer"] = {**manifest.get("tokenizer", {}), **_special_texts(ckpt)}
         write_manifest(stage, manifest)
         progress("hash", 1, 1)
     return manifest, files
+
+
+def _source_id(source: str | os.PathLike[str]) -> str:
+    """How the manifest names the source: a hub id or bundled:NAME as given, a local checkpoint by its
+    directory name only (artifacts get shared: no path of the converting machine goes in them)."""
+    text = str(source)
+    if text.startswith(BUNDLED_PREFIX) or not Path(text).expanduser().exists():
+        return text
+    return Path(text).expanduser().resolve().name
 
 
 def _io_error(exc: OSError, final: Path, source: Path) -> ConversionError:
@@ -244,8 +262,9 @@ def _io_error(exc: OSError, final: Path, source: Path) -> ConversionError:
     where = Path(exc.filename) if isinstance(exc.filename, str) else final.parent
     if exc.errno == errno.ENOSPC:
         free = shutil.disk_usage(final.parent).free if final.parent.is_dir() else 0
-        return ConversionError(f"{final}: no space left on the device while writing ({free / 1e6:.0f} MB free "
-                               f"at {final.parent}); free some space or choose another output. Nothing was written")
+        return ConversionError(f"{final}: no space left on the device while writing "
+                               f"({free / 1e6:.0f} MB free at {final.parent}); "
+                               "free some space or choose another output. Nothing was written")
     verb = "read" if where.absolute().is_relative_to(source) else "write"
     return ConversionError(f"{final}: could not {verb} {where} ({exc.strerror or exc}); nothing was written")
 
@@ -258,7 +277,8 @@ def check_chat_template(template: str, ckpt) -> None:
     try:
         check_template(template, texts.get("bos_text", ""), texts.get("eos_text", ""))
     except EdgekitError as exc:
-        where = ckpt.path / ("chat_template.jinja" if ckpt.has("chat_template.jinja") else "tokenizer_config.json")
+        where = ckpt.path / ("chat_template.jinja" if ckpt.has("chat_template.jinja")
+                             else "tokenizer_config.json")
         raise ConversionError(f"{where}: the chat template cannot render a simple conversation ({exc}); "
                               "fix or remove it") from exc
 
@@ -279,17 +299,23 @@ def _suffix(fmt: str, schemes: dict) -> str:
 
 def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
     """(graph kind, exporter) for the ONNX path: our own graphs for the native families, optimum-onnx's
-    exporter for anything else it knows (DESIGN.md: the fallback). Raises when neither applies."""
+    exporter for anything else it knows (the fallback). Raises when neither applies."""
     from edgekit.converters.onnx_decoder import DECODERS
     from edgekit.converters.onnx_encoder import ENCODERS
 
+    native = exporter != "optimum" and (ckpt.architecture in DECODERS or ckpt.architecture in ENCODERS)
+    if native and not ckpt.has("tokenizer.json") and importlib.util.find_spec("transformers") is None:
+        raise TokenizerError(f"{ckpt.path}: no tokenizer.json, which ONNX runtimes tokenize with. Install "
+                             "transformers (edgekit then converts tokenizer.model or vocab.txt), or save "
+                             "one: AutoTokenizer.from_pretrained(dir).save_pretrained(dir)")
     if exporter != "optimum" and ckpt.architecture in DECODERS:
         return "decoder", "edgekit"
     if exporter != "optimum" and ckpt.architecture in ENCODERS:
         return "encoder", "edgekit"
     if exporter == "edgekit":
-        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture, [*DECODERS, *ENCODERS],
-                                           " natively (exporter='edgekit'); exporter='auto' tries optimum-onnx")
+        raise UnsupportedArchitectureError(str(ckpt.path / "config.json"), ckpt.architecture,
+                                           [*DECODERS, *ENCODERS], " natively (exporter='edgekit'); "
+                                           "exporter='auto' tries optimum-onnx")
     from edgekit.converters import onnx_optimum
 
     if not onnx_optimum.supports(ckpt):  # raises MissingDependencyError without the optimum extra
@@ -300,7 +326,8 @@ def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
     return ("decoder" if onnx_optimum.task_for(ckpt) != "feature-extraction" else "encoder"), "optimum-onnx"
 
 
-def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None) -> tuple[str, dict[str, Any]]:
+def _write_gguf(ckpt, stage: Path, scheme, base: str,
+                progress: Progress | None) -> tuple[str, dict[str, Any]]:
     from edgekit.converters.gguf_convert import source_precision, write_gguf
     from edgekit.converters.gguf_info import gguf_stats
     from edgekit.runtimes.gguf_preflight import preflight
@@ -344,7 +371,8 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None)
         "gguf_architecture": info["arch"],
         "quantization": {"scheme": scheme.name, "label": scheme.label,
                          "bits_per_weight": stats["bits_per_weight"], "tensor_types": stats["tensor_types"]},
-        "tokenizer": {k: info[k] for k in ("model", "pre", "vocab_size", "special_ids", "add_bos", "add_eos")},
+        "tokenizer": {k: info[k]
+                      for k in ("model", "pre", "vocab_size", "special_ids", "add_bos", "add_eos")},
     }
 
 
@@ -364,14 +392,35 @@ def _write_onnx(ckpt, stage: Path, precision, route: tuple[str, str],
     else:
         info = (build_encoder if encoder else build_decoder)(ckpt, stage / model_file, precision, progress)
         words = info.pop("scheme")
+        info["external_data"] += _tokenizer_json(ckpt, stage)
+    extra = {} if encoder else {"context_length": info["context_length"]}  # the graph's, which may be capped
     return model_file, {
+        **extra,
         "task": "feature-extraction" if encoder else "text-generation",
         "extra_files": info.pop("external_data"),
         "quantization": {"scheme": words, "label": precision.name,
-                         "bits_per_weight": info.pop("bits_per_weight"), "tensor_types": info.pop("tensor_types")},
+                         "bits_per_weight": info.pop("bits_per_weight"),
+                         "tensor_types": info.pop("tensor_types")},
         "onnx": info,
         "tokenizer": _tokenizer_ids(ckpt),
     }
+
+
+def _tokenizer_json(ckpt, stage: Path) -> list[str]:
+    """ONNX runtimes tokenize with tokenizer.json. A SentencePiece-only checkpoint gets one, converted
+    by transformers' tokenizer (as the optimum fallback does); without transformers it is refused
+    before any work (_onnx_route)."""
+    if ckpt.has("tokenizer.json"):
+        return []
+    import transformers
+
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(ckpt.path), use_fast=True)
+        tok.backend_tokenizer.save(str(stage / "tokenizer.json"))
+    except Exception as exc:  # transformers raises many kinds for a tokenizer it cannot convert
+        raise TokenizerError(f"{ckpt.path}: no tokenizer.json, and transformers could not make one from "
+                             f"tokenizer.model ({type(exc).__name__}: {exc})") from exc
+    return ["tokenizer.json"]
 
 
 def _tokenizer_ids(ckpt) -> dict[str, Any]:

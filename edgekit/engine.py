@@ -4,7 +4,7 @@ GGUF artifacts run through llama.cpp, ONNX ones through ONNX Runtime. The Engine
 backend shares, once: the artifact's chat template (rendered in jinja2's sandbox, in a child
 process with limits on time, memory and size, so both backends see the same prompt text), stop
 strings, UTF-8-safe streaming, cancellation, one lock so calls from several threads take turns,
-metrics (DESIGN.md section 7) and the latency budget.
+metrics (the words of docs/architecture.md) and the latency budget.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from .artifact import read_manifest
-from .devices import llama_cpp_auto, onnxruntime_auto
 from .errors import (
     ArtifactError,
     BackendError,
@@ -52,7 +51,11 @@ class GenerationResult:
 
 
 class Stream:
-    """Text pieces as they are generated; `.result` once exhausted; `.cancel()` from any thread."""
+    """Text pieces as they are generated; `.result` once exhausted; `.cancel()` from any thread.
+
+    `close()` (or leaving a `with` block) ends the generation where it is and frees the engine
+    for the next call at once; a stream read to the end frees it by itself.
+    """
 
     def __init__(self, events: Iterator[str | GenerationResult], cancel: threading.Event) -> None:
         self._events, self._cancel = events, cancel
@@ -68,6 +71,23 @@ class Stream:
     def cancel(self) -> None:
         self._cancel.set()
 
+    def close(self) -> None:
+        """Stop generating and release the engine (the native context) now. From a thread other than
+        the one reading the stream it can only ask (like cancel()); the reader then stops at once."""
+        self._cancel.set()
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # "generator already executing": being read in another thread right now
+                pass
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
          budget: LatencyBudget | None = None) -> Engine:
@@ -81,19 +101,14 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
     manifest = read_manifest(root)
     if device not in DEVICES:
         raise DeviceUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
-    fmt = manifest.get("format")
-    if fmt == "gguf":
-        from edgekit.runtimes.llamacpp import LlamaCppBackend
+    from edgekit.runtimes.registry import backend_for
 
-        chosen = llama_cpp_auto()[0] if device == "auto" else device
-        return Engine(root, manifest, LlamaCppBackend(root, manifest, chosen, n_ctx), chosen, budget)
-    if fmt == "onnx":
-        from edgekit.runtimes.onnxrt import OnnxEncoderBackend, OnnxRuntimeBackend
-
-        chosen = onnxruntime_auto()[0] if device == "auto" else device
-        kind = OnnxEncoderBackend if manifest.get("task") == "feature-extraction" else OnnxRuntimeBackend
-        return Engine(root, manifest, kind(root, manifest, chosen, n_ctx), chosen, budget)
-    raise ArtifactError(f"{root}: format '{fmt}' has no runtime")
+    cls = backend_for(str(manifest.get("format")), str(manifest.get("task", "text-generation")), str(root))
+    chosen = cls.auto_device()[0] if device == "auto" else device
+    if chosen not in cls.devices:
+        raise DeviceUnavailableError(f"{cls.name} cannot run on '{chosen}'; "
+                                     f"it knows {', '.join(sorted(cls.devices))}")
+    return Engine(root, manifest, cls(root, manifest, chosen, n_ctx), chosen, budget)
 
 
 class Engine:
@@ -148,14 +163,17 @@ class Engine:
             return Stream(events, cancel)
         return next(e for e in events if isinstance(e, GenerationResult))
 
-    def chat(self, messages: list[dict[str, str]], max_tokens: int = 128, temperature: float = 0.0,
+    def chat(self, messages: list[dict[str, Any]] | str, max_tokens: int = 128, temperature: float = 0.0,
              stream: bool = False, **kwargs: Any) -> GenerationResult | Stream:
         """Render the artifact's chat template and generate the assistant's reply.
 
-        messages: [{"role": "user", "content": "..."}, ...]. cancel() while the template renders
-        ends the call with finish_reason "cancelled" and no text.
+        messages: [{"role": "user", "content": "..."}, ...], or one str as a single user message.
+        cancel() while the template renders ends the call with finish_reason "cancelled" and no text.
         """
         from edgekit.runtimes.chat_template import RenderCancelled
+
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
 
         start = time.perf_counter()
         cancel = threading.Event()
@@ -282,11 +300,12 @@ class Engine:
         yield GenerationResult(text, reason, metrics, verdict, tuple(tokens))
 
     # ---- embeddings ------------------------------------------------------------------------
-    def embed(self, texts: Sequence[str]):
-        """One vector per text, pooled as the artifact says (e.g. mean for MiniLM)."""
+    def embed(self, texts: Sequence[str] | str):
+        """One vector per text ([n, dim]), pooled as the artifact says (e.g. mean for MiniLM); one str
+        gives one vector ([dim])."""
         self._check_open()
         if isinstance(texts, str):
-            raise InvalidOptionError('embed() takes a list of texts, not one string; pass ["your text"]')
+            return self.embed([texts])[0]
         if not isinstance(texts, Sequence):
             raise InvalidOptionError(f"embed() takes a list of texts, not {type(texts).__name__}")
         if len(texts) == 0:

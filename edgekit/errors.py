@@ -13,15 +13,16 @@ EdgekitError
 ├─ ArtifactError                 an artifact directory is missing, incomplete or altered
 │  ├─ ManifestMismatch           a file's size or sha256 differs from edgekit.json
 │  └─ UnsafePathError            a path in an artifact escapes its directory
-├─ InvalidOptionError            a generation option, prompt or text out of range or unusable (also a ValueError)
-├─ ChatTemplateError             a chat template fails to render: syntax, sandbox, raise_exception, limits
+├─ InvalidOptionError            an option, prompt or text out of range or unusable (a ValueError)
+├─ ChatTemplateError             a chat template fails: syntax, sandbox, raise_exception, limits
 ├─ BackendError                  the runtime could not load or run an artifact
 │  ├─ DeviceUnavailableError     asked for a device this machine does not have
 │  └─ ContextOverflowError       prompt longer than the context window
 └─ LatencyBudgetExceeded         a call missed its LatencyBudget in mode="raise"; carries the numbers
 
-Interrupted (a KeyboardInterrupt, not an EdgekitError: `except EdgekitError` never swallows Ctrl-C)
-                                 Ctrl-C or SIGTERM stopped a conversion; says which stage, and the signal
+Interrupted                      Ctrl-C or SIGTERM stopped a conversion; names the stage and signal.
+                                 A KeyboardInterrupt, not an EdgekitError: never swallowed by
+                                 `except EdgekitError`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class UnsupportedArchitectureError(SourceError):
     def __init__(self, path: str, architecture: str, supported: list[str], hint: str = "") -> None:
         self.architecture, self.supported = architecture, supported
         super().__init__(
-            f"{path}: architecture '{architecture}' is not supported. Supported: {', '.join(sorted(supported))}{hint}"
+            f"{path}: architecture '{architecture}' is not supported. "
+            f"Supported: {', '.join(sorted(supported))}{hint}"
         )
 
 
@@ -126,7 +128,8 @@ class Interrupted(KeyboardInterrupt):
         import signal
 
         self.signum, self.stage, self.output = signum, stage, output
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else f"signal {signum}"
+        name = (signal.Signals(signum).name if signum in signal.Signals._value2member_map_
+                else f"signal {signum}")
         where = f" while {stage}" if stage else ""
         left = f"; nothing was written to {output}" if output else ""
         super().__init__(f"interrupted by {name}{where}{left}")

@@ -1,4 +1,4 @@
-"""Latency metrics of one generation, in DESIGN.md section 7's words, and the latency budget check.
+"""Latency metrics of one generation, in docs/architecture.md's metric words, and the latency budget check.
 
 TTFT: request start to first generated token, tokenization included. TPOT: mean gap between
 output tokens after the first. ITL: each of those gaps (p50/p90/p95/p99 reported). Prefill tok/s:
@@ -48,7 +48,8 @@ class DecodeMetrics:
         return 1000 * ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "ttft_ms": round(1000 * self.ttft_s, 2),
+        return {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                "ttft_ms": round(1000 * self.ttft_s, 2),
                 "tpot_ms": round(1000 * self.tpot_s, 2), "total_ms": round(1000 * self.total_s, 2),
                 "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
                 **{f"itl_p{q}_ms": round(self.itl_percentile_ms(q), 2) for q in (50, 90, 95, 99)}}
@@ -83,7 +84,8 @@ class LatencyBudget:
     def check(self, metrics: DecodeMetrics) -> BudgetVerdict:
         ttft = None if self.ttft_ms is None else self.ttft_ms - 1000 * metrics.ttft_s
         # TPOT needs two output tokens; with fewer there is nothing to judge
-        tpot = None if self.tpot_ms is None or metrics.tokens_out < 2 else self.tpot_ms - 1000 * metrics.tpot_s
+        tpot = (None if self.tpot_ms is None or metrics.tokens_out < 2
+                else self.tpot_ms - 1000 * metrics.tpot_s)
         verdict = BudgetVerdict(met=all(m is None or m >= 0 for m in (ttft, tpot)), ttft_margin_ms=ttft,
                                 tpot_margin_ms=tpot)
         if not verdict.met:

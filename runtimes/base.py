@@ -49,8 +49,19 @@ class Backend(ABC):
     """One inference engine. Capabilities are class attributes so they can be listed without loading."""
 
     name: ClassVar[str]
-    formats: ClassVar[frozenset[str]]
-    devices: ClassVar[frozenset[str]]
+    formats: ClassVar[frozenset[str]]  # artifact formats it runs ("gguf", "onnx")
+    tasks: ClassVar[frozenset[str]]  # "text-generation", "feature-extraction"
+    devices: ClassVar[frozenset[str]]  # devices it can be asked for ("cpu", "cuda", "apple")
+
+    @classmethod
+    @abstractmethod
+    def auto_device(cls) -> tuple[str, str]:
+        """(device, why): what device="auto" picks on this machine, and the reason."""
+
+    @classmethod
+    @abstractmethod
+    def device_report(cls) -> dict[str, Any]:
+        """What this backend can use here: {"devices": [...], "auto": ..., "why": ...} and details."""
 
     @abstractmethod
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None: ...

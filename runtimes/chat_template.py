@@ -80,8 +80,8 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
             raise InvalidOptionError(f"messages[{i}]['content'] is missing; {hint}")
         content = message.get("content")
         if not (content is None or isinstance(content, str | list | tuple)):
-            raise InvalidOptionError(f"messages[{i}]['content'] is {type(content).__name__}; use a str, None or "
-                                     f"a list of parts; {hint}")
+            raise InvalidOptionError(f"messages[{i}]['content'] is {type(content).__name__}; "
+                                     f"use a str, None or a list of parts; {hint}")
         _check_texts(message, f"messages[{i}]")
         out.append(dict(message))
     try:

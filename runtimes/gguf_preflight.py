@@ -157,8 +157,9 @@ def preflight(path: Path) -> GGUFHeader:
     if "phi3" in name or "phi-3" in name:  # llama.cpp looks these up by text in any model so named
         missing = [t for t in (b"</s>", b"<unk>", b"<s>", b"<|endoftext|>") if t not in seen]
         if missing:
-            raise ArtifactError(f"{path}: general.name {name!r} makes llama.cpp treat it as Phi-3, which needs the "
-                                f"tokens {', '.join(t.decode() for t in missing)}; they are missing")
+            raise ArtifactError(f"{path}: general.name {name!r} makes llama.cpp treat it as Phi-3, "
+                                f"which needs the tokens {', '.join(t.decode() for t in missing)}; "
+                                "they are missing")
     embd = header.tensors.get("token_embd.weight")
     if embd is None:
         raise ArtifactError(f"{path}: no token_embd.weight tensor")

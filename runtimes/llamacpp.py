@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import platform
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,21 @@ def gpu_offload_supported() -> bool:
 class LlamaCppBackend(Backend):
     name = "llama.cpp"
     formats = frozenset({"gguf"})
+    tasks = frozenset({"text-generation", "feature-extraction"})
     devices = frozenset({"cpu", "cuda", "apple"})
+
+    @classmethod
+    def auto_device(cls) -> tuple[str, str]:
+        """llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere, when the build can."""
+        if gpu_offload_supported():
+            apple = sys.platform == "darwin" and platform.machine() == "arm64"
+            return ("apple" if apple else "cuda"), "GPU offload compiled in"
+        return "cpu", "this build has no GPU offload"
+
+    @classmethod
+    def device_report(cls) -> dict[str, Any]:
+        auto, why = cls.auto_device()
+        return {"devices": ["cpu"] if auto == "cpu" else ["cpu", auto], "auto": auto, "why": why}
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
         llama_cpp = require("llama_cpp", "llama-cpp-python", "llama", "Running GGUF artifacts")
@@ -81,7 +97,8 @@ class LlamaCppBackend(Backend):
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not self._embedding:
-            raise BackendError("this artifact is a text-generation model; embeddings need a feature-extraction one")
+            raise BackendError("this artifact is a text-generation model; "
+                               "embeddings need a feature-extraction one")
         # llama.cpp pools as the GGUF says; normalization follows the sentence-transformers config
         return np.asarray(self._llm.embed(list(texts), normalize=self._normalize), dtype=np.float32)
 

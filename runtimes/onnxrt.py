@@ -26,7 +26,8 @@ from .base import Backend, GenerationOptions, TokenEvent
 from .sampling import Sampler
 from .text import TextTokenizer
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "apple": "CoreMLExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "apple": "CoreMLExecutionProvider"}
 
 
 def available_providers() -> list[str]:
@@ -41,7 +42,8 @@ def _session(artifact: Path, manifest: dict[str, Any], device: str):
     if provider not in available_providers():
         raise DeviceUnavailableError(
             f"device '{device}' asked for, but onnxruntime here has no {provider} "
-            f"(available: {', '.join(available_providers())}); install the matching onnxruntime build or use device='cpu'"
+            f"(available: {', '.join(available_providers())}); "
+            "install the matching onnxruntime build or use device='cpu'"
         )
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("EDGEKIT_THREADS", 0)) or (os.cpu_count() or 1)
@@ -65,6 +67,20 @@ class _OnnxBackend(Backend):
     name = "onnxruntime"
     formats = frozenset({"onnx"})
     devices = frozenset(PROVIDERS)
+
+    @classmethod
+    def auto_device(cls) -> tuple[str, str]:
+        """CUDA when its provider loads; CoreML lacks the fused decoder ops, so auto never picks it."""
+        if PROVIDERS["cuda"] in available_providers():
+            return "cuda", "CUDAExecutionProvider available"
+        return "cpu", "no CUDA provider (CoreML lacks the fused decoder ops, so auto never picks it)"
+
+    @classmethod
+    def device_report(cls) -> dict[str, Any]:
+        providers = available_providers()
+        auto, why = cls.auto_device()
+        return {"devices": [d for d, p in PROVIDERS.items() if p in providers], "providers": providers,
+                "auto": auto, "why": why}
     _n_ctx: int
     _tok: TextTokenizer
 
@@ -77,11 +93,14 @@ class _OnnxBackend(Backend):
 
 
 class OnnxRuntimeBackend(_OnnxBackend):
+    tasks = frozenset({"text-generation"})
+
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
         self._sess, ort = _session(artifact, manifest, device)
         facts = manifest.get("onnx") or {}
         try:
-            self._layers, self._kv_heads, self._head_dim = facts["num_layers"], facts["num_kv_heads"], facts["head_dim"]
+            self._layers, self._kv_heads, self._head_dim = (facts["num_layers"], facts["num_kv_heads"],
+                                                            facts["head_dim"])
         except KeyError as exc:
             raise BackendError(f"{artifact}: edgekit.json lacks the ONNX decoder facts ({exc})") from exc
         self._n_ctx = min(n_ctx or 4096, int(facts.get("context_length") or 4096))
@@ -103,7 +122,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
                     for _ in range(2 * self._layers)]  # concat layout: the empty past of the first step
         self._ones = np.ones((1, self._n_ctx), dtype=np.int64)
         self._one_token = np.zeros((1, 1), dtype=np.int64)  # reused input_ids for decode steps
-        self._kv_names = [f"past_key_values.{i}.{kind}" for i in range(self._layers) for kind in ("key", "value")]
+        self._kv_names = [f"past_key_values.{i}.{kind}"
+                          for i in range(self._layers) for kind in ("key", "value")]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._kv_names]
 
     def is_end(self, token_id: int) -> bool:
@@ -164,7 +184,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
             logits = self._step(binding, [token], len(history), step_logits)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        raise BackendError("this ONNX artifact is a text-generation model; embeddings need a feature-extraction one")
+        raise BackendError("this ONNX artifact is a text-generation model; "
+                           "embeddings need a feature-extraction one")
 
     def close(self) -> None:
         self._sess = None
@@ -173,6 +194,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
 
 class OnnxEncoderBackend(_OnnxBackend):
     """Embeddings from an edgekit ONNX encoder: batch, run, pool and normalize as the manifest says."""
+
+    tasks = frozenset({"feature-extraction"})
 
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
         self._sess, self._ort = _session(artifact, manifest, device)
@@ -197,7 +220,8 @@ class OnnxEncoderBackend(_OnnxBackend):
             ids[i, : len(r)] = r
             mask[i, : len(r)] = 1
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        hidden = self._sess.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        hidden = self._sess.run(["last_hidden_state"],
+                                {k: v for k, v in feeds.items() if k in self._inputs})[0]
         if self._pooling.get("mode") == "cls":
             vectors = hidden[:, 0]
         else:

@@ -13,7 +13,8 @@ from edgekit.errors import ArtifactError
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's printable stand-ins for the 256 byte values, inverted."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+            + list(range(ord("®"), ord("ÿ") + 1)))
     chars, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -37,7 +38,8 @@ class TextTokenizer:
         decoder = json.loads(self._tok.to_str()).get("decoder") or {}
         self._byte_level = decoder.get("type") == "ByteLevel"
         # special tokens print as nothing, as llama.cpp's detokenizer does
-        self._cache: dict[int, bytes] = {i: b"" for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        self._cache: dict[int, bytes] = {i: b"" for i, t in self._tok.get_added_tokens_decoder().items()
+                                         if t.special}
 
     def encode(self, text: str, add_special: bool) -> list[int]:
         return self._tok.encode(text, add_special_tokens=add_special).ids
@@ -49,7 +51,8 @@ class TextTokenizer:
         piece = self._tok.id_to_token(token_id) or ""
         if self._byte_level:
             table = _byte_decoder()
-            out = bytes(table[c] for c in piece if c in table) if all(c in table for c in piece) else piece.encode()
+            out = (bytes(table[c] for c in piece if c in table) if all(c in table for c in piece)
+                   else piece.encode())
         elif piece.startswith("<0x") and piece.endswith(">") and len(piece) == 6:
             out = bytes([int(piece[3:5], 16)])  # SentencePiece byte fallback
         else:

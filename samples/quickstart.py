@@ -20,12 +20,14 @@ def main() -> int:
         else:
             result = edgekit.convert("bundled:smollm2-135m-instruct", to="gguf", quant="int4", output=out)
             print(f"converted in {result.seconds:.1f} s -> {result.path} "
-                  f"({result.quant}, {result.size_bytes / 1e6:.0f} MB, {result.bits_per_weight:.2f} bits/weight)")
+                  f"({result.quant}, {result.size_bytes / 1e6:.0f} MB, "
+                  f"{result.bits_per_weight:.2f} bits/weight)")
         with edgekit.load(out, device="auto") as engine:
             print(f"> {question}")
             reply = engine.chat([{"role": "user", "content": question}], max_tokens=64, temperature=0)
             print(reply.text)
-            print(f"[{engine.device}: TTFT {reply.ttft_s * 1000:.0f} ms, {reply.decode_tok_s:.0f} tok/s decode]")
+            print(f"[{engine.device}: TTFT {reply.ttft_s * 1000:.0f} ms, "
+                  f"{reply.decode_tok_s:.0f} tok/s decode]")
     except edgekit.EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

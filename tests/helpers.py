@@ -68,7 +68,8 @@ def mean_kl(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 # general.* keys that only describe the model (names, sizes, licences); everything else must match.
-_FUNCTIONAL_GENERAL = {"general.architecture", "general.file_type", "general.quantization_version", "general.alignment"}
+_FUNCTIONAL_GENERAL = {"general.architecture", "general.file_type", "general.quantization_version",
+                       "general.alignment"}
 
 
 def gguf_differences(ours: Path, ref: Path) -> list[str]:
@@ -83,13 +84,15 @@ def gguf_differences(ours: Path, ref: Path) -> list[str]:
 
     ka, kb = kv(a), kv(b)
     diffs = [f"key {k}: only in {'ours' if k in ka else 'reference'}" for k in sorted(set(ka) ^ set(kb))]
-    diffs += [f"key {k}: {str(ka[k])[:80]!r} != {str(kb[k])[:80]!r}" for k in sorted(set(ka) & set(kb)) if ka[k] != kb[k]]
+    diffs += [f"key {k}: {str(ka[k])[:80]!r} != {str(kb[k])[:80]!r}"
+              for k in sorted(set(ka) & set(kb)) if ka[k] != kb[k]]
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
     diffs += [f"tensor {n}: only in {'ours' if n in ta else 'reference'}" for n in sorted(set(ta) ^ set(tb))]
     for n in sorted(set(ta) & set(tb)):
         x, y = ta[n], tb[n]
         if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape):
-            diffs.append(f"tensor {n}: {x.tensor_type.name}{list(x.shape)} != {y.tensor_type.name}{list(y.shape)}")
+            diffs.append(f"tensor {n}: {x.tensor_type.name}{list(x.shape)} != "
+                         f"{y.tensor_type.name}{list(y.shape)}")
         elif not np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)):
             diffs.append(f"tensor {n}: data differs")
     return diffs
@@ -105,10 +108,12 @@ def reference_convert(checkpoint: Path, outtype: str, out: Path) -> Path:
 
     root = os.environ.get("EDGEKIT_REFERENCE_LLAMA_CPP")
     if not root:
-        pytest.skip("EDGEKIT_REFERENCE_LLAMA_CPP not set (scripts/test.sh sets it from scripts/fetch-reference.sh)")
+        pytest.skip("EDGEKIT_REFERENCE_LLAMA_CPP not set "
+                    "(scripts/test.sh sets it from scripts/fetch-reference.sh)")
     env = {**os.environ, "PYTHONPATH": str(Path(root) / "gguf-py")}
     proc = subprocess.run([sys.executable, str(Path(root) / "convert_hf_to_gguf.py"), str(checkpoint),
-                           "--outtype", outtype, "--outfile", str(out)], env=env, capture_output=True, text=True)
+                           "--outtype", outtype, "--outfile", str(out)],
+                          env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
 
@@ -129,10 +134,12 @@ def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> 
     done, logits = 0, []
     for chunk in chunks:
         done += len(chunk)
-        feeds = {"input_ids": np.array([chunk], np.int64), "attention_mask": np.ones((1, done), np.int64), **past}
+        feeds = {"input_ids": np.array([chunk], np.int64), "attention_mask": np.ones((1, done), np.int64),
+                 **past}
         if positions:
             feeds["position_ids"] = np.arange(done - len(chunk), done, dtype=np.int64)[None]
         result = dict(zip(outputs, sess.run(outputs, feeds), strict=True))
         logits.append(result["logits"][0])
-        past = {n.replace("present.", "past_key_values."): v for n, v in result.items() if n.startswith("present.")}
+        past = {n.replace("present.", "past_key_values."): v
+                for n, v in result.items() if n.startswith("present.")}
     return np.concatenate(logits).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The bundled real models are faithful HF checkpoints (DESIGN.md section 5's tokenizer facts)."""
+"""The bundled real models are faithful HF checkpoints (SmolLM2's real tokenizer facts)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_convert_json_and_info(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
-    p = _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "gguf", "--quant", "int8", "-o", str(out), "--json")
+    p = _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "gguf", "--quant", "int8", "-o", str(out),
+             "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
     assert data["ok"] and data["quant"] == "Q8_0" and Path(data["path"]) == out
@@ -54,7 +55,8 @@ def test_info_detects_tampering(tiny_checkpoint, tmp_path):
 
 def test_run_and_devices(tiny_checkpoint, tmp_path):
     out = tmp_path / "onnx"
-    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "onnx", "--quant", "fp32", "-o", str(out)).returncode == 0
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "onnx", "--quant", "fp32",
+                "-o", str(out)).returncode == 0
     p = _cli("run", str(out), "Hello", "-n", "5", "--device", "cpu", "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
@@ -73,7 +75,8 @@ def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
     out = tmp_path / "g"
     assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
     args = ["run", str(out), "Numbers: 1 2 3", "-n", "8", "-t", "0.8", "--top-k", "5", "--top-p", "0.9",
-            "--min-p", "0.05", "--repeat-penalty", "1.1", "--seed", "7", "--ignore-eos", "--device", "cpu", "--json"]
+            "--min-p", "0.05", "--repeat-penalty", "1.1", "--seed", "7", "--ignore-eos", "--device", "cpu",
+            "--json"]
     first, second = _cli(*args), _cli(*args)
     assert first.returncode == 0, first.stderr
     data = json.loads(first.stdout)

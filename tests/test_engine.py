@@ -6,6 +6,7 @@ overflow and devices behave the same on both backends.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 import edgekit
@@ -51,7 +52,8 @@ def test_stream_equals_whole_and_stop_strings(fp32_artifact):
 def test_context_overflow_names_both_numbers(fp32_artifact):
     with edgekit.load(fp32_artifact, device="cpu", n_ctx=256) as engine:
         limit = engine.backend.context_length
-        with pytest.raises(ContextOverflowError, match=rf"prompt is \d+ tokens and max_tokens is 8, but the context window is {limit}"):
+        with pytest.raises(ContextOverflowError, match=r"prompt is \d+ tokens and max_tokens is 8, "
+                                                       rf"but the context window is {limit}"):
             engine.generate("word " * (limit + 10), max_tokens=8)
 
 
@@ -65,14 +67,16 @@ def test_absent_gpu_is_an_error_not_a_fallback(fp32_artifact, monkeypatch):
 
 
 @pytest.mark.parametrize("plat,machine,expected", [("linux", "x86_64", "cuda"), ("darwin", "arm64", "apple")])
-def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, tiny_checkpoint, tmp_path, monkeypatch):
+def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, tiny_checkpoint, tmp_path,
+                                                     monkeypatch):
     """Faked detection: CI has no GPU, the branch still runs (llama.cpp ignores offload on a CPU build)."""
     import platform
     import sys
 
     from edgekit.runtimes import llamacpp
 
-    artifact = edgekit.convert(str(tiny_checkpoint("qwen2")), to="gguf", quant="fp32", output=tmp_path / "a").path
+    artifact = edgekit.convert(str(tiny_checkpoint("qwen2")), to="gguf", quant="fp32",
+                               output=tmp_path / "a").path
     monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: True)
     monkeypatch.setattr(sys, "platform", plat)
     monkeypatch.setattr(platform, "machine", lambda: machine)
@@ -88,8 +92,10 @@ def test_onnx_auto_prefers_cuda_when_onnxruntime_has_it(tiny_checkpoint, tmp_pat
     from edgekit.errors import BackendError
     from edgekit.runtimes import onnxrt
 
-    artifact = edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx", quant="fp32", output=tmp_path / "a").path
-    monkeypatch.setattr(onnxrt, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    artifact = edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx", quant="fp32",
+                               output=tmp_path / "a").path
+    monkeypatch.setattr(onnxrt, "available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(BackendError):  # chosen "cuda": onnxruntime (CPU build) cannot create it
         edgekit.load(artifact, device="auto")
 
@@ -134,7 +140,8 @@ def test_budget_met_and_missed_with_a_slowed_backend(fp32_artifact):
 def test_budget_warn_and_raise_modes(fp32_artifact):
     from edgekit.metrics import LatencyBudgetWarning
 
-    with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=edgekit.LatencyBudget(tpot_ms=10)), 0.03) as engine:
+    with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=edgekit.LatencyBudget(tpot_ms=10)),
+                 0.03) as engine:
         with pytest.warns(LatencyBudgetWarning, match="latency budget missed"):
             engine.generate("Hello", max_tokens=3)
     strict = edgekit.LatencyBudget(tpot_ms=10, mode="raise")
@@ -249,9 +256,11 @@ def test_lone_surrogates_are_invalid_options(fp32_artifact):
 
 def test_messages_of_the_wrong_type(fp32_artifact):
     with edgekit.load(fp32_artifact, device="cpu") as engine:
-        with pytest.raises(edgekit.InvalidOptionError,
-                           match=r'not a string; pass a list of dicts such as \[\{"role"'):
-            engine.chat("Hello there", max_tokens=4)
+        # one str is one user message, as the conversation a list would spell out
+        whole = engine.chat([{"role": "user", "content": "Hello there"}], max_tokens=4)
+        assert engine.chat("Hello there", max_tokens=4).text == whole.text
+        with pytest.raises(edgekit.InvalidOptionError, match=r"not a single dict; wrap it in a list"):
+            engine.chat({"role": "user", "content": "Hello"}, max_tokens=4)
         with pytest.raises(edgekit.InvalidOptionError, match=r"messages\[0\]\['role'\] is missing"):
             engine.chat([{"content": "Hello"}], max_tokens=4)
         with pytest.raises(edgekit.InvalidOptionError, match="prompt must be a str, not list"):
@@ -264,8 +273,9 @@ def test_embed_refuses_empty_and_non_text_input(embedding_artifact):
             engine.embed([])
         with pytest.raises(edgekit.InvalidOptionError, match=r"texts\[1\] is int, not a str"):
             engine.embed(["a", 3])
-        with pytest.raises(edgekit.InvalidOptionError, match="not one string"):
-            engine.embed("a single text")
+        one = engine.embed("a single text")  # one vector, not one per character
+        assert one.shape == (64,)
+        np.testing.assert_allclose(one, engine.embed(["a single text"])[0], rtol=1e-6)
         assert engine.embed(["a", "b"]).shape == (2, 64)
 
 
@@ -289,6 +299,22 @@ def test_every_call_after_close_says_the_engine_is_closed(fp32_artifact, embeddi
     embedder.close()
     with pytest.raises(edgekit.BackendError, match="closed"):
         embedder.embed(["Hi"])
+
+
+def test_a_closed_stream_frees_the_engine_at_once(fp32_artifact):
+    """close() (or a with block) mid-stream ends it and lets the next call run; Ctrl-C in `edgekit chat`
+    relies on this."""
+    import threading
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        with engine.generate("Hello", max_tokens=50, stream=True) as stream:
+            first = next(iter(stream))
+        assert first and stream.result is None
+        done = []
+        worker = threading.Thread(target=lambda: done.append(engine.generate("Hi", max_tokens=3).tokens_out))
+        worker.start()
+        worker.join(timeout=60)
+        assert done == [3]
 
 
 def test_chat_template_that_raises(fp32_artifact):

@@ -149,7 +149,8 @@ def test_sigterm_before_writing_names_the_stage(ckpt, tmp_path):
     tc = json.loads((ckpt / "tokenizer_config.json").read_text())
     tc["chat_template"] = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     (ckpt / "tokenizer_config.json").write_text(json.dumps(tc))
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "convert", str(ckpt), "-o", str(tmp_path / "o")],
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "convert", str(ckpt),
+                             "-o", str(tmp_path / "o")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(3)  # well inside the template check's 5 s limit
     proc.send_signal(signal.SIGTERM)

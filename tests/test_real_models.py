@@ -1,4 +1,4 @@
-"""The real models of DESIGN.md section 5 (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), offline."""
+"""The real models installed from PyPI (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), offline."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import edgekit
 pytestmark = pytest.mark.real
 FIDELITY_TEXT = (
     "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined "
-    "movable metal type with an oil-based ink. def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
+    "movable metal type with an oil-based ink. def fib(n):\n"
+    "    return n if n < 2 else fib(n - 1) + fib(n - 2)\n"
     "La biblioteca de la ciudad abre todos los días a las nueve de la mañana."
 )
 
@@ -38,7 +39,8 @@ def smollm2_onnx(tmp_path_factory):
 def test_smollm2_onnx_answers_sensibly(quant, smollm2_onnx):
     """Through onnxruntime: at least two of three simple questions answered right."""
     answers = [
-        sum(c in _ask(smollm2_onnx[quant], "Name three colors.").lower() for c in ("red", "blue", "green", "yellow")) >= 2,
+        sum(c in _ask(smollm2_onnx[quant], "Name three colors.").lower()
+            for c in ("red", "blue", "green", "yellow")) >= 2,
         "paris" in _ask(smollm2_onnx[quant], "What is the capital of France?").lower()
         or "4" in _ask(smollm2_onnx[quant], "What is 2 + 2?"),
         "blue" in _ask(smollm2_onnx[quant], "What color is the sky on a clear day?").lower(),
@@ -80,14 +82,15 @@ def _ask(path, question: str) -> str:
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_smollm2_answers_sensibly(quant, smollm2_artifacts):
     colors = _ask(smollm2_artifacts[quant], "Name three colors.").lower()
-    assert sum(c in colors for c in ("red", "blue", "green", "yellow", "orange", "purple", "black", "white")) >= 2
+    assert sum(c in colors
+               for c in ("red", "blue", "green", "yellow", "orange", "purple", "black", "white")) >= 2
     assert "4" in _ask(smollm2_artifacts[quant], "What is 2 + 2?")
     sky = _ask(smollm2_artifacts[quant], "What color is the sky on a clear day?").lower()
     assert "blue" in sky
 
 
 # Mean KL against transformers fp32 on prose, code and Spanish (83 tokens). Measured: Q8_0 0.009,
-# Q4_K_M 0.10, in line with llama.cpp's own pipeline (DESIGN.md section 6: 0.008 and 0.13 on
+# Q4_K_M 0.10, in line with llama.cpp's own pipeline (docs/measurements.md: 0.008 and 0.13 on
 # off-grid weights). The bounds leave 2x headroom.
 @pytest.mark.parametrize("quant,bound", [("int8", 0.02), ("int4", 0.2)])
 def test_smollm2_fidelity_against_transformers(quant, bound, smollm2_artifacts):
@@ -124,7 +127,8 @@ def test_minilm_embeddings_match_sentence_transformers(fmt, quant, min_cos, expo
     from edgekit import bundled
 
     sentences = ["The cat sits outside.", "A man is playing guitar.", "I love pasta.",
-                 "Quantum computers use qubits.", "Der Hund schläft im Garten.", "Stocks fell sharply on Monday."]
+                 "Quantum computers use qubits.", "Der Hund schläft im Garten.",
+                 "Stocks fell sharply on Monday."]
     reference = SentenceTransformer(str(bundled.path("all-minilm-l6-v2")), device="cpu").encode(sentences)
     artifact = edgekit.convert("bundled:all-minilm-l6-v2", to=fmt, quant=quant, output=tmp_path / quant,
                                exporter=exporter).path
@@ -137,7 +141,8 @@ def test_minilm_embeddings_match_sentence_transformers(fmt, quant, min_cos, expo
 def test_sigterm_midway_leaves_nothing(tmp_path):
     out = tmp_path / "smol"
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "convert", "bundled:smollm2-135m-instruct",
-                             "--quant", "fp32", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--quant", "fp32", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".smol.partial") for p in tmp_path.iterdir()):
         time.sleep(0.05)
@@ -161,8 +166,8 @@ def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, 
     from edgekit import bundled
 
     if fmt == "onnx-optimum":
-        artifact = edgekit.convert("bundled:smollm2-135m-instruct", to="onnx", quant="fp32", output=tmp_path / "o",
-                                   exporter="optimum").path
+        artifact = edgekit.convert("bundled:smollm2-135m-instruct", to="onnx", quant="fp32",
+                                   output=tmp_path / "o", exporter="optimum").path
     else:
         artifact = smollm2_artifacts["int8"] if fmt == "gguf" else smollm2_onnx["int8"]
     messages = [{"role": "user", "content": "Write one sentence about the sea."}]
@@ -173,11 +178,15 @@ def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, 
     model = transformers.AutoModelForCausalLM.from_pretrained(bundled.path()).eval()
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=32, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        out = model.generate(ids, max_new_tokens=32, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
     ref = out.sequences[0, ids.shape[1]:].tolist()
     if fmt == "onnx-optimum":  # transformers keeps the EOS it stopped at; the engine does not emit it
         assert ours == (ref[:-1] if ref and ref[-1] == tok.eos_token_id else ref)
-    agree = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=False)) if a != b), min(len(ours), len(ref)))
+    agree = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=False)) if a != b),
+                 min(len(ours), len(ref)))
     if agree < min(len(ours), len(ref)):
         top2 = torch.topk(out.scores[agree][0].float(), 2).values
-        assert agree >= 8 and float(top2[0] - top2[1]) < 1.0, f"diverged at token {agree}: {ours[:agree + 2]} vs {ref[:agree + 2]}"
+        assert agree >= 8 and float(top2[0] - top2[1]) < 1.0, (
+            f"diverged at token {agree}: {ours[:agree + 2]} vs {ref[:agree + 2]}"
+        )

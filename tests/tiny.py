@@ -31,13 +31,18 @@ PROBE_TEXT = (
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 LLAMA3_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -67,7 +72,8 @@ def bpe_tokenizer(dest: Path, regex: str, vocab_size: int = 600) -> int:
     return tok.get_vocab_size()
 
 
-def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = False, symbols: tuple = ()) -> int:
+def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = False,
+                            symbols: tuple = ()) -> int:
     """Train a small SentencePiece BPE with byte fallback: the Llama-2 / TinyLlama kind, or with
     gemma=True the Gemma kind (no dummy-prefix space, GemmaTokenizer). symbols: user-defined pieces."""
     import sentencepiece as spm
@@ -84,11 +90,12 @@ def sentencepiece_tokenizer(dest: Path, vocab_size: int = 400, gemma: bool = Fal
     (dest / "spm.vocab").unlink()
     text.unlink()
     _write_json(dest / "tokenizer_config.json", {
-        "tokenizer_class": "GemmaTokenizer" if gemma else "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-        "model_max_length": 2048,
+        "tokenizer_class": "GemmaTokenizer" if gemma else "LlamaTokenizer", "bos_token": "<s>",
+        "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>", "add_bos_token": True,
+        "add_eos_token": False, "legacy": False, "model_max_length": 2048,
     })
-    _write_json(dest / "special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    _write_json(dest / "special_tokens_map.json",
+                {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
     return vocab_size
 
 
@@ -115,7 +122,8 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
     torch.manual_seed(0)
     if arch == "llama-smollm2":  # llama with SmolLM2's real byte-level BPE ("smollm" pre-tokenizer)
         assert smollm2_dir is not None
-        _copy_tokenizer(smollm2_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+        _copy_tokenizer(smollm2_dir, dest,
+                        ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
         cfg = transformers.LlamaConfig(**_decoder_config(49152, tie_word_embeddings=True))
         model = transformers.LlamaForCausalLM(cfg)
     elif arch == "llama-spm":  # TinyLlama / Llama-2 style SentencePiece
@@ -131,10 +139,12 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
         model = transformers.LlamaForCausalLM(cfg)
     elif arch == "mistral":
         n = sentencepiece_tokenizer(dest)
-        model = transformers.MistralForCausalLM(transformers.MistralConfig(**_decoder_config(n), sliding_window=None))
+        model = transformers.MistralForCausalLM(transformers.MistralConfig(**_decoder_config(n),
+                                                                           sliding_window=None))
     elif arch == "qwen2":
         n = bpe_tokenizer(dest, QWEN2_REGEX)
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_decoder_config(n, tie_word_embeddings=True)))
+        model = transformers.Qwen2ForCausalLM(
+            transformers.Qwen2Config(**_decoder_config(n, tie_word_embeddings=True)))
     elif arch == "qwen3":
         n = bpe_tokenizer(dest, QWEN2_REGEX)
         cfg = transformers.Qwen3Config(**_decoder_config(n), head_dim=32)
@@ -154,27 +164,29 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
         n = sentencepiece_tokenizer(dest, symbols=("<|endoftext|>",))
         # the real window (2047): llama.cpp runs Phi-3 without one, so only a window past the probe text
         # lets both formats match transformers; test_onnx_matrix checks a short window on ONNX alone
-        cfg = transformers.Phi3Config(**_decoder_config(n), original_max_position_embeddings=256, pad_token_id=0,
-                                      sliding_window=2047)
+        cfg = transformers.Phi3Config(**_decoder_config(n), original_max_position_embeddings=256,
+                                      pad_token_id=0, sliding_window=2047)
         model = transformers.Phi3ForCausalLM(cfg)
     elif arch == "distilbert":  # no native builder: the ONNX path goes through optimum-onnx
         assert minilm_dir is not None
-        _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                           "vocab.txt"])
+        _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json",
+                                           "special_tokens_map.json", "vocab.txt"])
         cfg = transformers.DistilBertConfig(vocab_size=30522, dim=64, hidden_dim=128, n_layers=2, n_heads=4,
                                             max_position_embeddings=128, initializer_range=0.2)
         model = transformers.DistilBertModel(cfg)
     elif arch == "bert":  # MiniLM's real WordPiece tokenizer and pooling config
         assert minilm_dir is not None
-        _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                           "vocab.txt", "modules.json", "sentence_bert_config.json"])
+        _copy_tokenizer(minilm_dir, dest, ["tokenizer.json", "tokenizer_config.json",
+                                           "special_tokens_map.json", "vocab.txt", "modules.json",
+                                           "sentence_bert_config.json"])
         (dest / "1_Pooling").mkdir(exist_ok=True)
         shutil.copyfile(minilm_dir / "1_Pooling" / "config.json", dest / "1_Pooling" / "config.json")
         pooling = json.loads((dest / "1_Pooling" / "config.json").read_text())
         pooling["word_embedding_dimension"] = 64
         _write_json(dest / "1_Pooling" / "config.json", pooling)
-        cfg = transformers.BertConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=4, max_position_embeddings=128, initializer_range=0.2)
+        cfg = transformers.BertConfig(vocab_size=30522, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      max_position_embeddings=128, initializer_range=0.2)
         model = transformers.BertModel(cfg, add_pooling_layer=True)
     else:
         raise ValueError(arch)
@@ -183,4 +195,5 @@ def build(arch: str, dest: Path, smollm2_dir: Path | None = None, minilm_dir: Pa
 
 
 # The GGUF families; "distilbert" is built too, for the ONNX path's optimum fallback.
-ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "bert"]
+ARCHS = ["llama-smollm2", "llama-spm", "llama3", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3",
+         "bert"]

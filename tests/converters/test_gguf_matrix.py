@@ -24,8 +24,8 @@ DECODERS = [a for a in tiny.ARCHS if a != "bert"]
 TOLERANCES = {"fp32": ("rel", 1e-3), "fp16": ("rel", 1e-2), "int8": ("kl", 0.01), "int4": ("kl", 0.3)}
 # HF architecture each tiny model exercises
 COVERS = {"llama-smollm2": "LlamaForCausalLM", "llama-spm": "LlamaForCausalLM", "llama3": "LlamaForCausalLM",
-          "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM",
-          "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+          "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+          "phi3": "Phi3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
           "bert": "BertModel"}
 
 

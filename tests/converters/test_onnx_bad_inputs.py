@@ -71,7 +71,8 @@ def test_external_data_escaping_the_artifact_is_refused_on_load(tiny_checkpoint,
 
 
 def test_two_formats_one_call(tiny_checkpoint, tmp_path):
-    results = edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx,gguf", quant="int8", output=tmp_path / "both")
+    results = edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx,gguf", quant="int8",
+                              output=tmp_path / "both")
     assert [r.format for r in results] == ["onnx", "gguf"]
     assert results[1].quant == "Q8_0" and results[0].label == "int8"
     for r in results:

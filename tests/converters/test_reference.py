@@ -18,7 +18,8 @@ OUTTYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "q8_0"}
 
 
 @pytest.mark.parametrize("quant", list(OUTTYPES))
-@pytest.mark.parametrize("arch", ["llama-smollm2", "llama-spm", "mistral", "phi3", "gemma2", "gemma3", "bert"])
+@pytest.mark.parametrize("arch", ["llama-smollm2", "llama-spm", "mistral", "phi3", "gemma2", "gemma3",
+                                  "bert"])
 def test_tiny_matches_llama_cpp_converter(arch, quant, tiny_checkpoint, converted, tmp_path):
     ref = reference_convert(tiny_checkpoint(arch), OUTTYPES[quant], tmp_path / "ref.gguf")
     assert gguf_differences(converted(arch, quant), ref) == []

@@ -56,3 +56,13 @@ def test_file_instead_of_directory(tmp_path):
     f.write_bytes(b"x")
     with pytest.raises(SourceNotFoundError, match="expected a checkpoint directory"):
         inspect(f)
+
+
+def test_manifest_carries_no_path_of_the_converting_machine(tiny_checkpoint, tmp_path):
+    """Artifacts get shared: a local source is named by its directory alone, and no field is always empty."""
+    src = tiny_checkpoint("qwen2")
+    result = edgekit.convert(str(src), to="gguf", quant="fp16", output=tmp_path / "out")
+    text = (result.path / "edgekit.json").read_text()
+    assert result.manifest["source"]["id"] == src.name
+    assert str(src.parent) not in text and str(tmp_path) not in text
+    assert all(value is not None for key, value in result.manifest.items() if key != "chat_template")
