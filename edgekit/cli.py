@@ -185,6 +185,8 @@ def run(
     ignore_eos: Annotated[bool, typer.Option(
         "--ignore-eos", help="generate max_tokens even past EOS")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx-size", "-c", help="context window in tokens")] = None,
     chat: Annotated[bool, typer.Option(
         "--chat", help="wrap the prompt in the artifact's chat template")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
@@ -193,7 +195,7 @@ def run(
     from .engine import load
 
     try:
-        with load(artifact, device=device) as engine:
+        with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
             sampling = {"top_k": top_k, "top_p": top_p, "min_p": min_p, "repeat_penalty": repeat_penalty}
             kwargs = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "stop": stop or (),
                       "ignore_eos": ignore_eos, **{k: v for k, v in sampling.items() if v is not None}}
@@ -217,12 +219,14 @@ def chat(
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
+    ctx_size: Annotated[int | None, typer.Option("--ctx-size", "-c", help="context window in tokens")] = None,
 ) -> None:
-    """Interactive chat in the terminal (an empty line or Ctrl-D ends it)."""
+    """Interactive chat in the terminal (Ctrl-C stops a reply; an empty line or Ctrl-D ends it)."""
     from .engine import load
 
     try:
-        with load(artifact, device=device) as engine:
+        with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
             messages: list[dict[str, str]] = []
             while True:
                 try:
@@ -245,6 +249,26 @@ def chat(
                 messages.append({"role": "assistant", "content": reply})
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, False)
+
+
+@app.command()
+def embed(
+    artifact: Annotated[Path, typer.Argument(help="artifact directory of an embedding model")],
+    texts: Annotated[list[str], typer.Argument(help="texts to embed")],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the vectors as JSON")] = False,
+) -> None:
+    """One vector per text, one line each (edgekit.load(...).embed)."""
+    from .engine import load
+
+    try:
+        with load(artifact, device=device, threads=threads) as engine:
+            vectors = engine.embed(list(texts))
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+    rows = [[round(float(v), 6) for v in row] for row in vectors]
+    _emit({"dim": len(rows[0]), "vectors": rows}, as_json, "\n".join(" ".join(map(str, row)) for row in rows))
 
 
 @app.command()

@@ -62,11 +62,17 @@ class Stream:
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
-        for event in self._events:
-            if isinstance(event, GenerationResult):
-                self.result = event
-            else:
-                yield event
+        finished = False
+        try:
+            for event in self._events:
+                if isinstance(event, GenerationResult):
+                    self.result = event
+                else:
+                    yield event
+            finished = True
+        finally:
+            if not finished:  # the loop broke or the iterator was dropped: free the engine now
+                self.close()
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -90,13 +96,18 @@ class Stream:
 
 
 def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
-         budget: LatencyBudget | None = None) -> Engine:
+         budget: LatencyBudget | None = None, threads: int | None = None) -> Engine:
     """Open an artifact directory (verifying its files against edgekit.json) on a backend.
 
     device: "auto" picks the best device the backend really has, "cpu"/"cuda"/"apple" insist
-    (an absent device is a DeviceUnavailableError, never a silent fallback). budget: checked on
-    every call; each result says whether it was met and by how much.
+    (an absent device is a DeviceUnavailableError, never a silent fallback). n_ctx: the context
+    window (default: the artifact's, at most 4096). threads: CPU threads (default: every core; fewer
+    keep a busy machine steady). budget: checked on every call; each result says whether it was met
+    and by how much.
     """
+    for name, value in (("n_ctx", n_ctx), ("threads", threads)):
+        if value is not None and (type(value) is not int or value < 1):
+            raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
     root = Path(path)
     manifest = read_manifest(root)
     if device not in DEVICES:
@@ -108,7 +119,7 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
     if chosen not in cls.devices:
         raise DeviceUnavailableError(f"{cls.name} cannot run on '{chosen}'; "
                                      f"it knows {', '.join(sorted(cls.devices))}")
-    return Engine(root, manifest, cls(root, manifest, chosen, n_ctx), chosen, budget)
+    return Engine(root, manifest, cls(root, manifest, chosen, n_ctx, threads), chosen, budget)
 
 
 class Engine:
@@ -156,6 +167,9 @@ class Engine:
                                      "use top_k, top_p, min_p, repeat_penalty, ignore_eos") from None
         if not all(isinstance(s, str) for s in options.stop):
             raise InvalidOptionError("stop must be a list of str")
+        if self.manifest.get("task") == "feature-extraction":
+            raise InvalidOptionError(f"{self.path} is an embedding model: use embed() (edgekit embed), "
+                                     "not generate() or chat()")
         if prompt == "" and not add_special:  # nothing to tokenize and no BOS: fail now, even for a stream
             raise InvalidOptionError(_empty_prompt_message(source))
         events = self._run(prompt, options, add_special, cancel, source)

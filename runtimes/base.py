@@ -64,7 +64,9 @@ class Backend(ABC):
         """What this backend can use here: {"devices": [...], "auto": ..., "why": ...} and details."""
 
     @abstractmethod
-    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None: ...
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None,
+                 threads: int | None = None) -> None:
+        """n_ctx: context window (None: the backend's default); threads: CPU threads (None: every core)."""
 
     @property
     @abstractmethod

@@ -40,7 +40,8 @@ class LlamaCppBackend(Backend):
         auto, why = cls.auto_device()
         return {"devices": ["cpu"] if auto == "cpu" else ["cpu", auto], "auto": auto, "why": why}
 
-    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None,
+                 threads: int | None = None) -> None:
         llama_cpp = require("llama_cpp", "llama-cpp-python", "llama", "Running GGUF artifacts")
         if device != "cpu" and not gpu_offload_supported():
             raise DeviceUnavailableError(
@@ -54,7 +55,8 @@ class LlamaCppBackend(Backend):
             self._llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx or min(int(manifest.get("context_length") or 2048), 4096),
                 n_gpu_layers=0 if device == "cpu" else -1, embedding=self._embedding, verbose=False,
-                n_threads=max(1, os.cpu_count() or 1),
+                n_threads=threads or max(1, os.cpu_count() or 1),
+                n_threads_batch=threads or max(1, os.cpu_count() or 1),
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{path}: llama.cpp could not load the model ({exc})") from exc

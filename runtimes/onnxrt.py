@@ -35,7 +35,7 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def _session(artifact: Path, manifest: dict[str, Any], device: str):
+def _session(artifact: Path, manifest: dict[str, Any], device: str, threads: int | None = None):
     """An InferenceSession on exactly the provider asked for (onnxruntime itself would fall back)."""
     ort = require("onnxruntime", "onnxruntime", "onnx", "Running ONNX artifacts")
     provider = PROVIDERS[device]
@@ -46,7 +46,8 @@ def _session(artifact: Path, manifest: dict[str, Any], device: str):
             "install the matching onnxruntime build or use device='cpu'"
         )
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("EDGEKIT_THREADS", 0)) or (os.cpu_count() or 1)
+    env_threads = int(os.environ.get("EDGEKIT_THREADS", 0))
+    options.intra_op_num_threads = threads or env_threads or (os.cpu_count() or 1)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     path = artifact / manifest["model_file"]
     try:
@@ -95,8 +96,9 @@ class _OnnxBackend(Backend):
 class OnnxRuntimeBackend(_OnnxBackend):
     tasks = frozenset({"text-generation"})
 
-    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
-        self._sess, ort = _session(artifact, manifest, device)
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None,
+                 threads: int | None = None) -> None:
+        self._sess, ort = _session(artifact, manifest, device, threads)
         facts = manifest.get("onnx") or {}
         try:
             self._layers, self._kv_heads, self._head_dim = (facts["num_layers"], facts["num_kv_heads"],
@@ -197,8 +199,9 @@ class OnnxEncoderBackend(_OnnxBackend):
 
     tasks = frozenset({"feature-extraction"})
 
-    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
-        self._sess, self._ort = _session(artifact, manifest, device)
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None,
+                 threads: int | None = None) -> None:
+        self._sess, self._ort = _session(artifact, manifest, device, threads)
         facts = manifest.get("onnx") or {}
         self._n_ctx = min(n_ctx or 512, int(facts.get("context_length") or 512))
         self._pooling = facts.get("pooling") or {"mode": "mean", "normalize": False}

@@ -84,3 +84,33 @@ def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
     assert json.loads(second.stdout)["text"] == data["text"]  # same seed, same text
     bad = _cli("run", str(out), "x", "--top-p", "0", "--device", "cpu")
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "top_p" in bad.stderr
+
+
+def test_embed_command_and_run_on_an_embedder(tiny_checkpoint, tmp_path):
+    out = tmp_path / "bert"
+    converted = _cli("convert", str(tiny_checkpoint("bert")), "--to", "onnx", "-q", "fp32", "-o", str(out))
+    assert converted.returncode == 0, converted.stderr
+    human = _cli("embed", str(out), "a cat", "a dog", "--threads", "1")
+    assert human.returncode == 0, human.stderr
+    rows = [line.split() for line in human.stdout.strip().splitlines()]
+    assert len(rows) == 2 and len(rows[0]) == 64  # one line of 64 numbers per text: pipeable
+    data = json.loads(_cli("embed", str(out), "a cat", "--json").stdout)
+    assert data["ok"] and data["dim"] == 64 and len(data["vectors"]) == 1
+    assert abs(data["vectors"][0][0] - float(rows[0][0])) < 1e-5
+    wrong = _cli("run", str(out), "hello")
+    assert wrong.returncode == 1 and "embedding model: use embed()" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
+def test_threads_and_context_size_options(tiny_checkpoint, tmp_path):
+    import edgekit
+
+    out = tmp_path / "o"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "onnx", "--quant", "fp32", "-o",
+                str(out)).returncode == 0
+    p = _cli("run", str(out), "Hello", "-n", "4", "--threads", "1", "-c", "64", "--json")
+    assert p.returncode == 0, p.stderr
+    with edgekit.load(out, n_ctx=64, threads=1) as engine:
+        assert engine.backend.context_length == 64
+    bad = _cli("run", str(out), "Hello", "--threads", "0")
+    assert bad.returncode == 1 and "threads must be a whole number >= 1" in bad.stderr

@@ -317,6 +317,37 @@ def test_a_closed_stream_frees_the_engine_at_once(fp32_artifact):
         assert done == [3]
 
 
+@pytest.mark.parametrize("how", ["break", "unread", "cancel", "exception"])
+def test_an_abandoned_stream_never_blocks_another_thread(fp32_artifact, how):
+    """A stream left behind (loop broken, never read, cancelled, or an error in the loop body) while
+    still referenced must not keep the engine: a generate() from another thread finishes."""
+    import threading
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        stream = engine.generate("Hello", max_tokens=50, stream=True)
+        if how == "break":
+            for _ in stream:
+                break
+        elif how == "cancel":
+            pieces = iter(stream)
+            next(pieces)
+            stream.cancel()
+            list(pieces)
+            assert stream.result is not None and stream.result.finish_reason == "cancelled"
+        elif how == "exception":
+            with pytest.raises(RuntimeError):
+                for _ in stream:
+                    raise RuntimeError("the caller's own bug")
+        done = []
+        worker = threading.Thread(target=lambda: done.append(engine.generate("Hi", max_tokens=3).tokens_out))
+        worker.start()
+        worker.join(timeout=60)
+        freed = done == [3]
+        stream.close()  # were the engine still held, this frees it, so a failure cannot hang the suite
+        worker.join(timeout=60)
+        assert freed, f"another thread's generate() still waited after '{how}'"
+
+
 def test_chat_template_that_raises(fp32_artifact):
     from edgekit.errors import ChatTemplateError
 

@@ -26,7 +26,8 @@ class EchoBackend(Backend):
     tasks = frozenset({"text-generation"})
     devices = frozenset({"cpu"})
 
-    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None) -> None:
+    def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None,
+                 threads: int | None = None) -> None:
         self.text = (artifact / manifest["model_file"]).read_bytes()
 
     @classmethod
