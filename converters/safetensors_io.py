@@ -62,7 +62,9 @@ class TensorRef:
                 out = data.astype(np.float32)
         else:
             out = np.array(data)  # copy out of the memmap so the file can close
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
+        # a float64 sum is non-finite exactly when some value is (no overflow for real weights), and
+        # needs no tensor-sized temporary, unlike isfinite().all()
+        if out.dtype.kind == "f" and not np.isfinite(out.sum(dtype=np.float64)):
             bad = int(out.size - np.count_nonzero(np.isfinite(out)))
             raise CheckpointFormatError(
                 f"{self.file}: tensor '{self.name}' holds {bad} NaN or infinite value(s) (of {out.size}"

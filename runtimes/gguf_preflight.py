@@ -9,6 +9,7 @@ opens them. Only the header is read: a few milliseconds even for a 50k-token voc
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ class GGUFHeader:
 
 
 class _Reader:
-    def __init__(self, data: bytes, path: Path) -> None:
+    def __init__(self, data: memoryview, path: Path) -> None:
         self.data, self.pos, self.path = data, 0, path
 
     def fail(self, what: str) -> ArtifactError:
@@ -49,7 +50,7 @@ class _Reader:
         n = self.take("<Q")
         if n > len(self.data) - self.pos:
             raise self.fail(f"string of {n} bytes past the end")
-        out = self.data[self.pos:self.pos + n]
+        out = bytes(self.data[self.pos:self.pos + n])
         self.pos += n
         return out
 
@@ -70,15 +71,46 @@ class _Reader:
                 items = list(struct.unpack_from(f"<{count}{fmt[1]}", self.data, self.pos))
                 self.pos += count * size
                 return items
+            if inner == 8:
+                return self._strings(count)
             return [self.value(inner, depth + 1) for _ in range(count)]
         raise self.fail(f"unknown value type {kind}")
+
+    def _strings(self, count: int) -> list[bytes]:
+        """An array of strings (a vocabulary: tens of thousands), in one tight loop."""
+        data, pos, end, unpack = self.data, self.pos, len(self.data), struct.Struct("<Q").unpack_from
+        out = []
+        append = out.append
+        for _ in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                raise self.fail("truncated")
+            (n,) = unpack(data, pos)
+            pos += 8
+            if n > end - pos:
+                self.pos = pos
+                raise self.fail(f"string of {n} bytes past the end")
+            append(bytes(data[pos:pos + n]))
+            pos += n
+        self.pos = pos
+        return out
 
 
 def read_header(path: Path, limit: int = 64 << 20) -> GGUFHeader:
     """Parse magic, metadata and tensor table (at most `limit` bytes of header are read)."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        data = fh.read(min(size, limit))
+        if size == 0:
+            raise ArtifactError(f"{path}: not a GGUF file (it is empty)")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:  # only what is parsed is read
+            data = memoryview(mapped)[: min(size, limit)]
+            try:
+                return _parse(data, path, size)
+            finally:
+                data.release()
+
+
+def _parse(data: memoryview, path: Path, size: int) -> GGUFHeader:
     r = _Reader(data, path)
     if r.take("4s") != _MAGIC:
         raise ArtifactError(f"{path}: not a GGUF file (its first bytes are not 'GGUF')")
