@@ -88,7 +88,9 @@ def main() -> None:
 
     cases = [("edgekit", "F16", ours), ("llama.cpp", "F16", reference),
              ("edgekit", "Q4_K_M", ours), ("llama.cpp", "Q4_K_M", reference)]
-    # onnxruntime-genai's builder lives in its own venv (../shared/anchors/build-genai-anchor.sh makes it)
+    # onnxruntime-genai's builder needs transformers 5, so it lives in a venv of its own:
+    #   python -m venv $GENAI_ANCHOR_VENV
+    #   $GENAI_ANCHOR_VENV/bin/pip install onnxruntime-genai transformers torch
     genai_py = Path(os.environ.get("GENAI_ANCHOR_VENV",
                                    Path(tempfile.gettempdir()) / "genai-anchor-venv")) / "bin/python"
     if genai_py.exists():

@@ -8,7 +8,8 @@ bandwidth limit (decode reads every weight once per token: tok/s <= bandwidth / 
 
   GGUF Q4_K_M: edgekit.load(...).generate  vs  raw llama_cpp.Llama on the same file
   ONNX int4:   edgekit (our graph, IO binding)  vs  onnxruntime-genai on its own int4 model
-               (built by ../shared/anchors/build-genai-anchor.sh; its runtime needs
+               (built by onnxruntime-genai's model builder in a venv of its own, as
+               bench/convert_bench.py describes; its runtime needs
                `.venv/bin/pip install onnxruntime-genai`; skipped when --genai is not given)
                and vs optimum's ORTModelForCausalLM on its export + MatMulNBits int4
                (built by bench/optimum_anchor.py; skipped when --optimum is not given)

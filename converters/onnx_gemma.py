@@ -37,7 +37,8 @@ class _Gemma(LlamaDecoder):
         return self.default_sliding(layer)
 
     def default_sliding(self, layer: int) -> bool:
-        raise NotImplementedError
+        """Without `layer_types` in the config: Gemma 2's local, global, local ... pattern."""
+        return layer % 2 == 0
 
     def attention_window(self, layer: int) -> int:
         window = self.ckpt.config.get("sliding_window")
@@ -78,8 +79,7 @@ class _Gemma(LlamaDecoder):
 
 @register("Gemma2ForCausalLM")
 class Gemma2Decoder(_Gemma):
-    def default_sliding(self, layer: int) -> bool:
-        return layer % 2 == 0  # Gemma 2: local, global, local ...
+    pass
 
 
 @register("Gemma3ForCausalLM")

@@ -55,3 +55,13 @@ def converted(tiny_checkpoint, tmp_path_factory):
         return done[key]
 
     return make
+
+
+@pytest.fixture
+def ckpt(tiny_checkpoint, tmp_path) -> Path:
+    """A private copy of the tiny Qwen2 checkpoint that a test may damage."""
+    import shutil
+
+    dest = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint("qwen2"), dest)
+    return dest

@@ -143,3 +143,8 @@ def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> 
         past = {n.replace("present.", "past_key_values."): v
                 for n, v in result.items() if n.startswith("present.")}
     return np.concatenate(logits).astype(np.float32)
+
+
+def leftovers(out: Path) -> list[str]:
+    """What a conversion to `out` left in its folder: the output itself and any hidden sibling of it."""
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}") or p == out)

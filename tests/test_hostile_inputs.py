@@ -28,21 +28,11 @@ from edgekit.errors import (
     UnsafePathError,
 )
 
-
-@pytest.fixture
-def ckpt(tiny_checkpoint, tmp_path) -> Path:
-    """A private copy of a tiny checkpoint that a test may damage."""
-    dest = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint("qwen2"), dest)
-    return dest
+from helpers import leftovers
 
 
 def _convert(src, out, **kw):
     return edgekit.convert(str(src), to=kw.pop("to", "gguf"), quant=kw.pop("quant", "fp16"), output=out, **kw)
-
-
-def _leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}") or p == out)
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -102,7 +92,7 @@ def test_overwrite_replaces_an_earlier_artifact(ckpt, tmp_path):
     first = _convert(ckpt, out, quant="fp16")
     second = _convert(ckpt, out, quant="int8", overwrite=True)
     assert second.quant == "Q8_0" and not (out / first.manifest["model_file"]).exists()
-    assert _leftovers(out) == ["out"]
+    assert leftovers(out) == ["out"]
 
 
 def test_folder_created_during_conversion_is_left_alone(ckpt, tmp_path):
@@ -116,7 +106,7 @@ def test_folder_created_during_conversion_is_left_alone(ckpt, tmp_path):
     with pytest.raises(OutputExistsError, match="already exists"):
         _convert(ckpt, out, progress=meddle)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
-    assert _leftovers(out) == ["out"]
+    assert leftovers(out) == ["out"]
 
 
 def test_two_conversions_to_one_output_exactly_one_wins(ckpt, tmp_path):
@@ -131,7 +121,7 @@ def test_two_conversions_to_one_output_exactly_one_wins(ckpt, tmp_path):
     assert loser["error"] == "OutputExistsError"
     assert "another conversion" in loser["message"] or "already exists" in loser["message"]
     edgekit.read_manifest(out)  # the winner's artifact is whole
-    assert _leftovers(out) == ["out"]
+    assert leftovers(out) == ["out"]
 
 
 def test_conversion_to_an_output_another_one_holds_fails_at_once(ckpt, tmp_path):
@@ -141,7 +131,7 @@ def test_conversion_to_an_output_another_one_holds_fails_at_once(ckpt, tmp_path)
     with output_lock(out):  # as a conversion running in another process holds it
         p = _cli("convert", str(ckpt), "-o", str(out))
     assert f"another conversion (pid {os.getpid()}) is writing this output" in _one_line(p)
-    assert _leftovers(out) == []
+    assert leftovers(out) == []
 
 
 def test_sigterm_before_writing_names_the_stage(ckpt, tmp_path):
@@ -157,7 +147,7 @@ def test_sigterm_before_writing_names_the_stage(ckpt, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "interrupted by SIGTERM while checking the chat template" in err and "Traceback" not in err
-    assert _leftovers(tmp_path / "o") == []
+    assert leftovers(tmp_path / "o") == []
 
 
 def test_output_under_a_file_is_one_line(ckpt, tmp_path):
@@ -177,10 +167,10 @@ def test_sigkill_leftovers_removed_by_the_next_conversion(ckpt, tmp_path):
     """)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300)
     assert p.returncode == -signal.SIGKILL
-    stale = [n for n in _leftovers(out) if ".partial-" in n]
+    stale = [n for n in leftovers(out) if ".partial-" in n]
     assert len(stale) == 1  # what SIGKILL leaves: nothing can run on the way out
     _convert(ckpt, out)
-    assert _leftovers(out) == ["out"]
+    assert leftovers(out) == ["out"]
 
 
 # ---- native aborts -----------------------------------------------------------------------------
@@ -203,7 +193,7 @@ def test_duplicate_token_refused_before_anything_is_written(ckpt, tmp_path):
     p = _cli("convert", str(ckpt), "-o", str(tmp_path / "out"))
     line = _one_line(p)
     assert f"tokens 300 and {last} are both" in line and "tokenizer.json" in line
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def _probe_load(artifact: Path) -> subprocess.CompletedProcess:
@@ -297,7 +287,7 @@ def test_hanging_chat_template_refused_at_convert(ckpt, tmp_path):
     with pytest.raises(ConversionError, match="chat template"):
         _convert(ckpt, tmp_path / "out")
     assert time.perf_counter() - start < 60
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 # ---- signals ------------------------------------------------------------------------------------
@@ -333,7 +323,7 @@ def test_signal_during_llama_cpp_quantize(ckpt, tmp_path, sig, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     assert "quantizing (llama.cpp)" in err and "nothing was written" in err and "Traceback" not in err
-    assert _leftovers(out) == []
+    assert leftovers(out) == []
     alive = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
     assert not alive, [(k.status(), k.ppid(), _cmdline(k)) for k in alive]
 
@@ -353,7 +343,7 @@ def test_sigterm_while_writing_tensors(ckpt, tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 143, p.stderr
     assert "SIGTERM while writing tensors (gguf)" in p.stdout
-    assert _leftovers(out) == []
+    assert leftovers(out) == []
 
 
 # ---- integrity ----------------------------------------------------------------------------------
@@ -385,7 +375,7 @@ def test_non_finite_weights_refused(ckpt, tmp_path, value):
     _rewrite_tensor(ckpt, name, poison)
     with pytest.raises(CheckpointFormatError, match=f"tensor '{name}' holds 1 NaN or infinite"):
         _convert(ckpt, tmp_path / "out")
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_non_finite_weights_refused_on_the_onnx_path_too(ckpt, tmp_path):
@@ -408,7 +398,7 @@ def test_overlapping_offsets_refused(ckpt, tmp_path):
     (ckpt / "model.safetensors").write_bytes(struct.pack("<Q", len(blob)) + blob + data[8 + n:])
     with pytest.raises(CheckpointFormatError, match="tensor '.*' starts at data byte 0, which overlaps '.*'"):
         _convert(ckpt, tmp_path / "out")
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_config_shape_mismatch_refused(ckpt, tmp_path):
@@ -438,7 +428,7 @@ def test_disk_full_is_a_conversion_error(ckpt, tmp_path, monkeypatch):
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
     with pytest.raises(ConversionError, match="no space left on the device"):
         _convert(ckpt, tmp_path / "out")
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_unreadable_artifact_file_is_one_line(fp32_gguf):

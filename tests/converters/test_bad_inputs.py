@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,28 +18,18 @@ from edgekit.errors import (
     UnsupportedArchitectureError,
 )
 
-
-@pytest.fixture
-def ckpt(tiny_checkpoint, tmp_path) -> Path:
-    """A private copy of a tiny checkpoint that a test may damage."""
-    dest = tmp_path / "ckpt"
-    shutil.copytree(tiny_checkpoint("qwen2"), dest)
-    return dest
+from helpers import leftovers
 
 
 def _convert(src, out, **kw):
     return edgekit.convert(str(src), to="gguf", quant=kw.pop("quant", "fp16"), output=out, **kw)
 
 
-def _leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}") or p == out)
-
-
 def test_no_config(ckpt, tmp_path):
     (ckpt / "config.json").unlink()
     with pytest.raises(CheckpointFormatError, match="no config.json"):
         _convert(ckpt, tmp_path / "out")
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_invalid_config_json(ckpt, tmp_path):
@@ -57,7 +46,7 @@ def test_unsupported_architecture_lists_supported(ckpt, tmp_path):
         _convert(ckpt, tmp_path / "out")
     assert "FalconForCausalLM" in str(info.value) and "LlamaForCausalLM" in str(info.value)
     assert "Qwen2ForCausalLM" in str(info.value)
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_auto_map_refused_unless_allowed(ckpt, tmp_path):
@@ -76,7 +65,7 @@ def test_truncated_safetensors(ckpt, tmp_path):
     weights.write_bytes(data[: len(data) - 1000])
     with pytest.raises(CheckpointFormatError, match=r"model.safetensors: .*truncated"):
         _convert(ckpt, tmp_path / "out")
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_garbled_safetensors_header(ckpt, tmp_path):
@@ -118,7 +107,7 @@ def test_unknown_pre_tokenizer_is_an_error_not_a_guess(ckpt, tmp_path):
     (ckpt / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(TokenizerError, match="pre-tokenizer"):
         _convert(ckpt, tmp_path / "out")
-    assert _leftovers(tmp_path / "out") == []
+    assert leftovers(tmp_path / "out") == []
 
 
 def test_missing_source():
@@ -141,7 +130,7 @@ def test_output_exists_refused_then_overwritten(ckpt, tmp_path):
     assert (out / first.manifest["model_file"]).is_file()
     result = _convert(ckpt, out, overwrite=True)  # an edgekit artifact may be replaced
     assert not (out / first.manifest["model_file"]).exists() and (out / "edgekit.json").is_file()
-    assert _leftovers(out) == ["out"]
+    assert leftovers(out) == ["out"]
     assert result.path == out.absolute()
 
 
@@ -162,7 +151,7 @@ def test_failure_midway_leaves_nothing(ckpt, tmp_path, monkeypatch):
     with pytest.raises(ConversionError, match="no space left"):
         _convert(ckpt, out)
     assert calls["n"] == 3
-    assert _leftovers(out) == []
+    assert leftovers(out) == []
 
 
 def test_failure_in_quantize_step_removes_intermediate(ckpt, tmp_path, monkeypatch):
@@ -176,4 +165,4 @@ def test_failure_in_quantize_step_removes_intermediate(ckpt, tmp_path, monkeypat
     out = tmp_path / "out"
     with pytest.raises(ConversionError, match="simulated"):
         _convert(ckpt, out, quant="int4")
-    assert _leftovers(out) == []
+    assert leftovers(out) == []

@@ -1,7 +1,7 @@
 """The native ONNX decoder of every supported family, on tiny random models, against transformers.
 
 Full-sequence logits and step-by-step decode logits through the KV cache. Bounds: fp32 1e-4 and
-fp16 1e-2 relative (issue 3; measured 1-2e-6 and 2-5e-3). Quantized: mean KL, measured on these
+fp16 1e-2 relative (measured 1-2e-6 and 2-5e-3). Quantized: mean KL, measured on these
 tiny models (uniform-noise weights, sharp logits: a harsh case) at int8 1e-3 - 2.5e-3 and int4
 0.05 - 0.25 (top-1 33-64%); the bounds 0.01 and 0.5 catch any graph defect (a wrong rotary or a
 transposed weight gives KL > 1). Fidelity on a real model is judged in test_real_models.py.
