@@ -202,22 +202,51 @@ def run(
             messages = [{"role": "user", "content": prompt}]
             if as_json:
                 result = engine.chat(messages, **kwargs) if chat else engine.generate(prompt, **kwargs)
-                _emit({"device": engine.device, **result.to_dict()}, True, "")
+                _emit({**_where(engine), **result.to_dict()}, True, "")
                 return
             pieces = (engine.chat(messages, stream=True, **kwargs) if chat
                       else engine.generate(prompt, stream=True, **kwargs))
             for piece in pieces:
                 typer.echo(piece, nl=False)
             typer.echo("")
+            _report(engine, pieces.result)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
+
+
+def _where(engine) -> dict[str, Any]:
+    """Which backend, device, format and quantization a run used (for --json and the stderr line)."""
+    quant = engine.manifest.get("quantization") or {}
+    return {"backend": engine.backend.name, "device": engine.device, "format": engine.manifest.get("format"),
+            "quant": quant.get("label") or quant.get("scheme")}
+
+
+def _report(engine, result) -> None:
+    """The numbers a person wants after a reply, on stderr so that stdout stays the text alone."""
+    if result is None:
+        return
+    where = _where(engine)
+    typer.secho(f"[{result.tokens_out} tokens, TTFT {1000 * result.ttft_s:.0f} ms, "
+                f"{result.decode_tok_s:.1f} tok/s, {result.finish_reason}; {where['backend']} on "
+                f"{where['device']}, {where['format']} {where['quant']}]", err=True, dim=True)
+
+
+# chat's sampling when neither the command line nor the artifact's generation_config sets one:
+# llama.cpp's interactive defaults, which keep small instruct models from rambling
+CHAT_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 
 
 @app.command()
 def chat(
     artifact: Annotated[Path, typer.Argument(help="artifact directory")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
-    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.7,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", "-t", help="default: the model's generation_config, else 0.8")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="default: model, else 40")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="default: model, else 0.95")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", help="default: model, else 0.05")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    system: Annotated[str | None, typer.Option("--system", help="a system message to start with")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
     ctx_size: Annotated[int | None, typer.Option("--ctx-size", "-c", help="context window in tokens")] = None,
@@ -227,7 +256,10 @@ def chat(
 
     try:
         with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
-            messages: list[dict[str, str]] = []
+            given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
+            sampling = {**CHAT_SAMPLING, **engine.generation_defaults(),
+                        **{k: v for k, v in given.items() if v is not None}}
+            messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
             while True:
                 try:
                     line = input("> ").strip()
@@ -237,7 +269,7 @@ def chat(
                     break
                 messages.append({"role": "user", "content": line})
                 reply = ""
-                stream = engine.chat(messages, max_tokens=max_tokens, temperature=temperature, stream=True)
+                stream = engine.chat(messages, max_tokens=max_tokens, seed=seed, stream=True, **sampling)
                 try:
                     for piece in stream:
                         reply += piece
@@ -246,6 +278,7 @@ def chat(
                     stream.close()
                     typer.echo(" [stopped]", err=True)
                 typer.echo("")
+                _report(engine, stream.result)
                 messages.append({"role": "assistant", "content": reply})
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, False)

@@ -257,6 +257,26 @@ class Engine:
             stale.close()
         return template.render(messages, add_generation_prompt=True)
 
+    def generation_defaults(self) -> dict[str, Any]:
+        """Sampling the checkpoint's generation_config.json sets (temperature, top_k, top_p, min_p,
+        repeat_penalty), for callers that want the model's own defaults; {} without one."""
+        import json
+
+        names = {e.get("name") for e in self.manifest.get("files", [])}
+        if "generation_config.json" not in names:
+            return {}
+        try:
+            config = json.loads((self.path / "generation_config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return {}
+        keys = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+                "repetition_penalty": "repeat_penalty"}
+        out = {ours: config[theirs] for theirs, ours in keys.items()
+               if isinstance(config.get(theirs), int | float) and not isinstance(config.get(theirs), bool)}
+        if config.get("do_sample") is False:
+            out["temperature"] = 0.0
+        return out
+
     def _check_open(self) -> None:
         if self._closed:
             raise BackendError(f"{self.path}: this engine is closed; open the artifact again with "

@@ -114,3 +114,36 @@ def test_threads_and_context_size_options(tiny_checkpoint, tmp_path):
         assert engine.backend.context_length == 64
     bad = _cli("run", str(out), "Hello", "--threads", "0")
     assert bad.returncode == 1 and "threads must be a whole number >= 1" in bad.stderr
+
+
+def test_run_and_chat_show_their_numbers_on_stderr(tiny_checkpoint, tmp_path):
+    """stdout carries the text alone (pipeable); stderr one line with TTFT, tok/s, backend and device."""
+    out = tmp_path / "g"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
+    run = _cli("run", str(out), "Hello", "-n", "6", "--ignore-eos", "--device", "cpu")
+    assert run.returncode == 0, run.stderr
+    assert "6 tokens, TTFT" in run.stderr and "tok/s" in run.stderr
+    assert "llama.cpp on cpu, gguf fp32" in run.stderr
+    assert "TTFT" not in run.stdout
+    data = json.loads(_cli("run", str(out), "Hello", "-n", "3", "--device", "cpu", "--json").stdout)
+    where = (data["backend"], data["device"], data["format"], data["quant"])
+    assert where == ("llama.cpp", "cpu", "gguf", "fp32")
+    chat = subprocess.run([sys.executable, "-m", "edgekit.cli", "chat", str(out), "-n", "5", "--seed", "1",
+                           "--system", "You are terse.", "--device", "cpu"], input="Hello\n\n",
+                          capture_output=True, text=True, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stderr.count("TTFT") == 1 and "llama.cpp on cpu" in chat.stderr
+
+
+def test_generation_config_gives_the_sampling_defaults(tiny_checkpoint, tmp_path):
+    import shutil
+
+    import edgekit
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_checkpoint("qwen2"), src)
+    (src / "generation_config.json").write_text(json.dumps({"temperature": 0.2, "top_p": 0.9,
+                                                            "repetition_penalty": 1.1, "eos_token_id": 2}))
+    artifact = edgekit.convert(str(src), to="gguf", quant="fp32", output=tmp_path / "a").path
+    with edgekit.load(artifact, device="cpu") as engine:
+        assert engine.generation_defaults() == {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
