@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .artifact import read_manifest
+from .artifact import find_artifacts, read_manifest
 from .errors import (
     ArtifactError,
     BackendError,
@@ -63,6 +63,7 @@ __all__ = [
     "__version__",
     "convert",
     "devices",
+    "find_artifacts",
     "load",
     "read_manifest",
 ]

@@ -327,8 +327,10 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        raise ArtifactError(f"{root}: no {MANIFEST}; not an edgekit artifact "
-                            "(convert one with `edgekit convert`)")
+        inside = sorted(str(p.parent) for p in root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+        hint = (f"; it holds artifacts: {', '.join(inside)} (pass one of them)" if inside
+                else " (convert one with `edgekit convert`)")
+        raise ArtifactError(f"{root}: no {MANIFEST}; not an edgekit artifact{hint}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -398,6 +400,30 @@ def _verify_files(root: Path, files: list[dict[str, Any]]) -> None:
         if sha256_file(member) != entry.get("sha256"):
             raise ManifestMismatch(f"{member}: sha256 differs from the manifest; "
                                    "the file was altered or corrupted")
+
+
+def find_artifacts(root: str | Path = ".", depth: int = 3) -> list[dict[str, Any]]:
+    """Every edgekit artifact under `root` (down to `depth` folders), with its format, architecture,
+    quantization and size; a damaged one is listed with its error, not skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such folder")
+    found = []
+    for level in range(depth + 1):
+        for manifest_path in sorted(root.glob("/".join(["*"] * level + [MANIFEST]))):
+            entry: dict[str, Any] = {"path": str(manifest_path.parent)}
+            try:
+                manifest = read_manifest(manifest_path.parent, verify=False)
+            except ArtifactError as exc:
+                found.append({**entry, "format": "?", "architecture": "?", "quant": "?", "size_mb": 0,
+                              "error": str(exc).split(": ", 1)[-1]})
+                continue
+            quant = manifest.get("quantization") or {}
+            found.append({**entry, "format": manifest["format"], "architecture": manifest.get("architecture"),
+                          "quant": quant.get("label") or quant.get("scheme"),
+                          "bits_per_weight": quant.get("bits_per_weight"),
+                          "size_mb": round(sum(f.get("size", 0) for f in manifest["files"]) / 1e6, 1)})
+    return found
 
 
 def runtime_files(manifest: dict[str, Any]) -> list[str]:

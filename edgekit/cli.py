@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .bundled import DEFAULT as BUNDLED_DEFAULT
+from .bundled import NAMES as BUNDLED_NAMES
 from .errors import EdgekitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -139,7 +141,7 @@ def _path_taken(result) -> str:
 
 @app.command()
 def bundled(
-    name: Annotated[str, typer.Argument(help="bundled model name")] = "smollm2-135m-instruct",
+    name: Annotated[str, typer.Argument(help=f"bundled model: {', '.join(BUNDLED_NAMES)}")] = BUNDLED_DEFAULT,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Materialize a bundled real model as an HF checkpoint and print its path (edgekit.bundled.path)."""
@@ -176,10 +178,10 @@ def run(
     prompt: Annotated[str, typer.Argument(help="text to complete")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 128,
     temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
-    top_k: Annotated[int | None, typer.Option("--top-k")] = None,  # None: GenerationOptions' default
-    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
-    min_p: Annotated[float | None, typer.Option("--min-p")] = None,
-    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="default 40 (0: off)")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p", help="default 1.0 (off)")] = None,
+    min_p: Annotated[float | None, typer.Option("--min-p", help="default 0 (off)")] = None,
+    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty", help="default 1 (off)")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     ignore_eos: Annotated[bool, typer.Option(
@@ -282,6 +284,24 @@ def chat(
                 messages.append({"role": "assistant", "content": reply})
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, False)
+
+
+@app.command("list")
+def list_artifacts(
+    root: Annotated[Path, typer.Argument(help="folder to look in (three levels deep)")] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="print the artifacts as JSON")] = False,
+) -> None:
+    """The edgekit artifacts under a folder: format, architecture, quantization, size
+    (edgekit.find_artifacts)."""
+    from .artifact import find_artifacts
+
+    try:
+        found = find_artifacts(root)
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+    lines = [f"{a['path']}  {a['format']}  {a['architecture']}  {a['quant']}  {a['size_mb']} MB"
+             + (f"  ({a['error']})" if a.get("error") else "") for a in found]
+    _emit({"artifacts": found}, as_json, "\n".join(lines) or f"no edgekit artifacts under {root}")
 
 
 @app.command()

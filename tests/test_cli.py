@@ -147,3 +147,28 @@ def test_generation_config_gives_the_sampling_defaults(tiny_checkpoint, tmp_path
     artifact = edgekit.convert(str(src), to="gguf", quant="fp32", output=tmp_path / "a").path
     with edgekit.load(artifact, device="cpu") as engine:
         assert engine.generation_defaults() == {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+
+
+def test_list_finds_artifacts_and_run_on_their_parent_points_to_them(tiny_checkpoint, tmp_path):
+    parent = tmp_path / "smol"
+    converted = _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "onnx,gguf", "-q", "int8",
+                     "-o", str(parent))
+    assert converted.returncode == 0, converted.stderr
+    listed = json.loads(_cli("list", str(tmp_path), "--json").stdout)["artifacts"]
+    assert sorted((a["format"], a["quant"]) for a in listed) == [("gguf", "int8"), ("onnx", "int8")]
+    assert all(a["architecture"] == "Qwen2ForCausalLM" and a["size_mb"] > 0 for a in listed)
+    human = _cli("list", str(tmp_path))
+    assert human.returncode == 0
+    assert str(parent / "gguf") in human.stdout and str(parent / "onnx") in human.stdout
+    wrong = _cli("run", str(parent), "Hello")
+    assert wrong.returncode == 1
+    assert f"it holds artifacts: {parent / 'gguf'}, {parent / 'onnx'}" in wrong.stderr
+
+
+def test_help_lists_bundled_names_and_sampling_defaults():
+    from edgekit.bundled import NAMES
+
+    bundled_help = _cli("bundled", "-h").stdout
+    assert all(name in bundled_help for name in NAMES)
+    run_help = _cli("run", "-h").stdout
+    assert "default 40" in run_help and "default: 128" in run_help
