@@ -8,7 +8,6 @@ a crash into a ConversionError with the tail of llama.cpp's log.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from edgekit.errors import ConversionError, require
-from edgekit.signals import deferred_signals
+from edgekit.signals import deferred_signals, die_with_parent
 
 
 def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -> None:
@@ -55,25 +54,13 @@ def quantize(src: Path, dst: Path, file_type: int, threads: int | None = None) -
 
 
 def _child(src: str, dst: str, file_type: int, threads: int, parent: int) -> int:
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the kernel was told to take us with it
-        return 1
+    die_with_parent(parent)
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = file_type
     params.nthread = threads
     return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params))
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this child when the converting process dies (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 if __name__ == "__main__":

@@ -354,12 +354,13 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str,
                 progress("quantize", 1, 1)
         finally:
             intermediate.unlink(missing_ok=True)
-    stats = gguf_stats(stage / model_file)  # from the file: llama.cpp chose the real types
     try:  # the checks edgekit.load runs before llama.cpp sees a file: fail now, not at the user's first load
-        preflight(stage / model_file)
+        header = preflight(stage / model_file)
     except ArtifactError as exc:
         raise ConversionError(f"{ckpt.path}: the GGUF it converts to would not load in llama.cpp: "
                               f"{str(exc).split(': ', 1)[-1]}") from exc
+    # from the file's tensor table: llama.cpp's quantizer chose the real types
+    stats = gguf_stats((ne, kind) for ne, kind, _ in header.tensors.values())
     extra = {}
     if info["task"] == "feature-extraction":
         from edgekit.converters.source import sentence_pooling

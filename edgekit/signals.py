@@ -12,8 +12,11 @@ Both act in the main thread only (Python runs signal handlers there); elsewhere 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Iterator
 
 from .errors import Interrupted
@@ -56,3 +59,31 @@ def deferred_signals() -> Iterator[None]:
             signal.signal(sig, handler)
         if pending:
             signal.raise_signal(pending[0])  # now the usual handler acts on it
+
+
+def die_with_parent(parent_pid: int, pdeathsig: bool = True) -> None:
+    """In a child process edgekit started: end when that parent ends, even by SIGKILL.
+
+    Linux's PR_SET_PDEATHSIG does it in the kernel (pdeathsig=False when the parent started us from
+    a thread other than its main one: the signal follows the thread's end, not the process's); a
+    watcher thread covers the rest (macOS, that case, and a parent gone before prctl took effect).
+    """
+    if pdeathsig and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.name != "posix" or not parent_pid:
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()

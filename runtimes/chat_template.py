@@ -29,11 +29,11 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edgekit.errors import ChatTemplateError, InvalidOptionError
+from edgekit.signals import die_with_parent
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_CHARS = 4_000_000
@@ -399,29 +399,6 @@ def _limit_memory(megabytes: int) -> bool:
         return False
 
 
-def _die_with_parent(parent_pid: int, pdeathsig: bool) -> None:
-    if pdeathsig and sys.platform.startswith("linux"):
-        try:
-            import ctypes
-            import signal
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.name != "posix" or not parent_pid:
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(0)
-
-    def watch() -> None:  # covers the cases PDEATHSIG does not (macOS, a child started by a thread)
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent_pid:
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
 def _format_widths(fmt: str, args: Any) -> list[int]:
     """The widths and precisions a %-format string asks for (with '*' taken from args)."""
     import re
@@ -625,7 +602,7 @@ def _child_main(argv: list[str]) -> int:
     parser.add_argument("--die-with-parent", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
-    _die_with_parent(args.parent_pid, args.die_with_parent)
+    die_with_parent(args.parent_pid, args.die_with_parent)
     limited = _limit_memory(args.memory_limit_mb)
     out, inp = sys.stdout.buffer, sys.stdin.buffer
 
