@@ -18,6 +18,7 @@ from .errors import (
     ConversionError,
     DeviceUnavailableError,
     EdgekitError,
+    FidelityWarning,
     Interrupted,
     InvalidOptionError,
     LatencyBudgetExceeded,
@@ -36,6 +37,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .conversion import ConversionResult, convert
+    from .fidelity import FidelityGateFailed, FidelityReport, VerificationError, verify
 
 __all__ = [
     "ArtifactError",
@@ -47,6 +49,9 @@ __all__ = [
     "ConversionResult",
     "DeviceUnavailableError",
     "EdgekitError",
+    "FidelityGateFailed",
+    "FidelityReport",
+    "FidelityWarning",
     "Interrupted",
     "InvalidOptionError",
     "LatencyBudget",
@@ -60,12 +65,14 @@ __all__ = [
     "TokenizerError",
     "UnsafePathError",
     "UnsupportedArchitectureError",
+    "VerificationError",
     "__version__",
     "convert",
     "devices",
     "find_artifacts",
     "load",
     "read_manifest",
+    "verify",
 ]
 
 _LAZY = {
@@ -74,6 +81,10 @@ _LAZY = {
     "load": ("engine", "load"),
     "LatencyBudget": ("metrics", "LatencyBudget"),
     "devices": ("hardware", "devices"),
+    "verify": ("fidelity", "verify"),
+    "FidelityReport": ("fidelity", "FidelityReport"),
+    "FidelityGateFailed": ("fidelity", "FidelityGateFailed"),
+    "VerificationError": ("fidelity", "VerificationError"),
 }
 
 

@@ -46,6 +46,7 @@ MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "onnx": ((dict,), False),  # graph I/O facts (ONNX only)
     "gguf_architecture": ((str,), False),
     "pooling": ((dict,), False),  # embedders: mode and normalization
+    "fidelity": ((dict,), False),  # the verification report (edgekit.fidelity.FidelityReport)
 }
 # what the ONNX decoder runtime reads from manifest["onnx"]
 ONNX_DECODER_FACTS = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "context_length")

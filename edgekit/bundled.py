@@ -19,7 +19,7 @@ from .cache import cache_dir
 from .errors import MissingDependencyError, SourceNotFoundError
 
 DEFAULT = "smollm2-135m-instruct"
-_FORMAT_VERSION = "1"  # bump when the materialization changes, so old caches are rebuilt
+_FORMAT_VERSION = "2"  # bump when the materialization changes, so old caches are rebuilt
 
 
 def _package_dir(module: str, package: str) -> Path:
@@ -146,7 +146,9 @@ def _build_smollm2(dest: Path) -> None:
     _write_json(dest / "special_tokens_map.json",
                 {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], **_SMOLLM2_SPECIAL})
     _write_json(dest / "config.json", _SMOLLM2_CONFIG)
-    _write_json(dest / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2})
+    # sampling as SmolLM2's model card recommends (temperature 0.2, top-p 0.9): run and chat use it
+    _write_json(dest / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2,
+                                                  "do_sample": True, "temperature": 0.2, "top_p": 0.9})
 
 
 # ---- all-MiniLM-L6-v2 ------------------------------------------------------------------------

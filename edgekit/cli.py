@@ -57,16 +57,47 @@ def _emit(data: dict[str, Any], as_json: bool, human: str) -> None:
         typer.echo(human)
 
 
-class _StageProgress:
-    """rich progress bars, one per conversion stage (inspect, write, quantize, hash)."""
+# The fidelity check's options, shared by convert and verify.
+RefKindOpt = Annotated[str, typer.Option(
+    "--reference-kind", help="auto (transformers when installed, else edgekit's own fp32 build), "
+                             "transformers or edgekit")]
+EvalFileOpt = Annotated[Path | None, typer.Option(
+    "--eval-file", help="grade on this UTF-8 text instead of edgekit's evaluation text")]
+MaxKlOpt = Annotated[float | None, typer.Option(
+    "--max-kl", help="gate: highest mean KL allowed (default: per quantization level)")]
+MinTop1Opt = Annotated[float | None, typer.Option(
+    "--min-top1", help="gate: lowest top-1 agreement allowed (default: per level)")]
+MinCosOpt = Annotated[float | None, typer.Option(
+    "--min-cosine", help="gate, embedders: lowest mean cosine allowed (default: per level)")]
 
-    _LABELS = {"inspect": "Reading checkpoint", "write": "Writing tensors",
-               "quantize": "Quantizing (llama.cpp)", "export": "Exporting (optimum-onnx)",
-               "hash": "Hashing files"}
+# Options shared by every command that loads a model; names follow llama.cpp's tools where they have one.
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", "-t", help="CPU threads (default: every core)")]
+CtxOpt = Annotated[int | None, typer.Option(
+    "--ctx-size", "-c", help="context window in tokens (default: the model's, at most 4096)")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", "-s", help="sampling seed (default: random)")]
+TempOpt = Annotated[float | None, typer.Option(
+    "--temp", "--temperature", help="0 = greedy (default: the model's generation_config, else 0.8)")]
+TopKOpt = Annotated[int | None, typer.Option("--top-k", help="0 = off (default: model's, else 40)")]
+TopPOpt = Annotated[float | None, typer.Option("--top-p", help="1 = off (default: model's, else 0.95)")]
+MinPOpt = Annotated[float | None, typer.Option("--min-p", help="0 = off (default: model's, else 0.05)")]
+RepeatOpt = Annotated[float | None, typer.Option(
+    "--repeat-penalty", help="1 = off (default: model's, else 1)")]
+BudgetOpt = Annotated[str | None, typer.Option(
+    "--budget", metavar="LINES",
+    help='latency budget, e.g. "ttft=300ms,tpot=25ms,itl_p99=80ms,total=5s,rss=1GB"; a miss exits 1')]
+
+
+class _StageProgress:
+    """rich progress bars on stderr, one per conversion stage, each labelled with its format."""
+
+    _LABELS = {"inspect": "reading checkpoint", "write": "writing tensors",
+               "quantize": "quantizing (llama.cpp)", "export": "exporting (optimum-onnx)",
+               "hash": "hashing, manifest", "verify": "verifying fidelity"}
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.tasks: dict[str, int] = {}
+        self.current: dict[str, int] = {}  # stage -> its bar (a stage that starts over gets a new one)
         self.progress = None
 
     def __enter__(self) -> _StageProgress:
@@ -74,7 +105,7 @@ class _StageProgress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+            self.progress = Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
                                      TimeElapsedColumn(), console=Console(stderr=True), transient=False)
             self.progress.start()
         return self
@@ -82,12 +113,13 @@ class _StageProgress:
     def __call__(self, stage: str, done: int, total: int) -> None:
         if self.progress is None:
             return
-        key = stage
-        if key in self.tasks and done == 0 and self.progress.tasks[self.tasks[key]].finished:
-            key = f"{stage}#{len(self.tasks)}"  # a second pass of the same stage (intermediate file)
-        if key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(self._LABELS.get(stage, stage), total=total)
-        self.progress.update(self.tasks[key], completed=done, total=total)
+        task = self.current.get(stage)
+        if task is None or (done == 0 and self.progress.tasks[task].finished):
+            fmt, _, step = stage.rpartition("/")
+            label = self._LABELS.get(step, step)
+            task = self.progress.add_task(f"{fmt.upper()} {label}" if fmt else label, total=total)
+            self.current[stage] = task
+        self.progress.update(task, completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
@@ -111,9 +143,19 @@ def convert(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="read pickle (.bin) weights")] = False,
     exporter: Annotated[str, typer.Option(
         "--exporter", help="ONNX: auto (native, else optimum), edgekit or optimum")] = "auto",
+    no_verify: Annotated[bool, typer.Option(
+        "--no-verify", help="skip the fidelity check against the source (edgekit verify)")] = False,
+    keep_failed: Annotated[bool, typer.Option(
+        "--keep-failed", help="keep an artifact that fails its fidelity gate, marked failed")] = False,
+    reference_kind: RefKindOpt = "auto",
+    eval_file: EvalFileOpt = None,
+    max_kl: MaxKlOpt = None,
+    min_top1: MinTop1Opt = None,
+    min_cosine: MinCosOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Convert a Hugging Face checkpoint into GGUF and/or ONNX artifacts (edgekit.convert)."""
+    """Convert a Hugging Face checkpoint into GGUF and/or ONNX artifacts, each verified against its
+    source before it appears (edgekit.convert)."""
     from .conversion import convert as run_convert
 
     _quiet_gguf_logs()
@@ -121,22 +163,28 @@ def convert(
         with _StageProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
             result = run_convert(source, to=to, quant=quant, output=output, overwrite=overwrite,
                                  revision=revision, allow_remote_code=allow_remote_code,
-                                 allow_pickle=allow_pickle, exporter=exporter, progress=progress)
+                                 allow_pickle=allow_pickle, exporter=exporter, progress=progress,
+                                 verify=not no_verify, keep_failed=keep_failed, reference_kind=reference_kind,
+                                 eval_file=eval_file, max_kl=max_kl, min_top1=min_top1, min_cosine=min_cosine)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     results = result if isinstance(result, list) else [result]
-    data = results[0].to_dict() if len(results) == 1 else {"artifacts": [r.to_dict() for r in results]}
-    _emit(data, as_json, "\n".join(f"wrote {r.path} ({r.format}, {r.quant}, {r.size_bytes / 1e6:.1f} MB, "
-                                   f"{r.bits_per_weight:.2f} bits/weight) in {r.seconds:.1f} s"
-                                   f"{_path_taken(r)}"
-                                   for r in results))
+    _emit({"artifacts": [r.to_dict() for r in results]}, as_json, "\n".join(_converted(r) for r in results))
 
 
-def _path_taken(result) -> str:
-    if result.exporter == "edgekit":
-        return ""
-    return (f"\n  exported through {result.exporter} for {result.architecture} "
-            "(the fallback path, not edgekit's own graph)")
+def _converted(result) -> str:
+    """One artifact per line; then why its size is what it is and which path made it, if needed."""
+    kind = f"{result.format} {result.label}" + (f" ({result.quant})" if result.format == "gguf" else "")
+    lines = [f"wrote {result.path} ({kind}, {result.size_bytes / 1e6:.1f} MB, "
+             f"{result.bits_per_weight:.2f} bits/weight) in {result.seconds:.1f} s"]
+    if result.note:
+        lines.append(f"  note: {result.note}")
+    if result.fidelity is not None:
+        lines.append(f"  {result.fidelity.summary()}")
+    if result.exporter != "edgekit":
+        lines.append(f"  exported through {result.exporter} for {result.architecture} "
+                     "(the fallback path, not edgekit's own graph)")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -169,51 +217,113 @@ def info(
     q = manifest.get("quantization", {})
     _emit({"manifest": manifest}, as_json,
           f"{artifact}: {manifest.get('format')} {manifest.get('architecture')} {q.get('scheme')} "
-          f"({q.get('bits_per_weight')} bits/weight), files verified")
+          f"({q.get('bits_per_weight')} bits/weight), files verified"
+          + (f"\n  note: {q['note']}" if q.get("note") else "")
+          + ("" if manifest.get("fidelity") else "\n  fidelity: not verified (edgekit verify)"))
+    if not as_json and manifest.get("fidelity"):
+        _print_fidelity(manifest["fidelity"])
+
+
+def _fidelity_table(data: dict[str, Any]):
+    """The fidelity section of `info` and the body of `verify`: a verdict line, then a rich table."""
+    from rich.table import Table
+
+    from .fidelity import FidelityReport
+
+    report = FidelityReport.from_dict({"artifact": "", **data})
+    sha = str(report.eval_text.get("sha256"))[:12]
+    table = Table(title=report.summary(), title_justify="left", show_edge=False,
+                  caption=f"graded on {report.eval_text.get('name')} (sha256 {sha}), "
+                          "not the calibration text",
+                  caption_justify="left")
+    for column in ("metric", "value", "gate"):
+        table.add_column(column)
+    for row in report.rows():
+        table.add_row(*row)
+    return table
+
+
+def _print_fidelity(data: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    Console(width=max(100, _terminal_width())).print(_fidelity_table(data))
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _budget(text: str | None):
+    """--budget's words as a LatencyBudget (mode record: the CLI reports and sets the exit status).
+    A malformed string is a usage error (exit 2) naming the bad part."""
+    if text is None:
+        return None
+    from .metrics import LatencyBudget
+
+    try:
+        return LatencyBudget.parse(text)
+    except EdgekitError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--budget") from None
+
+
+def _sampling(engine, **given: Any) -> dict[str, Any]:
+    """What the command line sets, over the model's generation_config, over llama.cpp's defaults."""
+    return {**engine.generation_defaults(), **{k: v for k, v in given.items() if v is not None}}
 
 
 @app.command()
 def run(
     artifact: Annotated[Path, typer.Argument(help="artifact directory")],
-    prompt: Annotated[str, typer.Argument(help="text to complete")],
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 128,
-    temperature: Annotated[float, typer.Option("--temperature", "-t")] = 0.0,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="default 40 (0: off)")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="default 1.0 (off)")] = None,
-    min_p: Annotated[float | None, typer.Option("--min-p", help="default 0 (off)")] = None,
-    repeat_penalty: Annotated[float | None, typer.Option("--repeat-penalty", help="default 1 (off)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    prompt: Annotated[str, typer.Argument(help="the user's message (with --raw: text to complete)")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", "--n-predict")] = 128,
+    temperature: TempOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repeat_penalty: RepeatOpt = None,
+    seed: SeedOpt = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     ignore_eos: Annotated[bool, typer.Option(
         "--ignore-eos", help="generate max_tokens even past EOS")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
-    ctx_size: Annotated[int | None, typer.Option("--ctx-size", "-c", help="context window in tokens")] = None,
-    chat: Annotated[bool, typer.Option(
-        "--chat", help="wrap the prompt in the artifact's chat template")] = False,
+    raw: Annotated[bool, typer.Option(
+        "--raw", help="complete the prompt as it is, without the artifact's chat template")] = False,
+    budget: BudgetOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    ctx_size: CtxOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
 ) -> None:
-    """Generate from a prompt, streaming the text (edgekit.load(...).generate / .chat)."""
+    """Answer a prompt, streaming the text: through the artifact's chat template when it has one, as
+    ollama does (--raw completes the text as it is). Text on stdout; TTFT, tok/s, backend and device
+    on stderr (edgekit.load(...).chat / .generate)."""
     from .engine import load
 
+    limits = _budget(budget)
     try:
-        with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
-            sampling = {"top_k": top_k, "top_p": top_p, "min_p": min_p, "repeat_penalty": repeat_penalty}
-            kwargs = {"max_tokens": max_tokens, "temperature": temperature, "seed": seed, "stop": stop or (),
-                      "ignore_eos": ignore_eos, **{k: v for k, v in sampling.items() if v is not None}}
-            messages = [{"role": "user", "content": prompt}]
+        with load(artifact, device=device, n_ctx=ctx_size, threads=threads, budget=limits) as engine:
+            kwargs = {"max_tokens": max_tokens, "seed": seed, "stop": stop or (), "ignore_eos": ignore_eos,
+                      **_sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repeat_penalty=repeat_penalty)}
+            templated = not raw and bool(engine.manifest.get("chat_template"))
+            call = (lambda **kw: engine.chat(prompt, **kw)) if templated else (
+                lambda **kw: engine.generate(prompt, **kw))
+            where = {**_where(engine), "prompt_mode": "chat" if templated else "raw"}
             if as_json:
-                result = engine.chat(messages, **kwargs) if chat else engine.generate(prompt, **kwargs)
-                _emit({**_where(engine), **result.to_dict()}, True, "")
-                return
-            pieces = (engine.chat(messages, stream=True, **kwargs) if chat
-                      else engine.generate(prompt, stream=True, **kwargs))
-            for piece in pieces:
-                typer.echo(piece, nl=False)
-            typer.echo("")
-            _report(engine, pieces.result)
+                result = call(**kwargs)
+                _emit({**where, **result.to_dict()}, True, "")
+            else:
+                pieces = call(stream=True, **kwargs)
+                for piece in pieces:
+                    typer.echo(piece, nl=False)
+                typer.echo("")
+                result = pieces.result
+                _report(engine, result, where["prompt_mode"])
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
+    if result is not None and result.budget is not None and not result.budget.met:
+        raise typer.Exit(1)
 
 
 def _where(engine) -> dict[str, Any]:
@@ -223,44 +333,51 @@ def _where(engine) -> dict[str, Any]:
             "quant": quant.get("label") or quant.get("scheme")}
 
 
-def _report(engine, result) -> None:
+def _report(engine, result, prompt_mode: str | None = None) -> None:
     """The numbers a person wants after a reply, on stderr so that stdout stays the text alone."""
     if result is None:
         return
     where = _where(engine)
-    typer.secho(f"[{result.tokens_out} tokens, TTFT {1000 * result.ttft_s:.0f} ms, "
-                f"{result.decode_tok_s:.1f} tok/s, {result.finish_reason}; {where['backend']} on "
-                f"{where['device']}, {where['format']} {where['quant']}]", err=True, dim=True)
-
-
-# chat's sampling when neither the command line nor the artifact's generation_config sets one:
-# llama.cpp's interactive defaults, which keep small instruct models from rambling
-CHAT_SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
+    mode = {"raw": "; raw prompt" + ("" if engine.manifest.get("chat_template") else " (no chat template)"),
+            "chat": "", None: ""}[prompt_mode]
+    n = result.tokens_out
+    speed = f"{result.decode_tok_s:.1f} tok/s, " if n > 1 else ""  # decode speed needs two tokens
+    typer.secho(f"[{n} token{'' if n == 1 else 's'}, TTFT {1000 * result.ttft_s:.0f} ms, {speed}"
+                f"{result.finish_reason}; {where['backend']} on {where['device']}, "
+                f"{where['format']} {where['quant']}{mode}]", err=True, dim=True)
+    if result.budget is not None:
+        verdict, limits = result.budget, engine.budget
+        if verdict.met:
+            typer.secho(f"[budget {limits}: PASS]", err=True, fg=typer.colors.GREEN)
+        else:
+            typer.secho(f"[budget {limits}: FAIL, {limits.describe_miss(result.metrics, verdict)}]",
+                        err=True, fg=typer.colors.RED)
 
 
 @app.command()
 def chat(
     artifact: Annotated[Path, typer.Argument(help="artifact directory")],
-    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n")] = 256,
-    temperature: Annotated[float | None, typer.Option(
-        "--temperature", "-t", help="default: the model's generation_config, else 0.8")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="default: model, else 40")] = None,
-    top_p: Annotated[float | None, typer.Option("--top-p", help="default: model, else 0.95")] = None,
-    min_p: Annotated[float | None, typer.Option("--min-p", help="default: model, else 0.05")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", "--n-predict")] = 256,
+    temperature: TempOpt = None,
+    top_k: TopKOpt = None,
+    top_p: TopPOpt = None,
+    min_p: MinPOpt = None,
+    repeat_penalty: RepeatOpt = None,
+    seed: SeedOpt = None,
     system: Annotated[str | None, typer.Option("--system", help="a system message to start with")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
-    ctx_size: Annotated[int | None, typer.Option("--ctx-size", "-c", help="context window in tokens")] = None,
+    budget: BudgetOpt = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    ctx_size: CtxOpt = None,
 ) -> None:
     """Interactive chat in the terminal (Ctrl-C stops a reply; an empty line or Ctrl-D ends it)."""
     from .engine import load
 
+    limits = _budget(budget)
     try:
-        with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
-            given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
-            sampling = {**CHAT_SAMPLING, **engine.generation_defaults(),
-                        **{k: v for k, v in given.items() if v is not None}}
+        with load(artifact, device=device, n_ctx=ctx_size, threads=threads, budget=limits) as engine:
+            sampling = _sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 repeat_penalty=repeat_penalty)
             messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
             while True:
                 try:
@@ -270,20 +387,62 @@ def chat(
                 if not line:
                     break
                 messages.append({"role": "user", "content": line})
-                reply = ""
-                stream = engine.chat(messages, max_tokens=max_tokens, seed=seed, stream=True, **sampling)
-                try:
+                reply, stream = "", None
+                try:  # Ctrl-C stops this reply, even while the template renders; at the prompt, the chat
+                    stream = engine.chat(messages, max_tokens=max_tokens, seed=seed, stream=True, **sampling)
                     for piece in stream:
                         reply += piece
                         typer.echo(piece, nl=False)
-                except KeyboardInterrupt:  # Ctrl-C stops this reply; Ctrl-C at the prompt ends the chat
-                    stream.close()
-                    typer.echo(" [stopped]", err=True)
+                except KeyboardInterrupt:
+                    if stream is not None:
+                        stream.close()
+                    typer.echo(" [stopped]", err=True, nl=False)
                 typer.echo("")
-                _report(engine, stream.result)
+                if stream is not None:
+                    _report(engine, stream.result)
                 messages.append({"role": "assistant", "content": reply})
-    except (EdgekitError, KeyboardInterrupt) as exc:
+    except KeyboardInterrupt:  # at the prompt: the chat ends, as Ctrl-D does, with the usual 130
+        typer.echo("", err=True)
+        raise typer.Exit(130) from None
+    except EdgekitError as exc:
         _fail(exc, False)
+
+
+@app.command()
+def verify(
+    artifact: Annotated[Path, typer.Argument(help="artifact directory")],
+    reference: Annotated[str | None, typer.Option(
+        "--reference", help="the source checkpoint (directory or hub id); default: the one edgekit.json "
+                            "names")] = None,
+    reference_kind: RefKindOpt = "auto",
+    eval_file: EvalFileOpt = None,
+    max_kl: MaxKlOpt = None,
+    min_top1: MinTop1Opt = None,
+    min_cosine: MinCosOpt = None,
+    device: DeviceOpt = "cpu",
+    threads: ThreadsOpt = None,
+    no_save: Annotated[bool, typer.Option(
+        "--no-save", help="do not record the report in edgekit.json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Measure what a conversion lost against its source and grade it; exit 1 when it fails its gate
+    (edgekit.verify)."""
+    from .fidelity import verify as run_verify
+
+    try:
+        with _StageProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
+            report = run_verify(artifact, reference, reference_kind=reference_kind, eval_file=eval_file,
+                                max_kl=max_kl, min_top1=min_top1, min_cosine=min_cosine, device=device,
+                                threads=threads, save=not no_save, progress=progress)
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+    data = report.to_dict()
+    if as_json:
+        _emit({"report": data}, True, "")
+    else:
+        _print_fidelity(data)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -308,15 +467,16 @@ def list_artifacts(
 def embed(
     artifact: Annotated[Path, typer.Argument(help="artifact directory of an embedding model")],
     texts: Annotated[list[str], typer.Argument(help="texts to embed")],
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or apple")] = "auto",
-    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores)")] = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    ctx_size: CtxOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the vectors as JSON")] = False,
 ) -> None:
     """One vector per text, one line each (edgekit.load(...).embed)."""
     from .engine import load
 
     try:
-        with load(artifact, device=device, threads=threads) as engine:
+        with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
             vectors = engine.embed(list(texts))
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,15 @@ class ConversionResult:
     seconds: float
     exporter: str  # "edgekit" (our own graph/file writer) or "optimum-onnx" (the ONNX fallback path)
     manifest: dict[str, Any] = field(repr=False)
+    note: str | None = None  # why bits_per_weight is well above the label's, when it is
+    fidelity: Any = None  # the FidelityReport of the verification (None with verify=False)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("manifest", "fidelity")}
         data["path"] = str(self.path)
-        data.pop("manifest")
+        data["fidelity"] = self.fidelity.to_dict() if self.fidelity is not None else None
         return data
+
 
 
 def _parse_formats(to: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -104,6 +107,13 @@ def convert(
     allow_pickle: bool = False,
     exporter: str = "auto",
     progress: Progress | None = None,
+    verify: bool = True,
+    keep_failed: bool = False,
+    reference_kind: str = "auto",
+    eval_file: str | os.PathLike[str] | None = None,
+    max_kl: float | None = None,
+    min_top1: float | None = None,
+    min_cosine: float | None = None,
 ) -> ConversionResult | list[ConversionResult]:
     """Convert a Hugging Face checkpoint (directory, hub id or 'bundled:NAME') into artifacts.
 
@@ -113,33 +123,67 @@ def convert(
     llama.cpp type name ("int8" = Q8_0, "int4" = Q4_K_M there).
     exporter (ONNX only): "auto" builds edgekit's own graph where it has one and falls back to
     optimum-onnx otherwise; "edgekit" or "optimum" insists on one path.
+    output: default ./NAME-FORMAT-QUANT (./NAME-QUANT/FORMAT for several formats).
+    progress: called as progress(stage, done, total), stage "inspect" or "FORMAT/STEP" with STEP one of
+    write, quantize, export, hash, verify.
+    verify: measure each artifact against its source before it appears (edgekit.verify: transformers
+    when installed, else edgekit's own fp32 build) and grade it; one that fails its gate raises
+    FidelityGateFailed and leaves nothing, unless keep_failed (then it is kept, marked failed, and
+    load() warns). reference_kind, eval_file, max_kl, min_top1, min_cosine: as edgekit.verify.
     Each artifact directory holds the model, tokenizer side files and edgekit.json; it appears only
     when complete. Raises an EdgekitError subclass for every problem with the inputs.
     """
     stage = _Stage(progress)
+    checking = None
+    if verify:
+        from .fidelity import REFERENCE_KINDS, _evaluation, thresholds_for
+
+        if reference_kind not in REFERENCE_KINDS:
+            raise ConversionError(f"unknown reference kind '{reference_kind}'; "
+                                  f"use {', '.join(REFERENCE_KINDS)}")
+        thresholds_for("int4", max_kl, min_top1, min_cosine)  # bad values fail before any work
+        if eval_file is not None:
+            _evaluation(eval_file)
+        checking = _Checking(keep_failed, reference_kind, eval_file, max_kl, min_top1, min_cosine)
     try:
         with signals_as_interrupt():  # SIGTERM unwinds like Ctrl-C, from the first step to the last
             return _convert(source, to, quant, output, overwrite, revision, allow_remote_code, allow_pickle,
-                            exporter, stage)
+                            exporter, stage, checking)
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
         raise Interrupted(signum, stage.words, stage.output) from None
 
 
+@dataclass
+class _Checking:
+    """convert()'s verification settings."""
+
+    keep_failed: bool
+    reference_kind: str
+    eval_file: Any
+    max_kl: float | None
+    min_top1: float | None
+    min_cosine: float | None
+
+
 class _Stage:
-    """The progress callback, remembering the stage and output in progress for an interruption's message."""
+    """The progress callback, remembering the stage and output in progress for an interruption's message.
+
+    Stages reach the caller's callback as "inspect" (before any format) or "FORMAT/STEP" ("gguf/write",
+    "onnx/hash"), so that bars of a multi-format conversion say which format they belong to.
+    """
 
     def __init__(self, progress: Progress | None) -> None:
-        self.progress, self.words, self.output, self.suffix = progress, "reading the checkpoint", "", ""
+        self.progress, self.words, self.output, self.format = progress, "reading the checkpoint", "", ""
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        self.words = _STAGE_WORDS.get(stage, stage) + self.suffix
+        self.words = _STAGE_WORDS.get(stage, stage) + (f" ({self.format})" if self.format else "")
         if self.progress:
-            self.progress(stage, done, total)
+            self.progress(f"{self.format}/{stage}" if self.format else stage, done, total)
 
 
 def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, allow_pickle, exporter,
-             stage: _Stage) -> ConversionResult | list[ConversionResult]:
+             stage: _Stage, checking: _Checking | None) -> ConversionResult | list[ConversionResult]:
     from edgekit.converters.source import inspect
 
     start = time.perf_counter()
@@ -160,11 +204,13 @@ def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, 
         spec_for(ckpt)
     stage("inspect", 1, 1)
     base = _basename(source, ckpt.path)
+    # default names, one shape for every format: NAME-FORMAT-QUANT, or NAME-QUANT/FORMAT for several
+    tag = re.sub(r"[^a-z0-9._-]+", "-", quant.lower())
     if len(formats) == 1:
-        default = Path.cwd() / f"{base}-{_suffix(formats[0], schemes)}"
+        default = Path.cwd() / f"{base}-{formats[0]}-{tag}"
         finals = {formats[0]: Path(output) if output is not None else default}
     else:
-        parent = Path(output) if output is not None else Path.cwd() / f"{base}-{quant.lower()}"
+        parent = Path(output) if output is not None else Path.cwd() / f"{base}-{tag}"
         finals = {fmt: parent / fmt for fmt in formats}
     for final in finals.values():  # refuse before writing the first of several artifacts
         check_output(final, overwrite, ckpt.path)
@@ -189,9 +235,9 @@ def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, 
             for fmt in formats:
                 t0 = time.perf_counter()
                 final = finals[fmt]
-                stage.words, stage.suffix, stage.output = f"converting ({fmt})", f" ({fmt})", str(final)
+                stage.words, stage.format, stage.output = f"converting ({fmt})", fmt, str(final)
                 manifest, files = _convert_one(ckpt, fmt, final, schemes[fmt], route, base, source,
-                                               source_hashes, template, overwrite, stage)
+                                               source_hashes, template, overwrite, stage, checking)
                 stage.output = ""  # finished: an interruption from here on leaves it in place
                 q = manifest["quantization"]
                 results.append(ConversionResult(
@@ -199,7 +245,8 @@ def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, 
                     architecture=ckpt.architecture, files=files, size_bytes=sum(f["size"] for f in files),
                     bits_per_weight=q["bits_per_weight"], tensor_types=q["tensor_types"],
                     seconds=round(time.perf_counter() - (start if len(results) == 0 else t0), 3),
-                    exporter=manifest["exporter"], manifest=manifest,
+                    exporter=manifest["exporter"], manifest=manifest, note=q.get("note"),
+                    fidelity=_report(manifest.get("fidelity"), final),
                 ))
     except OSError as exc:
         raise _io_error(exc, final, ckpt.path) from exc
@@ -208,11 +255,20 @@ def _convert(source, to, quant, output, overwrite, revision, allow_remote_code, 
 
 _STAGE_WORDS = {"inspect": "reading the checkpoint", "write": "writing tensors",
                 "quantize": "quantizing (llama.cpp)", "export": "exporting (optimum-onnx)",
-                "hash": "hashing files"}
+                "hash": "hashing files", "verify": "verifying fidelity"}
+
+
+def _report(data: dict[str, Any] | None, path: Path):
+    if data is None:
+        return None
+    from .fidelity import FidelityReport
+
+    return FidelityReport.from_dict({**data, "artifact": str(path.absolute())})
 
 
 def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, source_hashes,
-                 template: str | None, overwrite: bool, progress: Progress) -> tuple[dict[str, Any], list]:
+                 template: str | None, overwrite: bool, progress: Progress,
+                 checking: _Checking | None = None) -> tuple[dict[str, Any], list]:
     """Write one artifact through a staging directory; returns its manifest and file list."""
     # once the rename is done, an interruption no longer means "nothing was written"
     done = (lambda: setattr(progress, "output", "")) if isinstance(progress, _Stage) else None
@@ -243,7 +299,27 @@ def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, 
         manifest["tokenizer"] = {**manifest.get("tokenizer", {}), **_special_texts(ckpt)}
         write_manifest(stage, manifest)
         progress("hash", 1, 1)
+        if checking is not None:  # graded in the staging folder: a failed artifact never appears
+            manifest["fidelity"] = _verify_staged(stage, manifest, ckpt, checking, progress)
+            write_manifest(stage, manifest)
     return manifest, files
+
+
+def _verify_staged(stage: Path, manifest: dict[str, Any], ckpt, checking: _Checking,
+                   progress: Progress) -> dict[str, Any]:
+    from .fidelity import FidelityGateFailed, check, thresholds_for
+
+    label = str(manifest["quantization"]["label"])
+    limits = thresholds_for(label, checking.max_kl, checking.min_top1, checking.min_cosine)
+    report = check(stage, manifest, ckpt, reference_kind=checking.reference_kind,
+                   eval_file=checking.eval_file, thresholds=limits, progress=progress)
+    data = report.to_dict()
+    data.pop("artifact")
+    if not report.passed and not checking.keep_failed:
+        raise FidelityGateFailed(f"{ckpt.path}: the {manifest['format']} {label} conversion failed its "
+                                 f"fidelity gate ({'; '.join(report.failures)}); nothing was written. "
+                                 "keep_failed=True (--keep-failed) keeps it, marked failed", report)
+    return data
 
 
 def _source_id(source: str | os.PathLike[str]) -> str:
@@ -293,10 +369,6 @@ def _scheme(fmt: str, quant: str):
     return onnx_precision(quant)
 
 
-def _suffix(fmt: str, schemes: dict) -> str:
-    return schemes[fmt].name.lower() if fmt == "gguf" else f"onnx-{schemes[fmt].name}"
-
-
 def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
     """(graph kind, exporter) for the ONNX path: our own graphs for the native families, optimum-onnx's
     exporter for anything else it knows (the fallback). Raises when neither applies."""
@@ -329,7 +401,7 @@ def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
 def _write_gguf(ckpt, stage: Path, scheme, base: str,
                 progress: Progress | None) -> tuple[str, dict[str, Any]]:
     from edgekit.converters.gguf_convert import source_precision, write_gguf
-    from edgekit.converters.gguf_info import gguf_stats
+    from edgekit.converters.gguf_info import gguf_stats, precision_note
     from edgekit.runtimes.gguf_preflight import preflight
 
     model_file = f"{base}.{scheme.name}.gguf"
@@ -361,6 +433,7 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str,
                               f"{str(exc).split(': ', 1)[-1]}") from exc
     # from the file's tensor table: llama.cpp's quantizer chose the real types
     stats = gguf_stats((ne, kind) for ne, kind, _ in header.tensors.values())
+    note = precision_note(((ne, kind) for ne, kind, _ in header.tensors.values()), scheme.name, scheme.label)
     extra = {}
     if info["task"] == "feature-extraction":
         from edgekit.converters.source import sentence_pooling
@@ -371,7 +444,8 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str,
         "task": info["task"],
         "gguf_architecture": info["arch"],
         "quantization": {"scheme": scheme.name, "label": scheme.label,
-                         "bits_per_weight": stats["bits_per_weight"], "tensor_types": stats["tensor_types"]},
+                         "bits_per_weight": stats["bits_per_weight"], "tensor_types": stats["tensor_types"],
+                         **({"note": note} if note else {})},
         "tokenizer": {k: info[k]
                       for k in ("model", "pre", "vocab_size", "special_ids", "add_bos", "add_eos")},
     }
@@ -395,13 +469,18 @@ def _write_onnx(ckpt, stage: Path, precision, route: tuple[str, str],
         words = info.pop("scheme")
         info["external_data"] += _tokenizer_json(ckpt, stage)
     extra = {} if encoder else {"context_length": info["context_length"]}  # the graph's, which may be capped
+    bits = info.pop("bits_per_weight")
+    note = None
+    if precision.name == "int4" and bits > 5:  # the recipe's 8-bit tensors, visible in small models
+        note = (f"int4 is {bits:.1f} bits per weight here: the recipe keeps the embedding and the tensors "
+                "whose error matters most at 8 bits, and every block of 32 weights carries its own scale "
+                "and zero point")
     return model_file, {
         **extra,
         "task": "feature-extraction" if encoder else "text-generation",
         "extra_files": info.pop("external_data"),
-        "quantization": {"scheme": words, "label": precision.name,
-                         "bits_per_weight": info.pop("bits_per_weight"),
-                         "tensor_types": info.pop("tensor_types")},
+        "quantization": {"scheme": words, "label": precision.name, "bits_per_weight": bits,
+                         "tensor_types": info.pop("tensor_types"), **({"note": note} if note else {})},
         "onnx": info,
         "tokenizer": _tokenizer_ids(ckpt),
     }

@@ -25,16 +25,21 @@ from .errors import (
     ContextOverflowError,
     DeviceUnavailableError,
     InvalidOptionError,
+    LatencyBudgetExceeded,
 )
-from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget
+from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget, peak_rss_mb
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
+# Sampling where neither the caller nor the checkpoint's generation_config sets a value: llama.cpp's
+# interactive defaults, which keep small instruct models from rambling (the CLI's run and chat use them)
+SAMPLING_FALLBACK = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 
 
 @dataclass
 class GenerationResult:
     text: str
-    finish_reason: str  # "stop" (end token or stop string), "length" or "cancelled"
+    # "stop" (end token or stop string), "length", "cancelled" or "budget" (a raise-mode budget cut it)
+    finish_reason: str
     metrics: DecodeMetrics
     budget: BudgetVerdict | None = None  # set when the engine has a LatencyBudget
     token_ids: tuple[int, ...] = ()  # the generated tokens (stop strings cut text, not these)
@@ -57,8 +62,10 @@ class Stream:
     for the next call at once; a stream read to the end frees it by itself.
     """
 
-    def __init__(self, events: Iterator[str | GenerationResult], cancel: threading.Event) -> None:
+    def __init__(self, events: Iterator[str | GenerationResult], cancel: threading.Event,
+                 state: dict[str, Any] | None = None) -> None:
         self._events, self._cancel = events, cancel
+        self._state = state if state is not None else {}  # the generation so far, kept by the engine
         self.result: GenerationResult | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -70,12 +77,23 @@ class Stream:
                 else:
                     yield event
             finished = True
+        except LatencyBudgetExceeded as exc:  # raise mode: the result so far is still the stream's result
+            self.result, finished = exc.result, True
+            raise
         finally:
-            if not finished:  # the loop broke or the iterator was dropped: free the engine now
+            if not finished:  # the loop broke, Ctrl-C landed or the iterator was dropped: free the engine
                 self.close()
 
     def cancel(self) -> None:
         self._cancel.set()
+
+    def _stopped(self) -> GenerationResult | None:
+        """The result of a generation ended early from outside (close, Ctrl-C): what it had made."""
+        st = self._state
+        if "start" not in st:
+            return None
+        metrics = DecodeMetrics.from_times(st["start"], st["times"], time.perf_counter(), st["tokens_in"])
+        return GenerationResult(st["text"], "cancelled", metrics, None, tuple(st["tokens"]))
 
     def close(self) -> None:
         """Stop generating and release the engine (the native context) now. From a thread other than
@@ -86,7 +104,9 @@ class Stream:
             try:
                 close()
             except ValueError:  # "generator already executing": being read in another thread right now
-                pass
+                return
+        if self.result is None:
+            self.result = self._stopped()
 
     def __enter__(self) -> Stream:
         return self
@@ -110,6 +130,15 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
             raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
     root = Path(path)
     manifest = read_manifest(root)
+    fidelity = manifest.get("fidelity") or {}
+    if fidelity.get("passed") is False:
+        import warnings
+
+        from .errors import FidelityWarning
+
+        why = "; ".join(map(str, fidelity.get("failures", [])))
+        warnings.warn(f"{root} failed its fidelity check ({why}); its output may be wrong", FidelityWarning,
+                      stacklevel=2)
     if device not in DEVICES:
         raise DeviceUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     from edgekit.runtimes.registry import backend_for
@@ -172,9 +201,10 @@ class Engine:
                                      "not generate() or chat()")
         if prompt == "" and not add_special:  # nothing to tokenize and no BOS: fail now, even for a stream
             raise InvalidOptionError(_empty_prompt_message(source))
-        events = self._run(prompt, options, add_special, cancel, source)
+        state: dict[str, Any] = {}
+        events = self._run(prompt, options, add_special, cancel, source, state)
         if stream:
-            return Stream(events, cancel)
+            return Stream(events, cancel, state)
         return next(e for e in events if isinstance(e, GenerationResult))
 
     def chat(self, messages: list[dict[str, Any]] | str, max_tokens: int = 128, temperature: float = 0.0,
@@ -258,8 +288,14 @@ class Engine:
         return template.render(messages, add_generation_prompt=True)
 
     def generation_defaults(self) -> dict[str, Any]:
-        """Sampling the checkpoint's generation_config.json sets (temperature, top_k, top_p, min_p,
-        repeat_penalty), for callers that want the model's own defaults; {} without one."""
+        """The sampling this model should run with: what its checkpoint's generation_config.json sets
+        (temperature, top_k, top_p, min_p, repeat_penalty; do_sample false means greedy) over
+        SAMPLING_FALLBACK. generate() and chat() stay greedy unless told; pass these to sample as the
+        CLI does: eng.chat(messages, **eng.generation_defaults())."""
+        return {**SAMPLING_FALLBACK, **self.model_sampling()}
+
+    def model_sampling(self) -> dict[str, Any]:
+        """Only what the checkpoint's generation_config.json sets; {} without one."""
         import json
 
         names = {e.get("name") for e in self.manifest.get("files", [])}
@@ -269,10 +305,22 @@ class Engine:
             config = json.loads((self.path / "generation_config.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return {}
+        if not isinstance(config, dict):
+            return {}
         keys = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
                 "repetition_penalty": "repeat_penalty"}
-        out = {ours: config[theirs] for theirs, ours in keys.items()
-               if isinstance(config.get(theirs), int | float) and not isinstance(config.get(theirs), bool)}
+        from edgekit.runtimes.base import GenerationOptions
+
+        out = {}
+        for theirs, ours in keys.items():
+            value = config.get(theirs)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            try:  # a value no sampler takes (top_p 5, a negative temperature) is not a default
+                GenerationOptions(**{ours: value})
+            except InvalidOptionError:
+                continue
+            out[ours] = value
         if config.get("do_sample") is False:
             out["temperature"] = 0.0
         return out
@@ -283,18 +331,20 @@ class Engine:
                                "edgekit.load()")
 
     def _run(self, prompt: str, options, add_special: bool, cancel: threading.Event,
-             source: str = "prompt") -> Iterator[str | GenerationResult]:
+             source: str, state: dict[str, Any]) -> Iterator[str | GenerationResult]:
         """Yield text pieces as they become final, then one GenerationResult."""
         with self._lock:
             self._check_open()  # closed while this call waited for the lock
             self._running = cancel
             try:
-                yield from self._generate_locked(prompt, options, add_special, cancel, source)
+                yield from self._generate_locked(prompt, options, add_special, cancel, source, state)
             finally:
                 self._running = None
 
     def _generate_locked(self, prompt: str, options, add_special: bool, cancel: threading.Event,
-                         source: str = "prompt") -> Iterator[str | GenerationResult]:
+                         source: str, state: dict[str, Any]) -> Iterator[str | GenerationResult]:
+        """state: kept up to date with the text, token times and ids, so that a Stream closed from
+        outside (or ended by Ctrl-C) still has a result."""
         start = time.perf_counter()
         ids = self.backend.tokenize(prompt, add_special)
         if not ids:
@@ -304,13 +354,20 @@ class Engine:
             raise ContextOverflowError(len(ids), options.max_tokens, limit)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted, times, tokens, reason = "", 0, [], [], "stop"
+        state.update(start=start, tokens_in=len(ids), times=times, tokens=tokens, text="")
+        budget = self.budget
+        # raise mode stops as soon as a miss is certain: a late first token, or total time run out
+        deadline_ttft = budget.ttft_ms if budget is not None and budget.mode == "raise" else None
+        deadline_total = budget.total_ms if budget is not None and budget.mode == "raise" else None
         events = self.backend.generate(ids, options)
         longest = max((len(x) for x in options.stop), default=0)
         for event in events:
-            times.append(time.perf_counter())
+            now = time.perf_counter()
+            times.append(now)
             tokens.append(event.token_id)
             before = len(text)
             text += decoder.decode(event.piece)
+            state["text"] = text
             # earlier text held no stop string: a new one must end in this piece (no rescan per token)
             cut = _stop_at(text, options.stop, max(0, before - longest + 1))
             if cut is not None:
@@ -323,6 +380,11 @@ class Engine:
             if cancel.is_set():
                 reason = "cancelled"
                 break
+            elapsed_ms = 1000 * (now - start)
+            if ((deadline_ttft is not None and len(times) == 1 and elapsed_ms > deadline_ttft)
+                    or (deadline_total is not None and elapsed_ms > deadline_total)):
+                reason = "budget"
+                break
         else:
             text += decoder.decode(b"", final=True)
             reason = "length" if len(times) >= options.max_tokens else "stop"
@@ -330,8 +392,11 @@ class Engine:
         if len(text) > emitted:
             yield text[emitted:]
         metrics = DecodeMetrics.from_times(start, times, time.perf_counter(), len(ids))
-        verdict = self.budget.check(metrics) if self.budget else None
-        yield GenerationResult(text, reason, metrics, verdict, tuple(tokens))
+        result = GenerationResult(text, reason, metrics, None, tuple(tokens))
+        if budget is not None:
+            result.budget = budget.judge(metrics, peak_rss_mb() if budget.rss_mb else None)
+            budget.enforce(metrics, result.budget, result)  # raise mode: raises with the result
+        yield result
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, texts: Sequence[str] | str):

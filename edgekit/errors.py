@@ -116,8 +116,11 @@ class ContextOverflowError(BackendError):
 
 
 class LatencyBudgetExceeded(EdgekitError):
-    def __init__(self, message: str, budget, metrics, verdict) -> None:
-        self.budget, self.metrics, self.verdict = budget, metrics, verdict
+    """A call missed a LatencyBudget in mode "raise". `result` is the GenerationResult up to the
+    moment the miss was certain (its text included; finish_reason "budget" when cut short)."""
+
+    def __init__(self, message: str, budget, metrics, verdict, result=None) -> None:
+        self.budget, self.metrics, self.verdict, self.result = budget, metrics, verdict, result
         super().__init__(message)
 
 
@@ -148,3 +151,7 @@ def require(module: str, package: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(package, extra, purpose) from exc
+
+
+class FidelityWarning(UserWarning):
+    """load() of an artifact kept after failing its fidelity gate (convert --keep-failed)."""

@@ -59,40 +59,147 @@ class LatencyBudgetWarning(UserWarning):
     """Issued in mode="warn" when a call misses its latency budget."""
 
 
+# budget line name -> (LatencyBudget field, unit kind) for LatencyBudget.parse
+_BUDGET_KEYS = {"ttft": ("ttft_ms", "time"), "tpot": ("tpot_ms", "time"), "itl_p99": ("itl_p99_ms", "time"),
+                "total": ("total_ms", "time"), "rss": ("rss_mb", "size")}
+_TIME_UNITS = {"ms": 1.0, "s": 1000.0, "": 1.0}  # a bare number is milliseconds
+_SIZE_UNITS = {"kb": 1e-3, "mb": 1.0, "gb": 1e3, "kib": 1024 / 1e6, "mib": 1.048576,
+               "gib": 1073.741824, "": 1.0}  # a bare number is megabytes (10^6 bytes)
+
+
 @dataclass(frozen=True)
 class BudgetVerdict:
+    """Per budget line, budget minus measured (negative: over budget); None where the line is unset
+    or there was nothing to judge (TPOT and ITL need two output tokens)."""
+
     met: bool
-    ttft_margin_ms: float | None  # budget - measured: negative means over budget
-    tpot_margin_ms: float | None
+    ttft_margin_ms: float | None = None
+    tpot_margin_ms: float | None = None
+    itl_p99_margin_ms: float | None = None
+    total_margin_ms: float | None = None
+    rss_margin_mb: float | None = None
+
+    @property
+    def missed(self) -> list[str]:
+        """The budget lines that were missed, in LatencyBudget.parse's words ("ttft", "tpot" ...)."""
+        return [k for k in _BUDGET_KEYS
+                if (m := getattr(self, f"{k}_margin_{'mb' if k == 'rss' else 'ms'}")) is not None and m < 0]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "missed": self.missed}
 
 
 @dataclass(frozen=True)
 class LatencyBudget:
-    """Targets for every call: TTFT and TPOT in milliseconds; mode says what a miss does."""
+    """Targets for every call: TTFT, TPOT, ITL p99 and total time in milliseconds, peak resident
+    memory of the process in MB; mode says what a miss does ("warn", "raise" or "record").
+
+    In "raise" mode a generation stops as soon as a miss is certain (TTFT at the first token, total
+    time when it runs out) and LatencyBudgetExceeded carries the result so far, text included.
+    """
 
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     mode: Literal["warn", "raise", "record"] = "warn"
+    itl_p99_ms: float | None = None
+    total_ms: float | None = None
+    rss_mb: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("warn", "raise", "record"):
             raise ValueError(f"LatencyBudget mode must be 'warn', 'raise' or 'record', not {self.mode!r}")
+        for name in ("ttft_ms", "tpot_ms", "itl_p99_ms", "total_ms", "rss_mb"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not value > 0 or value == float("inf")):
+                raise ValueError(f"LatencyBudget {name} must be a positive number, not {value!r}")
 
-    def check(self, metrics: DecodeMetrics) -> BudgetVerdict:
+    @classmethod
+    def parse(cls, text: str, mode: Literal["warn", "raise", "record"] = "record") -> LatencyBudget:
+        """From the CLI's words: "ttft=300ms,tpot=25ms,itl_p99=80ms,total=5s,rss=1GB" (any subset).
+        Times take ms or s (bare numbers: ms), memory kB/MB/GB or KiB/MiB/GiB (bare: MB). A bad part
+        is an InvalidOptionError naming it."""
+        import re
+
+        from .errors import InvalidOptionError
+
+        values: dict[str, float] = {}
+        parts = [p.strip() for p in str(text).split(",")]
+        if not any(parts):
+            raise InvalidOptionError(f"empty budget {text!r}; write e.g. \"ttft=300ms,tpot=25ms\"")
+        for part in parts:
+            key, sep, raw = part.partition("=")
+            key = key.strip().lower()
+            if not sep or key not in _BUDGET_KEYS:
+                raise InvalidOptionError(f"budget part {part!r}: expected NAME=VALUE with NAME one of "
+                                         f"{', '.join(_BUDGET_KEYS)}")
+            field_name, kind = _BUDGET_KEYS[key]
+            units = _TIME_UNITS if kind == "time" else _SIZE_UNITS
+            match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*", raw.lower())
+            if match is None or match.group(2) not in units or not float(match.group(1)) > 0:
+                raise InvalidOptionError(f"budget part {part!r}: {key} needs a positive number with a unit "
+                                         f"({', '.join(u for u in units if u)})")
+            if field_name in values:
+                raise InvalidOptionError(f"budget part {part!r}: {key} is given twice")
+            values[field_name] = float(match.group(1)) * units[match.group(2)]
+        return cls(mode=mode, **values)
+
+    def __str__(self) -> str:
+        words = []
+        for key, (name, kind) in _BUDGET_KEYS.items():
+            value = getattr(self, name)
+            if value is not None:
+                words.append(f"{key}={value:g}{'ms' if kind == 'time' else 'MB'}")
+        return ",".join(words)
+
+    def judge(self, metrics: DecodeMetrics, peak_rss_mb: float | None = None) -> BudgetVerdict:
+        """The verdict alone: no warning, no exception (check() applies the mode)."""
         ttft = None if self.ttft_ms is None else self.ttft_ms - 1000 * metrics.ttft_s
-        # TPOT needs two output tokens; with fewer there is nothing to judge
-        tpot = (None if self.tpot_ms is None or metrics.tokens_out < 2
-                else self.tpot_ms - 1000 * metrics.tpot_s)
-        verdict = BudgetVerdict(met=all(m is None or m >= 0 for m in (ttft, tpot)), ttft_margin_ms=ttft,
-                                tpot_margin_ms=tpot)
-        if not verdict.met:
-            message = (f"latency budget missed: TTFT {1000 * metrics.ttft_s:.1f} ms (budget {self.ttft_ms}), "
-                       f"TPOT {1000 * metrics.tpot_s:.1f} ms (budget {self.tpot_ms})")
-            if self.mode == "raise":
-                raise LatencyBudgetExceeded(message, budget=self, metrics=metrics, verdict=verdict)
-            if self.mode == "warn":
-                warnings.warn(message, LatencyBudgetWarning, stacklevel=4)
+        # TPOT and ITL need two output tokens; with fewer there is nothing to judge
+        two = metrics.tokens_out >= 2
+        tpot = None if self.tpot_ms is None or not two else self.tpot_ms - 1000 * metrics.tpot_s
+        itl = (None if self.itl_p99_ms is None or not two
+               else self.itl_p99_ms - metrics.itl_percentile_ms(99))
+        total = None if self.total_ms is None else self.total_ms - 1000 * metrics.total_s
+        rss = None if self.rss_mb is None or peak_rss_mb is None else self.rss_mb - peak_rss_mb
+        margins = (ttft, tpot, itl, total, rss)
+        return BudgetVerdict(all(m is None or m >= 0 for m in margins), *margins)
+
+    def describe_miss(self, metrics: DecodeMetrics, verdict: BudgetVerdict) -> str:
+        """One line naming each missed budget line with what was measured."""
+        words = {"ttft": "TTFT", "tpot": "TPOT", "itl_p99": "ITL p99", "total": "total", "rss": "peak RSS"}
+        parts = []
+        for key in verdict.missed:
+            name, kind = _BUDGET_KEYS[key]
+            limit, unit = getattr(self, name), ("MB" if kind == "size" else "ms")
+            over = -getattr(verdict, f"{key}_margin_{unit.lower()}")
+            parts.append(f"{words[key]} {limit + over:.1f} {unit} (budget {limit:g} {unit})")
+        return "latency budget missed: " + ", ".join(parts)
+
+    def check(self, metrics: DecodeMetrics, peak_rss_mb: float | None = None) -> BudgetVerdict:
+        """judge(), then what the mode says a miss does (see enforce())."""
+        verdict = self.judge(metrics, peak_rss_mb)
+        self.enforce(metrics, verdict)
         return verdict
+
+    def enforce(self, metrics: DecodeMetrics, verdict: BudgetVerdict, result: Any = None) -> None:
+        """On a miss: "raise" raises LatencyBudgetExceeded (carrying `result`), "warn" issues a
+        LatencyBudgetWarning, "record" does nothing."""
+        if verdict.met or self.mode == "record":
+            return
+        message = self.describe_miss(metrics, verdict)
+        if self.mode == "raise":
+            raise LatencyBudgetExceeded(message, budget=self, metrics=metrics, verdict=verdict, result=result)
+        warnings.warn(message, LatencyBudgetWarning, stacklevel=5)
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the OS does not say)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None

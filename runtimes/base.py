@@ -84,5 +84,10 @@ class Backend(ABC):
     @abstractmethod
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits [len(ids), vocab] of a text-generation model: row i is the
+        distribution of the token after ids[:i + 1] (what verification compares)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot score a sequence")
+
     @abstractmethod
     def close(self) -> None: ...

@@ -90,6 +90,27 @@ class LlamaCppBackend(Backend):
             if count >= options.max_tokens:
                 return
 
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        llm = self._llm
+        if len(ids) > llm.n_ctx():
+            raise BackendError(f"{len(ids)} tokens do not fit the context window of {llm.n_ctx()}")
+        vocab, step = llm.n_vocab(), llm.n_batch
+        out = np.empty((len(ids), vocab), dtype=np.float32)
+        llm.reset()  # the next eval starts at position 0 and drops what the cache held
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        try:  # llama-cpp-python's eval keeps only the last row unless the model was opened with
+            # logits_all; its batch can ask for every row, one n_batch chunk at a time
+            for start in range(0, len(ids), step):
+                chunk = list(ids[start : start + step])
+                llm._batch.set_batch(batch=chunk, n_past=start, logits_all=True)
+                llm._ctx.decode(llm._batch)
+                rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk) * vocab,))
+                out[start : start + len(chunk)] = rows.reshape(len(chunk), vocab)
+        finally:
+            llm.reset()
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        return out
+
     def _piece(self, token: int) -> bytes:
         """A token's bytes, looked up once per vocabulary entry (this runs on every decoded token)."""
         piece = self._pieces.get(token)

@@ -185,6 +185,19 @@ class OnnxRuntimeBackend(_OnnxBackend):
                 return
             logits = self._step(binding, [token], len(history), step_logits)
 
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        """The whole sequence in one pass over an empty cache; the decode buffers are left alone."""
+        if len(ids) > self._n_ctx:
+            raise BackendError(f"{len(ids)} tokens do not fit the context window of {self._n_ctx}")
+        n = len(ids)
+        feeds: dict[str, np.ndarray] = {"input_ids": np.asarray([ids], dtype=np.int64),
+                                        "attention_mask": self._ones[:, :n]}
+        if self._positions is not None:
+            feeds["position_ids"] = self._positions[:, :n]
+        empty = np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_type)
+        feeds.update({name: empty for name in self._kv_names})
+        return np.asarray(self._sess.run(["logits"], feeds)[0][0], dtype=np.float32)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         raise BackendError("this ONNX artifact is a text-generation model; "
                            "embeddings need a feature-extraction one")

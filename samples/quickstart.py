@@ -1,4 +1,5 @@
-"""Convert the bundled SmolLM2-135M-Instruct to an int4 GGUF in one call, then ask it something.
+"""Convert the bundled SmolLM2-135M-Instruct to an int4 GGUF in one call (verified against the
+source before it is kept), then ask it something.
 
     python samples/quickstart.py ["your question"]
 """
@@ -22,6 +23,7 @@ def main() -> int:
             print(f"converted in {result.seconds:.1f} s -> {result.path} "
                   f"({result.quant}, {result.size_bytes / 1e6:.0f} MB, "
                   f"{result.bits_per_weight:.2f} bits/weight)")
+            print(result.fidelity.summary())  # checked against the source before it was kept
         with edgekit.load(out, device="auto") as engine:
             print(f"> {question}")
             reply = engine.chat([{"role": "user", "content": question}], max_tokens=64, temperature=0)

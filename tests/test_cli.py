@@ -18,8 +18,10 @@ def test_convert_json_and_info(tiny_checkpoint, tmp_path):
              "--json")
     assert p.returncode == 0, p.stderr
     data = json.loads(p.stdout)
-    assert data["ok"] and data["quant"] == "Q8_0" and Path(data["path"]) == out
-    assert data["tensor_types"]["Q8_0"] > 0
+    assert data["ok"] and len(data["artifacts"]) == 1  # one shape for one format and for several
+    artifact = data["artifacts"][0]
+    assert artifact["quant"] == "Q8_0" and artifact["label"] == "int8" and Path(artifact["path"]) == out
+    assert artifact["tensor_types"]["Q8_0"] > 0
     info = _cli("info", str(out), "--json")
     assert info.returncode == 0
     assert json.loads(info.stdout)["manifest"]["quantization"]["scheme"] == "Q8_0"
@@ -74,7 +76,7 @@ def test_run_on_missing_artifact_is_one_line(tmp_path):
 def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
     out = tmp_path / "g"
     assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
-    args = ["run", str(out), "Numbers: 1 2 3", "-n", "8", "-t", "0.8", "--top-k", "5", "--top-p", "0.9",
+    args = ["run", str(out), "Numbers: 1 2 3", "-n", "8", "--temp", "0.8", "--top-k", "5", "--top-p", "0.9",
             "--min-p", "0.05", "--repeat-penalty", "1.1", "--seed", "7", "--ignore-eos", "--device", "cpu",
             "--json"]
     first, second = _cli(*args), _cli(*args)
@@ -108,7 +110,7 @@ def test_threads_and_context_size_options(tiny_checkpoint, tmp_path):
     out = tmp_path / "o"
     assert _cli("convert", str(tiny_checkpoint("qwen2")), "--to", "onnx", "--quant", "fp32", "-o",
                 str(out)).returncode == 0
-    p = _cli("run", str(out), "Hello", "-n", "4", "--threads", "1", "-c", "64", "--json")
+    p = _cli("run", str(out), "Hello", "-n", "4", "-t", "1", "-c", "64", "--json")  # llama.cpp's letters
     assert p.returncode == 0, p.stderr
     with edgekit.load(out, n_ctx=64, threads=1) as engine:
         assert engine.backend.context_length == 64
@@ -146,7 +148,14 @@ def test_generation_config_gives_the_sampling_defaults(tiny_checkpoint, tmp_path
                                                             "repetition_penalty": 1.1, "eos_token_id": 2}))
     artifact = edgekit.convert(str(src), to="gguf", quant="fp32", output=tmp_path / "a").path
     with edgekit.load(artifact, device="cpu") as engine:
-        assert engine.generation_defaults() == {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+        assert engine.model_sampling() == {"temperature": 0.2, "top_p": 0.9, "repeat_penalty": 1.1}
+        # what the model does not set comes from llama.cpp's interactive defaults
+        assert engine.generation_defaults() == {"temperature": 0.2, "top_k": 40, "top_p": 0.9, "min_p": 0.05,
+                                                "repeat_penalty": 1.1}
+    (src / "generation_config.json").write_text(json.dumps({"do_sample": False, "top_p": 7, "top_k": -1}))
+    greedy = edgekit.convert(str(src), to="gguf", quant="fp32", output=tmp_path / "b").path
+    with edgekit.load(greedy, device="cpu") as engine:  # do_sample false: greedy; invalid values: dropped
+        assert engine.model_sampling() == {"temperature": 0.0}
 
 
 def test_list_finds_artifacts_and_run_on_their_parent_points_to_them(tiny_checkpoint, tmp_path):
@@ -171,4 +180,89 @@ def test_help_lists_bundled_names_and_sampling_defaults():
     bundled_help = _cli("bundled", "-h").stdout
     assert all(name in bundled_help for name in NAMES)
     run_help = _cli("run", "-h").stdout
-    assert "default 40" in run_help and "default: 128" in run_help
+    assert "else 40" in run_help and "default: 128" in run_help and "--threads" in run_help
+
+
+def test_run_uses_the_chat_template_unless_raw(tiny_checkpoint, tmp_path):
+    """As ollama does: the prompt is a user message in the artifact's chat template; --raw completes it."""
+    out = tmp_path / "g"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
+    chat = json.loads(_cli("run", str(out), "Hello", "-n", "2", "--json").stdout)
+    raw = json.loads(_cli("run", str(out), "Hello", "-n", "2", "--raw", "--json").stdout)
+    assert chat["prompt_mode"] == "chat" and raw["prompt_mode"] == "raw"
+    assert chat["tokens_in"] > raw["tokens_in"] + 5  # the template's role markers around "Hello"
+    human = _cli("run", str(out), "Hello", "-n", "2", "--raw")
+    assert "; raw prompt]" in human.stderr
+
+
+def test_budget_on_the_command_line(tiny_checkpoint, tmp_path):
+    """--budget: PASS/FAIL on stderr and in --json; a miss exits 1, a malformed budget 2 naming the part."""
+    out = tmp_path / "g"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
+    ok = _cli("run", str(out), "Hello", "-n", "4", "--budget", "ttft=60s,total=120s,rss=100GB")
+    assert ok.returncode == 0, ok.stderr
+    assert "[budget ttft=60000ms,total=120000ms,rss=100000MB: PASS]" in ok.stderr
+    missed = _cli("run", str(out), "Hello", "-n", "4", "--budget", "ttft=0.001ms", "--json")
+    assert missed.returncode == 1
+    data = json.loads(missed.stdout)
+    assert data["ok"] and data["text"] is not None and data["budget"]["missed"] == ["ttft"]
+    human = _cli("run", str(out), "Hello", "-n", "4", "--budget", "ttft=0.001ms")
+    assert human.returncode == 1 and "FAIL, latency budget missed: TTFT" in human.stderr
+    bad = _cli("run", str(out), "Hello", "--budget", "ttft=fast")
+    assert bad.returncode == 2 and "'ttft=fast'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_default_output_names_have_one_shape(tiny_checkpoint, tmp_path):
+    ckpt = str(tiny_checkpoint("qwen2"))
+    for args in (["--to", "gguf", "-q", "int8"], ["--to", "onnx", "-q", "int8"],
+                 ["--to", "gguf", "-q", "Q5_K_M"], ["--to", "onnx,gguf", "-q", "fp16"]):
+        p = subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", ckpt, *args, "--json"],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+    made = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("edgekit.json"))
+    assert made == ["qwen2-fp16/gguf", "qwen2-fp16/onnx", "qwen2-gguf-int8", "qwen2-gguf-q5_k_m",
+                    "qwen2-onnx-int8"]
+
+
+def _documented_shapes() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/cli.md's JSON table: command -> (its keys, the keys of each item), optional ones left out."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    section = doc.split("## JSON", 1)[1].split("\n## ", 1)[0]
+    shapes = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) != 3 or not re.fullmatch(r"`\w+`", cells[0]):
+            continue
+        keys, items = (set(re.findall(r"`([\w.]+)`", c.split("(")[0])) for c in cells[1:])
+        shapes[cells[0].strip("`")] = (keys, items)
+    return shapes
+
+
+def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
+    shapes = _documented_shapes()
+    assert set(shapes) == {"convert", "run", "embed", "info", "list", "bundled", "devices", "verify"}
+    out = tmp_path / "g"
+    bert = tmp_path / "b"
+    outputs = {
+        "convert": _cli("convert", str(tiny_checkpoint("qwen2")), "-q", "fp32", "-o", str(out), "--json"),
+        "run": _cli("run", str(out), "Hi", "-n", "2", "--json"),
+        "info": _cli("info", str(out), "--json"),
+        "list": _cli("list", str(tmp_path), "--json"),
+        "bundled": _cli("bundled", "--json"),
+        "verify": _cli("verify", str(out), "--reference", str(tiny_checkpoint("qwen2")), "--json"),
+        "devices": _cli("devices", "--json"),
+    }
+    _cli("convert", str(tiny_checkpoint("bert")), "--to", "onnx", "-q", "fp32", "-o", str(bert))
+    outputs["embed"] = _cli("embed", str(bert), "a cat", "--json")
+    for command, p in outputs.items():
+        assert p.returncode == 0, (command, p.stderr)
+        data = json.loads(p.stdout)
+        keys, items = shapes[command]
+        assert data.pop("ok") is True and set(data) == keys, command
+        if items:
+            for item in data["artifacts"]:
+                assert set(item) == items, command
+    error = json.loads(_cli("info", str(tmp_path / "nothing"), "--json").stdout)
+    assert set(error) == {"ok", "error", "message", "exit_code"} and error["ok"] is False

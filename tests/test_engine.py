@@ -149,6 +149,33 @@ def test_budget_warn_and_raise_modes(fp32_artifact):
         with pytest.raises(edgekit.LatencyBudgetExceeded) as info:
             engine.generate("Hello", max_tokens=3)
     assert info.value.metrics.tpot_s >= 0.03 and info.value.budget.tpot_ms == 10
+    assert info.value.result.tokens_out == 3  # TPOT is only known at the end: the text comes whole
+
+
+def test_raise_mode_stops_as_soon_as_the_miss_is_certain_and_keeps_the_text(fp32_artifact):
+    """total= runs out after a few slowed tokens: the call ends there, and the exception (and the
+    stream) carry what was generated so far."""
+    strict = edgekit.LatencyBudget(total_ms=150, mode="raise")
+    with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=strict), 0.05) as engine:
+        with pytest.raises(edgekit.LatencyBudgetExceeded, match="total") as info:
+            engine.generate("Numbers: 1 2 3", max_tokens=40, ignore_eos=True, temperature=0)
+        cut = info.value.result
+        assert cut.finish_reason == "budget" and 2 <= cut.tokens_out < 10
+        assert cut.budget is not None and cut.budget.missed == ["total"]
+        stream = engine.generate("Numbers: 1 2 3", max_tokens=40, ignore_eos=True, temperature=0, stream=True)
+        pieces = []
+        with pytest.raises(edgekit.LatencyBudgetExceeded):
+            for piece in stream:
+                pieces.append(piece)
+        assert stream.result is not None and stream.result.finish_reason == "budget"
+        assert "".join(pieces) == stream.result.text and stream.result.tokens_out < 10
+    late = edgekit.LatencyBudget(ttft_ms=0.001, mode="raise")  # no first token is that fast
+    with edgekit.load(fp32_artifact, device="cpu", budget=late) as engine:
+        with pytest.raises(edgekit.LatencyBudgetExceeded, match="TTFT") as info:
+            engine.generate("Numbers: 1 2 3", max_tokens=40, ignore_eos=True, temperature=0)
+        assert info.value.result.tokens_out == 1
+        assert engine._lock.acquire(timeout=5)  # the engine is free for the next call
+        engine._lock.release()
 
 
 def test_threads_take_turns(fp32_artifact):
@@ -307,9 +334,11 @@ def test_a_closed_stream_frees_the_engine_at_once(fp32_artifact):
     import threading
 
     with edgekit.load(fp32_artifact, device="cpu") as engine:
-        with engine.generate("Hello", max_tokens=50, stream=True) as stream:
+        with engine.generate("Hello", max_tokens=50, ignore_eos=True, stream=True) as stream:
             first = next(iter(stream))
-        assert first and stream.result is None
+        # what it had made stays readable: the text so far, its numbers, finish_reason "cancelled"
+        assert first and stream.result is not None and stream.result.finish_reason == "cancelled"
+        assert stream.result.text.startswith(first) and 1 <= stream.result.tokens_out < 50
         done = []
         worker = threading.Thread(target=lambda: done.append(engine.generate("Hi", max_tokens=3).tokens_out))
         worker.start()

@@ -99,7 +99,7 @@ def test_folder_created_during_conversion_is_left_alone(ckpt, tmp_path):
     out = tmp_path / "out"
 
     def meddle(stage, done, total):
-        if stage == "write" and done == 1:
+        if stage == "gguf/write" and done == 1:
             out.mkdir()
             (out / "notes.txt").write_text("mine")
 
@@ -161,7 +161,7 @@ def test_sigkill_leftovers_removed_by_the_next_conversion(ckpt, tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, edgekit
         def die(stage, done, total):
-            if stage == "write" and done == 2:
+            if stage == "gguf/write" and done == 2:
                 os.kill(os.getpid(), signal.SIGKILL)
         edgekit.convert({str(ckpt)!r}, to="gguf", quant="fp16", output={str(out)!r}, progress=die)
     """)
@@ -333,7 +333,7 @@ def test_sigterm_while_writing_tensors(ckpt, tmp_path):
     code = textwrap.dedent(f"""
         import os, signal, sys, edgekit
         def term(stage, done, total):
-            if stage == "write" and done == 2:
+            if stage == "gguf/write" and done == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
         try:
             edgekit.convert({str(ckpt)!r}, to="gguf", quant="fp16", output={str(out)!r}, progress=term)

@@ -17,6 +17,15 @@ def test_devices_stays_the_function_after_load_imports_everything():
     assert _python(code) == "True dict"
 
 
+def test_no_submodule_shadows_a_public_name():
+    """Importing a submodule sets it as an attribute of the package: a module named like a public
+    function (edgekit/verify.py next to edgekit.verify()) would replace the function."""
+    code = ("import importlib, pkgutil, types, edgekit\n"
+            "for m in pkgutil.iter_modules(edgekit.__path__): importlib.import_module('edgekit.' + m.name)\n"
+            "print(sorted(n for n in edgekit.__all__ if isinstance(getattr(edgekit, n), types.ModuleType)))")
+    assert _python(code) == "[]"
+
+
 def test_bundled_needs_no_import_of_its_own():
     assert _python("import edgekit; print(callable(edgekit.bundled.path))") == "True"
 

@@ -186,3 +186,20 @@ def test_scheme_int8_is_plain():
     assert "embedding+lm_head 8-bit" in scheme
     for absent in ("GPTQ", "k_proj", "float16", "activation-aware"):
         assert absent not in scheme
+
+
+def test_gguf_precision_note_names_the_rows_llama_cpp_could_not_pack():
+    """SmolLM2's 576-wide rows do not fit Q4_K's 256-value blocks: "int4" is ~6 bits and the note says why."""
+    from gguf import GGMLQuantizationType as T
+
+    from edgekit.converters.gguf_info import precision_note
+
+    smol = [((576, 49152), T.Q8_0)] + 30 * [((576, 576), T.Q5_0), ((576, 1536), T.Q5_0),
+                                             ((1536, 576), T.Q4_K), ((576,), T.F32)]
+    note = precision_note(smol, "Q4_K_M", "int4")
+    assert note is not None and "rows of 576 values" in note and "Q4_K's 256-value blocks" in note
+    assert "Q5_0/Q8_0" in note and note.startswith("int4 (Q4_K_M) is 6.")
+    # a Llama-1B's layer: 256-aligned rows, Q6_K on the down projection as Q4_K_M mixes in: no note
+    aligned = 16 * (4 * [((2048, 2048), T.Q4_K)] + [((2048, 8192), T.Q4_K), ((8192, 2048), T.Q6_K)])
+    assert precision_note(aligned, "Q4_K_M", "int4") is None
+    assert precision_note(smol, "F16", "fp16") is None  # nothing to explain above 16 bits

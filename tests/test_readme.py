@@ -1,0 +1,93 @@
+"""Every example in README.md runs exactly as written, so the README cannot drift from the code.
+
+The examples run in one folder, in order (the CLI lines use what the Python block made), where the
+placeholders they name exist: `./my-student` and the other students are tiny random checkpoints, and
+the hub id resolves offline from a huggingface_hub cache holding the bundled SmolLM2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# lines a chat example reads from its terminal: one question, then the empty line that ends the chat
+CHAT_INPUT = "Name three colors.\n\n"
+
+pytestmark = pytest.mark.real
+
+
+def _blocks() -> list[tuple[str, str]]:
+    """(language, body) of every fenced block."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.M | re.S)
+
+
+def _commands(body: str) -> list[str]:
+    """A console block's commands: every line but the comment-only ones (the shell drops the rest's)."""
+    return [line.strip() for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_every_block_is_runnable_or_marked_as_text():
+    languages = [lang for lang, _ in _blocks()]
+    assert languages.count("python") == 1 and languages.count("console") == 1
+    assert set(languages) <= {"bash", "python", "console", "text"}, "a block without a language"
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, tiny_checkpoint, smollm2_dir) -> tuple[Path, dict[str, str]]:
+    """A folder with the README's student checkpoints, and an environment whose hub cache has SmolLM2."""
+    work = tmp_path_factory.mktemp("readme")
+    for name, arch in (("my-student", "llama-smollm2"), ("distilbert-student", "distilbert"),
+                       ("phi-3.5-mini-student", "phi3")):
+        shutil.copytree(tiny_checkpoint(arch), work / name)
+    hub = work / ".hf" / "hub" / f"models--{HUB_ID.replace('/', '--')}"
+    commit = "0" * 40
+    shutil.copytree(smollm2_dir, hub / "snapshots" / commit)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HOME": str(work / ".hf"), "HF_HUB_OFFLINE": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    return work, env
+
+
+def test_the_python_example(sandbox):
+    work, env = sandbox
+    (code,) = [body for lang, body in _blocks() if lang == "python"]
+    p = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "Q4_K_M" in p.stdout and "rows of 576 values" in p.stdout  # r.note explains the 6.2 bits
+    assert "latency budget missed: total" in p.stdout  # the raise-mode example: cut short, text kept
+
+
+def test_the_cli_examples(sandbox):
+    """After the Python example (the CLI lines use out/minilm from it)."""
+    work, env = sandbox
+    if not (work / "out" / "minilm" / "edgekit.json").exists():
+        pytest.skip("needs the Python example's artifacts (run the whole module)")
+    (body,) = [body for lang, body in _blocks() if lang == "console"]
+    commands = _commands(body)
+    assert len(commands) >= 15 and all(c.startswith("edgekit ") for c in commands)
+    for command in commands:
+        p = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
+                           input=CHAT_INPUT if command.startswith("edgekit chat") else None, timeout=900)
+        assert p.returncode == 0, f"{command}\n{p.stderr[-3000:]}"
+        assert "Traceback" not in p.stderr, command
+
+
+def test_the_fresh_machine_commands_exist_and_the_demo_runs():
+    """scripts/test.sh is what CI runs (this suite inside it); scripts/demo.sh runs here as written."""
+    (body,) = [body for lang, body in _blocks() if lang == "bash"]
+    commands = [line.split("#")[0].strip() for line in body.splitlines() if line.strip()]
+    assert commands == ["bash scripts/demo.sh", "bash scripts/test.sh"]
+    root = README.parent
+    p = subprocess.run(["bash", "scripts/demo.sh"], cwd=root, capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "> Name three colors." in p.stdout and "tok/s decode" in p.stdout

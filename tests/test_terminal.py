@@ -1,0 +1,145 @@
+"""The CLI as a person sees it in a terminal: driven through a pty, rendered by a terminal emulator
+(pyte), so progress bars, Ctrl-C and the stderr lines are checked on the screen itself.
+
+With EDGEKIT_CAPTURE=DIR set, the rendered screens are also written to DIR/*.txt to be looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+pyte = pytest.importorskip("pyte")
+
+COLUMNS, ROWS = 120, 40
+
+
+def _spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
+    import io
+
+    child = pexpect.spawn(sys.executable, ["-m", "edgekit.cli", *args], dimensions=(ROWS, COLUMNS),
+                          env={**os.environ, "COLUMNS": str(COLUMNS), **(env or {})}, cwd=cwd, timeout=120)
+    child.logfile_read = io.BytesIO()  # every byte the terminal received, for the rendered screen
+    return child
+
+
+def _screen(raw: bytes, name: str) -> str:
+    """What the terminal shows after these bytes (cursor moves and redraws applied)."""
+    screen = pyte.Screen(COLUMNS, ROWS * 4)
+    pyte.ByteStream(screen).feed(raw.replace(b"\n", b"\r\n") if b"\r\n" not in raw else raw)
+    text = "\n".join(line.rstrip() for line in screen.display).rstrip() + "\n"
+    target = os.environ.get("EDGEKIT_CAPTURE")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        (Path(target) / f"{name}.txt").write_text(text, encoding="utf-8")
+    return text
+
+
+def _run_to_end(child) -> bytes:
+    """Wait for the command to end; everything it wrote to the terminal."""
+    child.read()  # until EOF
+    child.close()
+    return child.logfile_read.getvalue()
+
+
+def test_convert_progress_says_which_format_and_leaves_no_stale_bar(tiny_checkpoint, tmp_path):
+    child = _spawn(["convert", str(tiny_checkpoint("qwen2")), "--to", "onnx,gguf", "-q", "int4"],
+                   cwd=tmp_path)
+    screen = _screen(_run_to_end(child), "convert")
+    assert child.exitstatus == 0, screen
+    lines = screen.splitlines()
+    bars = [line for line in lines if "━" in line or "/" in line and "writing" in line]
+    assert any(line.startswith("ONNX writing tensors") for line in bars), screen
+    assert any(line.startswith("GGUF writing tensors") for line in bars), screen
+    assert any(line.startswith("GGUF quantizing (llama.cpp)") for line in bars), screen
+    assert any(line.startswith("ONNX verifying fidelity") and "4/4" in line for line in bars), screen
+    assert "fidelity against transformers" in screen  # each artifact's verdict under its line
+    stale = [line for line in lines if " 0/" in line]
+    assert not stale, f"bars left unfinished: {stale}\n{screen}"
+    out = tmp_path / "qwen2-int4"  # the default folder: NAME-QUANT/FORMAT
+    unwrapped = screen.replace("\n", "")  # long paths wrap at the screen's edge
+    assert f"wrote {out / 'onnx'} (onnx int4" in unwrapped
+    assert f"wrote {out / 'gguf'} (gguf int4 (Q4_K_M)" in unwrapped
+
+
+@pytest.fixture(scope="module")
+def slow_tokens(tmp_path_factory) -> dict[str, str]:
+    """An environment whose python makes every generated token take 30 ms (sitecustomize), so that
+    a Ctrl-C lands in the middle of a reply."""
+    site = tmp_path_factory.mktemp("slow")
+    (site / "sitecustomize.py").write_text(textwrap.dedent("""
+        import time
+        from edgekit.runtimes import llamacpp
+
+        _real = llamacpp.LlamaCppBackend.generate
+
+        def _slow(self, ids, options):
+            for event in _real(self, ids, options):
+                time.sleep(0.03)
+                yield event
+
+        llamacpp.LlamaCppBackend.generate = _slow
+    """))
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def chat_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    import edgekit
+
+    out = tmp_path_factory.mktemp("chat") / "g"
+    return edgekit.convert(str(tiny_checkpoint("qwen2")), to="gguf", quant="fp16", output=out).path
+
+
+def test_ctrl_c_in_chat_stops_the_reply_not_the_chat(chat_artifact, slow_tokens):
+    # 150 tokens at 30 ms each: the reply is still streaming when Ctrl-C comes
+    child = _spawn(["chat", str(chat_artifact), "-n", "150", "--seed", "1"], env=slow_tokens)
+    child.expect_exact("> ")
+    child.sendline("Tell me a long story")
+    child.expect_exact("Tell me a long story\r\n")
+    child.expect(r"\S")  # the reply has started streaming
+    child.sendintr()  # Ctrl-C, through the terminal, as a person presses it
+    child.expect_exact("[stopped]")
+    child.expect(r"cancelled; llama\.cpp on cpu")  # the reply's numbers, then the chat goes on
+    child.expect_exact("> ")
+    child.sendline("And another")
+    child.expect_exact("And another\r\n")
+    child.expect(r"\S")
+    child.sendintr()
+    child.expect_exact("[stopped]")
+    child.expect_exact("> ")
+    child.sendline("")  # an empty line ends the chat normally
+    screen = _screen(_run_to_end(child), "chat-ctrl-c")
+    assert child.exitstatus == 0, screen
+    assert "Traceback" not in screen and "error:" not in screen and screen.count("[stopped]") == 2
+
+
+def test_ctrl_c_at_the_prompt_ends_the_chat_quietly(chat_artifact):
+    child = _spawn(["chat", str(chat_artifact)])
+    child.expect_exact("> ")
+    child.sendintr()
+    raw = _run_to_end(child)
+    assert child.exitstatus == 130, raw
+    assert b"Traceback" not in raw and b"error:" not in raw
+
+
+def test_run_and_chat_as_a_person_sees_them(chat_artifact):
+    """Text, then the numbers line (dimmed, on stderr), in the terminal."""
+    child = _spawn(["run", str(chat_artifact), "Once upon a time", "-n", "12", "--seed", "3"])
+    screen = _screen(_run_to_end(child), "run")
+    assert child.exitstatus == 0, screen
+    assert "12 tokens, TTFT" in screen and "tok/s, length; llama.cpp on cpu, gguf fp16]" in screen
+    child = _spawn(["chat", str(chat_artifact), "-n", "8", "--system", "Be brief.", "--seed", "2"])
+    child.expect_exact("> ")
+    child.sendline("Hi there")
+    child.expect(r"tok/s")
+    child.expect_exact("> ")
+    child.sendline("")
+    screen = _screen(_run_to_end(child), "chat")
+    assert child.exitstatus == 0, screen
+    assert screen.startswith("> Hi there\n") and "8 tokens, TTFT" in screen
