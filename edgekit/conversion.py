@@ -273,10 +273,11 @@ def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, 
     # once the rename is done, an interruption no longer means "nothing was written"
     done = (lambda: setattr(progress, "output", "")) if isinstance(progress, _Stage) else None
     with staged_output(final, overwrite=overwrite, source=ckpt.path, on_commit=done) as stage:
-        if fmt == "gguf":
-            model_file, fmt_info = _write_gguf(ckpt, stage, scheme, base, progress)
+        if fmt == "gguf":  # an unquantized file llama.cpp quantizes from is kept to verify against
+            model_file, fmt_info = _write_gguf(ckpt, stage, scheme, base, progress, keep=checking is not None)
         else:
             model_file, fmt_info = _write_onnx(ckpt, stage, scheme, route, progress)
+        unquantized = fmt_info.pop("unquantized", None)
         side = [n for n in _SIDE_FILES if ckpt.has(n)]
         for name in side:
             shutil.copyfile(ckpt.path / name, stage / name)
@@ -300,19 +301,27 @@ def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, 
         write_manifest(stage, manifest)
         progress("hash", 1, 1)
         if checking is not None:  # graded in the staging folder: a failed artifact never appears
-            manifest["fidelity"] = _verify_staged(stage, manifest, ckpt, checking, progress)
+            manifest["fidelity"] = _verify_staged(stage, manifest, ckpt, checking, progress, unquantized)
             write_manifest(stage, manifest)
+        if unquantized:
+            (stage / unquantized).unlink()
     return manifest, files
 
 
-def _verify_staged(stage: Path, manifest: dict[str, Any], ckpt, checking: _Checking,
-                   progress: Progress) -> dict[str, Any]:
-    from .fidelity import FidelityGateFailed, check, thresholds_for
+def _verify_staged(stage: Path, manifest: dict[str, Any], ckpt, checking: _Checking, progress: Progress,
+                   unquantized: str | None) -> dict[str, Any]:
+    from .fidelity import FidelityGateFailed, _EdgekitReference, check, thresholds_for
 
     label = str(manifest["quantization"]["label"])
     limits = thresholds_for(label, checking.max_kl, checking.min_top1, checking.min_cosine)
+    at_hand = None
+    if unquantized:  # edgekit's own reference without building another: the file llama.cpp quantized
+        kind = unquantized.split(".")[-2]
+        at_hand = lambda: _EdgekitReference.from_file(  # noqa: E731
+            stage, manifest, unquantized,
+            f"edgekit's own {kind} gguf build of {ckpt.path.name} (the file llama.cpp's quantizer read)")
     report = check(stage, manifest, ckpt, reference_kind=checking.reference_kind,
-                   eval_file=checking.eval_file, thresholds=limits, progress=progress)
+                   eval_file=checking.eval_file, thresholds=limits, progress=progress, at_hand=at_hand)
     data = report.to_dict()
     data.pop("artifact")
     if not report.passed and not checking.keep_failed:
@@ -398,8 +407,10 @@ def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
     return ("decoder" if onnx_optimum.task_for(ckpt) != "feature-extraction" else "encoder"), "optimum-onnx"
 
 
-def _write_gguf(ckpt, stage: Path, scheme, base: str,
-                progress: Progress | None) -> tuple[str, dict[str, Any]]:
+def _write_gguf(ckpt, stage: Path, scheme, base: str, progress: Progress | None,
+                keep: bool = False) -> tuple[str, dict[str, Any]]:
+    """keep: leave the unquantized file llama.cpp's quantizer read in the staging folder (named in the
+    result's "unquantized"), to verify against; the caller removes it."""
     from edgekit.converters.gguf_convert import source_precision, write_gguf
     from edgekit.converters.gguf_info import gguf_stats, precision_note
     from edgekit.runtimes.gguf_preflight import preflight
@@ -425,7 +436,10 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str,
             if progress:
                 progress("quantize", 1, 1)
         finally:
-            intermediate.unlink(missing_ok=True)
+            if not keep:
+                intermediate.unlink(missing_ok=True)
+        if keep:
+            info["unquantized"] = intermediate.name
     try:  # the checks edgekit.load runs before llama.cpp sees a file: fail now, not at the user's first load
         header = preflight(stage / model_file)
     except ArtifactError as exc:
@@ -439,6 +453,8 @@ def _write_gguf(ckpt, stage: Path, scheme, base: str,
         from edgekit.converters.source import sentence_pooling
 
         extra["pooling"] = sentence_pooling(ckpt)
+    if "unquantized" in info:
+        extra["unquantized"] = info["unquantized"]
     return model_file, {
         **extra,
         "task": info["task"],

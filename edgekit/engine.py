@@ -139,6 +139,13 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
         why = "; ".join(map(str, fidelity.get("failures", [])))
         warnings.warn(f"{root} failed its fidelity check ({why}); its output may be wrong", FidelityWarning,
                       stacklevel=2)
+    return open_checked(root, manifest, device, n_ctx, threads, budget)
+
+
+def open_checked(root: Path, manifest: dict[str, Any], device: str = "auto", n_ctx: int | None = None,
+                 threads: int | None = None, budget: LatencyBudget | None = None) -> Engine:
+    """An Engine on a manifest already read and checked (load() does that; a conversion verifying the
+    files it has just written and hashed skips the second read)."""
     if device not in DEVICES:
         raise DeviceUnavailableError(f"unknown device '{device}'; choose one of {', '.join(DEVICES)}")
     from edgekit.runtimes.registry import backend_for

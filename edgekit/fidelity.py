@@ -47,8 +47,8 @@ REFERENCE_KINDS = ("auto", "transformers", "edgekit")
 # ties any rounding flips the top token without the model being any worse), and only over enough
 # such positions to mean something
 CONFIDENT, MIN_CONFIDENT_POSITIONS = 0.5, 16
-MAX_TOKENS = 512  # evaluation tokens scored (fewer when the context window is smaller)
-GREEDY_PROMPT, GREEDY_TOKENS = 16, 32
+MAX_TOKENS = 256  # evaluation tokens scored (fewer when the context window is smaller)
+GREEDY_PROMPT, GREEDY_TOKENS = 16, 16
 
 Progress = Callable[[str, int, int], None]
 
@@ -269,11 +269,16 @@ class _TransformersReference:
 
 
 class _EdgekitReference:
-    """edgekit's own fp32 build of the source in the artifact's format, run by the same backend."""
+    """edgekit's own unquantized build of the source in the artifact's format, run by the same backend."""
 
     kind = "edgekit-fp32"
 
-    def __init__(self, checkpoint: Path, manifest: dict[str, Any], workdir: Path, why: str) -> None:
+    def __init__(self, engine, description: str) -> None:
+        self.engine, self.description = engine, description
+
+    @classmethod
+    def build(cls, checkpoint: Path, manifest: dict[str, Any], workdir: Path, why: str) -> _EdgekitReference:
+        """An fp32 build in `workdir`, without the verification of its own."""
         from .conversion import convert
         from .engine import load
 
@@ -281,8 +286,15 @@ class _EdgekitReference:
         exporter = "optimum" if manifest.get("exporter") == "optimum-onnx" else "edgekit"
         built = convert(str(checkpoint), to=fmt, quant="fp32", output=workdir / "reference",
                         exporter=exporter if fmt == "onnx" else "auto", verify=False)
-        self.engine = load(built.path, device="cpu")
-        self.description = f"edgekit's own fp32 {fmt} build of {checkpoint.name}{why}"
+        what = f"edgekit's own fp32 {fmt} build of {checkpoint.name}{why}"
+        return cls(load(built.path, device="cpu"), what)
+
+    @classmethod
+    def from_file(cls, root: Path, manifest: dict[str, Any], model_file: str, what: str) -> _EdgekitReference:
+        """An unquantized GGUF already at hand: the file a conversion handed to llama.cpp's quantizer."""
+        from .engine import open_checked
+
+        return cls(open_checked(root, {**manifest, "model_file": model_file}, "cpu"), what)
 
     def tokenize(self, text: str) -> list[int]:
         return self.engine.backend.tokenize(text, False)
@@ -313,7 +325,10 @@ def _torch_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
-def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workdir: Path):
+def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workdir: Path,
+                    at_hand: Callable[[], _EdgekitReference] | None = None):
+    """The reference of this kind; at_hand opens an unquantized build the caller already has, used
+    instead of building one when the reference is edgekit's own."""
     task = str(manifest.get("task", "text-generation"))
     pooling = manifest.get("pooling") or (manifest.get("onnx") or {}).get("pooling") or {}
     if kind == "transformers" or (kind == "auto" and _torch_available()):
@@ -330,7 +345,9 @@ def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workd
             why = f" (transformers could not load it: {type(exc).__name__})"
     else:
         why = "" if kind == "edgekit" else " (torch and transformers are not installed)"
-    return _EdgekitReference(checkpoint, manifest, workdir, why)
+    if at_hand is not None:
+        return at_hand()
+    return _EdgekitReference.build(checkpoint, manifest, workdir, why)
 
 
 # ---- finding the source ----------------------------------------------------------------------
@@ -401,16 +418,28 @@ def _evaluation(eval_file: str | os.PathLike[str] | None) -> tuple[str, dict[str
         if not text.strip():
             raise InvalidOptionError(f"{path}: the evaluation file is empty")
         info = {"name": path.name}
-    info.update(sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), calibrated_on=False)
+    info.update(sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(), calibrated_on=_calibrated_on(text))
     return text, info
+
+
+def _calibrated_on(text: str) -> bool:
+    """Whether the text holds a sentence of the calibration text int4 conversion runs on (a model
+    graded on it would look better than it is)."""
+    import re
+
+    from edgekit.converters.onnx_calibration import CALIBRATION_TEXT
+
+    sentences = [s.strip() for s in re.split(r"(?<=[.?!])\s+|\n", CALIBRATION_TEXT) if len(s.strip()) > 20]
+    return any(sentence in text for sentence in sentences)
 
 
 def check(path: Path, manifest: dict[str, Any], ckpt, *, reference_kind: str = "auto",
           eval_file: str | os.PathLike[str] | None = None, thresholds: dict[str, float] | None = None,
-          device: str = "cpu", threads: int | None = None,
-          progress: Progress | None = None) -> FidelityReport:
-    """Measure an artifact directory (finished or still staging) against `ckpt`, its source."""
-    from .engine import Engine, load
+          device: str = "cpu", threads: int | None = None, progress: Progress | None = None,
+          at_hand: Callable[[], _EdgekitReference] | None = None) -> FidelityReport:
+    """Measure an artifact directory (finished or still staging) against `ckpt`, its source.
+    `manifest` must already be checked against the files (read_manifest, or just written)."""
+    from .engine import Engine, open_checked
 
     if reference_kind not in REFERENCE_KINDS:
         raise InvalidOptionError(f"unknown reference kind '{reference_kind}'; "
@@ -423,10 +452,10 @@ def check(path: Path, manifest: dict[str, Any], ckpt, *, reference_kind: str = "
     text, info = _evaluation(eval_file)
     tick("verify", 0, 4)
     with tempfile.TemporaryDirectory(prefix="edgekit-verify-") as tmp:
-        ref = _open_reference(reference_kind, ckpt.path, manifest, Path(tmp))
+        ref = _open_reference(reference_kind, ckpt.path, manifest, Path(tmp), at_hand)
         try:
             tick("verify", 1, 4)
-            engine: Engine = load(path, device=device, threads=threads)
+            engine: Engine = open_checked(path, manifest, device, None, threads)
             try:
                 if task == "feature-extraction":
                     sentences = eval_text.SENTENCES if eval_file is None else _sentences(text)

@@ -190,3 +190,16 @@ def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, 
         assert agree >= 8 and float(top2[0] - top2[1]) < 1.0, (
             f"diverged at token {agree}: {ours[:agree + 2]} vs {ref[:agree + 2]}"
         )
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_smollm2_int4_reports_agree_across_references(fmt, smollm2_artifacts, smollm2_onnx):
+    """convert graded the artifact against transformers; edgekit's own fp32 build (the reference
+    without torch) measures the same loss, and both pass the int4 gate."""
+    path = (smollm2_artifacts if fmt == "gguf" else smollm2_onnx)["int4"]
+    recorded = edgekit.read_manifest(path)["fidelity"]
+    assert recorded["reference"]["kind"] == "transformers" and recorded["passed"]
+    ours = edgekit.verify(path, reference_kind="edgekit", save=False)
+    assert ours.passed and ours.reference["kind"] == "edgekit-fp32"
+    assert ours.metrics["kl_mean"] == pytest.approx(recorded["metrics"]["kl_mean"], rel=0.2)
+    assert 0.02 < ours.metrics["kl_mean"] < 0.2 and ours.metrics["top1_confident"] > 0.9

@@ -200,3 +200,15 @@ def test_embedders_are_graded_by_cosine_and_json_and_eval_file(tiny_checkpoint, 
     (tmp_path / "empty.txt").write_text("")
     bad = _cli("verify", str(artifact), "--reference", str(ckpt), "--eval-file", str(tmp_path / "empty.txt"))
     assert bad.returncode == 1 and "empty" in bad.stderr
+
+
+def test_convert_without_torch_grades_against_the_file_llama_cpp_quantized(tiny_checkpoint, tmp_path):
+    """reference_kind="edgekit" (what a machine without torch gets): a k-quant GGUF is compared with
+    the unquantized GGUF its quantizer read, which then leaves the artifact."""
+    result = edgekit.convert(str(tiny_checkpoint("llama3")), to="gguf", quant="int4", output=tmp_path / "a",
+                             reference_kind="edgekit")
+    assert result.fidelity.passed and "the file llama.cpp's quantizer read" in result.fidelity.reference[
+        "description"]
+    assert sorted(p.name for p in result.path.iterdir() if p.name.startswith(".")) == []
+    torch_says = edgekit.verify(result.path, tiny_checkpoint("llama3"), reference_kind="transformers")
+    assert result.fidelity.metrics["kl_mean"] == pytest.approx(torch_says.metrics["kl_mean"], rel=0.2)

@@ -107,3 +107,17 @@ def test_report_round_trip_and_rows():
     rows = {name.strip(): value for name, value, _ in report.rows()}
     assert rows["where confident"] == "0.9000 over 20 positions"
     assert rows["greedy divergence"].startswith("none")
+
+
+def test_the_evaluation_text_is_not_the_calibration_text(tmp_path):
+    from edgekit.converters.onnx_calibration import CALIBRATION_TEXT
+    from edgekit.fidelity import _evaluation
+
+    text, info = _evaluation(None)
+    assert info["calibrated_on"] is False and info["name"] == "edgekit-eval-v1"
+    mine = tmp_path / "mine.txt"
+    mine.write_text("Some words of my own.\n" + CALIBRATION_TEXT[:200], encoding="utf-8")
+    assert _evaluation(mine)[1]["calibrated_on"] is True  # said in the report, not hidden
+    for bad, message in ((tmp_path / "none.txt", "no such evaluation file"), (tmp_path, "cannot be read")):
+        with pytest.raises(InvalidOptionError, match=message):
+            _evaluation(bad)
