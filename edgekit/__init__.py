@@ -24,6 +24,7 @@ from .errors import (
     LatencyBudgetExceeded,
     ManifestMismatch,
     MissingDependencyError,
+    NoVariantFits,
     OutputExistsError,
     RemoteCodeRefused,
     SourceError,
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from .conversion import ConversionResult, convert
     from .fidelity import FidelityGateFailed, FidelityReport, VerificationError, verify
+    from .profiling import profile
 
 __all__ = [
     "ArtifactError",
@@ -58,6 +60,7 @@ __all__ = [
     "LatencyBudgetExceeded",
     "ManifestMismatch",
     "MissingDependencyError",
+    "NoVariantFits",
     "OutputExistsError",
     "RemoteCodeRefused",
     "SourceError",
@@ -71,6 +74,7 @@ __all__ = [
     "devices",
     "find_artifacts",
     "load",
+    "profile",
     "read_manifest",
     "verify",
 ]
@@ -82,6 +86,7 @@ _LAZY = {
     "LatencyBudget": ("metrics", "LatencyBudget"),
     "devices": ("hardware", "devices"),
     "verify": ("fidelity", "verify"),
+    "profile": ("profiling", "profile"),
     "FidelityReport": ("fidelity", "FidelityReport"),
     "FidelityGateFailed": ("fidelity", "FidelityGateFailed"),
     "VerificationError": ("fidelity", "VerificationError"),

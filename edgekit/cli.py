@@ -276,7 +276,9 @@ def _sampling(engine, **given: Any) -> dict[str, Any]:
 
 @app.command()
 def run(
-    artifact: Annotated[Path, typer.Argument(help="artifact directory")],
+    artifact: Annotated[Path, typer.Argument(
+        help="artifact directory; or several, comma-separated, to run the most faithful that meets "
+             "--budget")],
     prompt: Annotated[str, typer.Argument(help="the user's message (with --raw: text to complete)")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", "--n-predict")] = 128,
     temperature: TempOpt = None,
@@ -303,14 +305,17 @@ def run(
 
     limits = _budget(budget)
     try:
-        with load(artifact, device=device, n_ctx=ctx_size, threads=threads, budget=limits) as engine:
+        with load(_variants(artifact), device=device, n_ctx=ctx_size, threads=threads,
+                  budget=limits) as engine:
+            _say_choice(engine, as_json)
             kwargs = {"max_tokens": max_tokens, "seed": seed, "stop": stop or (), "ignore_eos": ignore_eos,
                       **_sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   repeat_penalty=repeat_penalty)}
             templated = not raw and bool(engine.manifest.get("chat_template"))
             call = (lambda **kw: engine.chat(prompt, **kw)) if templated else (
                 lambda **kw: engine.generate(prompt, **kw))
-            where = {**_where(engine), "prompt_mode": "chat" if templated else "raw"}
+            where = {**_where(engine), "prompt_mode": "chat" if templated else "raw",
+                     "artifact": str(engine.path)}
             if as_json:
                 result = call(**kwargs)
                 _emit({**where, **result.to_dict()}, True, "")
@@ -325,6 +330,17 @@ def run(
         _fail(exc, as_json)
     if result is not None and result.budget is not None and not result.budget.met:
         raise typer.Exit(1)
+
+
+def _variants(artifact: Path) -> Path | list[Path]:
+    """ARTIFACT, or several comma-separated: the variants load() chooses among (with --budget)."""
+    text = str(artifact)
+    return [Path(p.strip()) for p in text.split(",") if p.strip()] if "," in text else artifact
+
+
+def _say_choice(engine, as_json: bool) -> None:
+    if engine.choice is not None and not as_json:
+        typer.secho(f"[{engine.choice}]", err=True, dim=True)
 
 
 def _where(engine) -> dict[str, Any]:
@@ -357,7 +373,9 @@ def _report(engine, result, prompt_mode: str | None = None) -> None:
 
 @app.command()
 def chat(
-    artifact: Annotated[Path, typer.Argument(help="artifact directory")],
+    artifact: Annotated[Path, typer.Argument(
+        help="artifact directory; or several, comma-separated, to chat with the most faithful that meets "
+             "--budget")],
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", "--n-predict")] = 256,
     temperature: TempOpt = None,
     top_k: TopKOpt = None,
@@ -376,7 +394,9 @@ def chat(
 
     limits = _budget(budget)
     try:
-        with load(artifact, device=device, n_ctx=ctx_size, threads=threads, budget=limits) as engine:
+        with load(_variants(artifact), device=device, n_ctx=ctx_size, threads=threads,
+                  budget=limits) as engine:
+            _say_choice(engine, False)
             sampling = _sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                  repeat_penalty=repeat_penalty)
             messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
@@ -444,6 +464,106 @@ def verify(
         _print_fidelity(data)
     if not report.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+def profile(
+    artifacts: Annotated[list[Path], typer.Argument(help="artifact directories: the variants to compare")],
+    budget: BudgetOpt = None,
+    prompt_tokens: Annotated[int, typer.Option(
+        "--prompt-tokens", "-p", help="prompt length in tokens")] = 256,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", help="tokens generated per run")] = 128,
+    runs: Annotated[int, typer.Option("--runs", "-r", help="measured runs per variant")] = 5,
+    device: Annotated[str, typer.Option("--device", help="device(s), comma-separated: auto, cpu, cuda, "
+                                                         "apple")] = "auto",
+    threads: ThreadsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print one CSV row per variant")] = False,
+    as_markdown: Annotated[bool, typer.Option("--markdown", help="print a Markdown table")] = False,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report", help="also write profile.json, profile.png and index.html into this folder")] = None,
+) -> None:
+    """Measure each variant on this machine (load time, size, peak memory, TTFT, TPOT, ITL, prefill
+    and decode speed, % of the memory bandwidth limit) and judge it against --budget; exit 1 when a
+    budget is given and no variant meets it (edgekit.profile)."""
+    from .profiling import profile as run_profile
+
+    limits = _budget(budget)
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    try:
+        with _RunProgress(enabled=not (as_json or as_csv or as_markdown) and sys.stderr.isatty()) as progress:
+            report = run_profile(artifacts, limits, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+                                 runs=runs, devices=devices, threads=threads, progress=progress)
+        if report_dir is not None:
+            from .profiling import write_report
+
+            page = write_report(report, report_dir)
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+    if report_dir is not None and not (as_json or as_csv or as_markdown):
+        typer.echo(f"report: {page}", err=True)
+    if as_json:
+        _emit(report.to_dict(), True, "")
+    elif as_csv:
+        typer.echo(report.csv(), nl=False)
+    elif as_markdown:
+        typer.echo(report.markdown())
+    else:
+        _print_profile(report)
+    if limits is not None and not report.any_passed:
+        raise typer.Exit(1)
+
+
+class _RunProgress:
+    """One rich bar over variants x runs, on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.progress, self.task = enabled, None, None
+
+    def __enter__(self) -> _RunProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=Console(stderr=True))
+            self.progress.start()
+        return self
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.progress is None:
+            return
+        if self.task is None:
+            self.task = self.progress.add_task("profiling", total=total)
+        self.progress.update(self.task, completed=done, description=f"profiling {what}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _print_profile(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    hw = report.hardware
+    s = report.settings
+    title = (f"{hw['cpu']}, {hw['cores']} cores, {hw['memory_gb']} GB, copy {hw['copy_bandwidth_gbs']} GB/s; "
+             f"{s['prompt_tokens']} prompt + {s['gen_tokens']} generated tokens, {s['runs']} runs"
+             + (f"; budget {report.budget}" if report.budget else ""))
+    table = Table(title=title, title_justify="left")
+    columns = [("variant", "artifact"), ("device", "device"), ("MB", "size_mb"), ("load s", "load_s"),
+               ("peak RSS MB", "peak_rss_mb"), ("TTFT p50 ms", "ttft_p50_ms"), ("TPOT p50 ms", "tpot_p50_ms"),
+               ("ITL p99 ms", "itl_p99_ms"), ("prefill tok/s", "pp_avg_ts"), ("decode tok/s", "tg_avg_ts"),
+               ("% bandwidth", "bandwidth_pct"), ("budget", "budget")]
+    for title, _ in columns:
+        table.add_column(title, overflow="fold")
+    for row in report.rows():
+        cells = ["" if row[key] is None else str(row[key]) for _, key in columns]
+        if row["error"]:
+            cells[-1] = f"error: {row['error']}"
+        table.add_row(*cells)
+    Console(width=max(120, _terminal_width())).print(table)
 
 
 @app.command("list")

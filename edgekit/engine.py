@@ -115,9 +115,13 @@ class Stream:
         self.close()
 
 
-def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
+def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: int | None = None,
          budget: LatencyBudget | None = None, threads: int | None = None) -> Engine:
     """Open an artifact directory (verifying its files against edgekit.json) on a backend.
+
+    Several paths: the variants of one model. Each is measured briefly on this machine (or read from
+    the profile cached for it and these files) and the most faithful one that meets `budget` is
+    opened; `engine.choice` says what was measured and why. NoVariantFits when none does.
 
     device: "auto" picks the best device the backend really has, "cpu"/"cuda"/"apple" insist
     (an absent device is a DeviceUnavailableError, never a silent fallback). n_ctx: the context
@@ -128,6 +132,16 @@ def load(path: str | Path, device: str = "auto", n_ctx: int | None = None,
     for name, value in (("n_ctx", n_ctx), ("threads", threads)):
         if value is not None and (type(value) is not int or value < 1):
             raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
+    if not isinstance(path, str | Path):
+        from .profiling import choose
+
+        paths = list(path)
+        if not paths:
+            raise InvalidOptionError("load() got an empty list of artifacts")
+        picked, choice = choose(paths, budget, device, threads)
+        engine = load(picked, device, n_ctx, budget, threads)
+        engine.choice = choice
+        return engine
     root = Path(path)
     manifest = read_manifest(root)
     fidelity = manifest.get("fidelity") or {}
@@ -169,6 +183,7 @@ class Engine:
         self._template = None  # a ChatTemplate, made on the first chat
         self._rendering: set[threading.Event] = set()  # the cancel events of chats rendering their prompt
         self._closed = self._backend_closed = False
+        self.choice = None  # a profiling.Choice when load() picked this artifact among several
 
     # ---- text generation ------------------------------------------------------------------
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, stream: bool = False,

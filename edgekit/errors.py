@@ -155,3 +155,7 @@ def require(module: str, package: str, extra: str, purpose: str):
 
 class FidelityWarning(UserWarning):
     """load() of an artifact kept after failing its fidelity gate (convert --keep-failed)."""
+
+
+class NoVariantFits(EdgekitError):
+    """load() was given several artifacts and a budget, and none meets it here."""

@@ -154,15 +154,19 @@ class LatencyBudget:
 
     def judge(self, metrics: DecodeMetrics, peak_rss_mb: float | None = None) -> BudgetVerdict:
         """The verdict alone: no warning, no exception (check() applies the mode)."""
-        ttft = None if self.ttft_ms is None else self.ttft_ms - 1000 * metrics.ttft_s
-        # TPOT and ITL need two output tokens; with fewer there is nothing to judge
-        two = metrics.tokens_out >= 2
-        tpot = None if self.tpot_ms is None or not two else self.tpot_ms - 1000 * metrics.tpot_s
-        itl = (None if self.itl_p99_ms is None or not two
-               else self.itl_p99_ms - metrics.itl_percentile_ms(99))
-        total = None if self.total_ms is None else self.total_ms - 1000 * metrics.total_s
-        rss = None if self.rss_mb is None or peak_rss_mb is None else self.rss_mb - peak_rss_mb
-        margins = (ttft, tpot, itl, total, rss)
+        two = metrics.tokens_out >= 2  # TPOT and ITL need two output tokens; with fewer nothing to judge
+        return self.judge_values({"ttft": 1000 * metrics.ttft_s,
+                                  "tpot": 1000 * metrics.tpot_s if two else None,
+                                  "itl_p99": metrics.itl_percentile_ms(99) if two else None,
+                                  "total": 1000 * metrics.total_s, "rss": peak_rss_mb})
+
+    def judge_values(self, measured: dict[str, float | None]) -> BudgetVerdict:
+        """The verdict on figures measured elsewhere (the profiler's medians): ms for times, MB for
+        memory, keyed like the budget's words; a None figure is not judged."""
+        margins = []
+        for key, (name, _kind) in _BUDGET_KEYS.items():
+            limit, value = getattr(self, name), measured.get(key)
+            margins.append(None if limit is None or value is None else limit - value)
         return BudgetVerdict(all(m is None or m >= 0 for m in margins), *margins)
 
     def describe_miss(self, metrics: DecodeMetrics, verdict: BudgetVerdict) -> str:
@@ -194,12 +198,26 @@ class LatencyBudget:
 
 
 def peak_rss_mb() -> float | None:
-    """This process's peak resident memory so far, in MB (None where the OS does not say)."""
+    """This process's peak resident memory so far, in MB (None where the OS does not say).
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this process's own memory. Its
+    ru_maxrss would not do: Linux carries the parent's peak across fork and exec, so a child started
+    by a big process reports the parent's size.
+    """
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/self/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024 / 1e6  # kB
+        except (OSError, ValueError, IndexError):
+            pass
     try:
         import resource
-        import sys
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB on Linux
+        return peak / 1e6 if sys.platform == "darwin" else peak * 1024 / 1e6  # bytes on macOS, KiB elsewhere
     except (ImportError, OSError):
         return None

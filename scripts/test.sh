@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all,optimum,test
+# Chromium (Debian's package) opens the profile report page in a test, as a person would.
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "installing chromium for the browser test" >&2
+  SUDO=$([[ $(id -u) -eq 0 ]] && echo "" || echo "sudo")
+  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 EDGEKIT_REFERENCE_LLAMA_CPP=$(bash scripts/fetch-reference.sh)

@@ -242,7 +242,8 @@ def _documented_shapes() -> dict[str, tuple[set[str], set[str]]]:
 
 def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
     shapes = _documented_shapes()
-    assert set(shapes) == {"convert", "run", "embed", "info", "list", "bundled", "devices", "verify"}
+    assert set(shapes) == {"convert", "run", "embed", "info", "list", "bundled", "devices", "verify",
+                           "profile"}
     out = tmp_path / "g"
     bert = tmp_path / "b"
     outputs = {
@@ -252,6 +253,7 @@ def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
         "list": _cli("list", str(tmp_path), "--json"),
         "bundled": _cli("bundled", "--json"),
         "verify": _cli("verify", str(out), "--reference", str(tiny_checkpoint("qwen2")), "--json"),
+        "profile": _cli("profile", str(out), "-p", "8", "-n", "4", "-r", "1", "--json"),
         "devices": _cli("devices", "--json"),
     }
     _cli("convert", str(tiny_checkpoint("bert")), "--to", "onnx", "-q", "fp32", "-o", str(bert))
@@ -262,7 +264,8 @@ def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
         keys, items = shapes[command]
         assert data.pop("ok") is True and set(data) == keys, command
         if items:
-            for item in data["artifacts"]:
+            (listed,) = [v for v in data.values() if isinstance(v, list)]  # artifacts, variants
+            for item in listed:
                 assert set(item) == items, command
     error = json.loads(_cli("info", str(tmp_path / "nothing"), "--json").stdout)
     assert set(error) == {"ok", "error", "message", "exit_code"} and error["ok"] is False

@@ -70,3 +70,19 @@ def test_record_mode_never_raises_and_raise_mode_carries_the_result():
     with pytest.raises(LatencyBudgetExceeded) as info:
         strict.enforce(m, strict.judge(m), result="the text so far")
     assert info.value.result == "the text so far" and info.value.verdict.missed == ["ttft"]
+
+
+def test_peak_rss_is_the_process_own_not_its_parents():
+    """Linux carries a parent's ru_maxrss into its children; the budget's rss line must not."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from edgekit.metrics import peak_rss_mb
+
+    big = np.ones(40_000_000)  # 320 MB in this process
+    code = "from edgekit.metrics import peak_rss_mb; print(peak_rss_mb())"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert peak_rss_mb() > 300 and float(child.stdout) < 200
+    del big

@@ -1,0 +1,600 @@
+"""profile(): on this machine, how fast and how big each variant of a model is, and which meet a budget.
+
+Each variant (an artifact on a device) runs in a child process of its own, so that one variant's
+memory never counts against another; the children stay up and are driven round by round, so that
+drift on the machine hits every variant alike. Prompts are cut from natural text to an exact token
+count with each artifact's own tokenizer, and exactly n_gen tokens are generated (end of text
+ignored). Field names follow llama-bench's where they overlap (n_prompt, n_gen, avg_ts, stddev_ts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidOptionError
+from .metrics import LatencyBudget
+
+Progress = Callable[[int, int, str], None]  # (runs done, runs in all, what runs now)
+
+
+# ---- the child process -------------------------------------------------------------------------
+# A child is `python -m edgekit.profiling ARTIFACT DEVICE THREADS`: one JSON line out when loaded,
+# then one JSON line in and out per command ("run", n_prompt, n_gen, shift), ("rss",), ("stop",). A plain
+# process rather than multiprocessing: the caller's script is never imported again in the child.
+def _serve(path: str, device: str, threads: int | None) -> None:
+    def send(data: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+
+    try:
+        from edgekit.engine import load
+        from edgekit.eval_text import TEXT
+        from edgekit.runtimes.base import GenerationOptions
+
+        start = time.perf_counter()
+        engine = load(path, device=device, threads=threads)
+        load_s = time.perf_counter() - start
+        backend = engine.backend
+        natural = backend.tokenize(TEXT * 64, True)  # long enough for any prompt and shift
+        send({"ok": True, "load_s": load_s, "device": engine.device, "backend": backend.name,
+              "context": backend.context_length})
+    except Exception as exc:  # everything the parent must hear about, as one line
+        send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command[0] == "stop":
+            engine.close()
+            send({"ok": True})
+            return
+        if command[0] == "rss":
+            send({"ok": True, "peak_rss_mb": _peak_rss_mb()})
+            continue
+        _, n_prompt, n_gen, shift = command
+        try:
+            # each run its own prompt (the same length, shifted through the text): llama.cpp would
+            # otherwise reuse the cache of an identical prompt and skip most of the prefill
+            ids = natural[:1] + natural[1 + shift : n_prompt + shift]
+            options = GenerationOptions(max_tokens=n_gen, temperature=0.0, ignore_eos=True)
+            begin = time.perf_counter()
+            times = [time.perf_counter() for _ in backend.generate(ids, options)]
+            end = time.perf_counter()
+            send({"ok": True, "start": begin, "times": times, "end": end, "n_prompt": len(ids)})
+        except Exception as exc:
+            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _peak_rss_mb() -> float:
+    from .metrics import peak_rss_mb
+
+    return peak_rss_mb() or 0.0
+
+
+class _Variant:
+    """One artifact on one device, in its own process."""
+
+    def __init__(self, path: Path, device: str, threads: int | None) -> None:
+        import subprocess
+
+        self.path, self.device_asked = path, device
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.profiling", str(path), device, str(threads or 0)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.info: dict[str, Any] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.error: str | None = None
+
+    def ready(self, timeout: float = 600) -> None:
+        self.info = self._receive(timeout)
+        if not self.info.get("ok"):
+            self.error = self.info.get("error", "the variant did not start")
+
+    def run(self, n_prompt: int, n_gen: int, keep: bool = True) -> None:
+        if self.error:
+            return
+        reply = self._ask(["run", n_prompt, n_gen, 17 * len(self.runs) + (0 if keep else 400)], 600)
+        if not reply.get("ok"):
+            self.error = reply.get("error")
+        elif keep:
+            self.runs.append(reply)
+
+    def finish(self) -> float | None:
+        """Peak RSS of the child (MB), then stop it."""
+        peak = self._ask(["rss"], 60).get("peak_rss_mb") if self.error is None else None
+        if self.process.poll() is None:
+            self._ask(["stop"], 60)
+        try:
+            self.process.wait(timeout=10)
+        except Exception:  # subprocess.TimeoutExpired
+            self.process.kill()
+            self.process.wait()
+        return peak
+
+    def _ask(self, command: list[Any], timeout: float) -> dict[str, Any]:
+        try:
+            self.process.stdin.write(json.dumps(command) + "\n")
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self._died()
+        return self._receive(timeout)
+
+    def _receive(self, timeout: float) -> dict[str, Any]:
+        import selectors
+
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(timeout):
+                self.process.kill()
+                return {"ok": False, "error": f"no answer within {timeout:.0f} s"}
+        line = self.process.stdout.readline()
+        if not line:
+            return self._died()
+        return json.loads(line)
+
+    def _died(self) -> dict[str, Any]:
+        code = self.process.wait()
+        return {"ok": False, "error": f"the process died (exit status {code})"}
+
+
+# ---- the machine -------------------------------------------------------------------------------
+def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
+    """Memory copy rate in GB/s: bytes copied per second (each read once and written once), the
+    best of a few copies of a buffer far larger than the caches."""
+    import numpy as np
+
+    src = np.ones(size_mb * 1_000_000 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return src.nbytes / best / 1e9
+
+
+def _cpu_model() -> str:
+    if sys.platform == "linux":
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    if sys.platform == "darwin":
+        import subprocess
+
+        out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware(cache: Path | None = None) -> dict[str, Any]:
+    """CPU, cores, memory, copy bandwidth (measured once per machine, then read from the cache),
+    what each backend can run on, and the backend versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .hardware import devices
+
+    cpu = _cpu_model()
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    cache = cache or home / "edgekit" / "hardware.json"
+    key = f"copy-v1|{platform.node()}|{cpu}|{os.cpu_count()}"
+    known: dict[str, Any] = {}
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    bandwidth = known.get(key) if isinstance(known, dict) else None
+    if not isinstance(bandwidth, int | float):
+        bandwidth = round(copy_bandwidth_gbs(), 2)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: bandwidth}))
+        except OSError:
+            pass  # a read-only home: measured again next time
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    versions = {}
+    for dist in ("llama-cpp-python", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory and round(memory, 1),
+            "copy_bandwidth_gbs": bandwidth, "devices": devices(), "versions": versions,
+            "python": platform.python_version(), "platform": f"{sys.platform}-{platform.machine()}"}
+
+
+# ---- the report --------------------------------------------------------------------------------
+@dataclass
+class VariantResult:
+    artifact: str
+    device: str
+    format: str | None = None
+    quant: str | None = None
+    backend: str | None = None
+    file_size_mb: float | None = None
+    load_s: float | None = None
+    peak_rss_mb: float | None = None
+    n_prompt: int = 0
+    n_gen: int = 0
+    runs: int = 0
+    ttft_ms: dict[str, float] = field(default_factory=dict)  # p50, p90, p99 over runs
+    tpot_ms: dict[str, float] = field(default_factory=dict)
+    itl_ms: dict[str, float] = field(default_factory=dict)  # over every gap of every run
+    itl_samples_ms: list[float] = field(default_factory=list)  # those gaps, for the report's plot
+    total_ms: dict[str, float] = field(default_factory=dict)
+    prefill: dict[str, float] = field(default_factory=dict)  # avg_ts, stddev_ts (tokens/s)
+    decode: dict[str, float] = field(default_factory=dict)
+    bandwidth_pct: float | None = None  # decode tok/s x bytes per token / copy bandwidth
+    budget: dict[str, Any] | None = None  # per line: measured, limit, pass; and "passed"
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and (self.budget is None or bool(self.budget["passed"]))
+
+
+@dataclass
+class ProfileReport:
+    hardware: dict[str, Any]
+    variants: list[VariantResult]
+    budget: str | None
+    settings: dict[str, Any]
+
+    @property
+    def any_passed(self) -> bool:
+        return any(v.passed for v in self.variants)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hardware": self.hardware, "budget": self.budget, "settings": self.settings,
+                "variants": [{**asdict(v), "passed": v.passed} for v in self.variants]}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per variant (the table, CSV and Markdown)."""
+        out = []
+        for v in self.variants:
+            row = {"artifact": v.artifact, "device": v.device, "format": v.format, "quant": v.quant,
+                   "size_mb": v.file_size_mb, "load_s": _r(v.load_s, 2),
+                   "peak_rss_mb": _r(v.peak_rss_mb, 0),
+                   "ttft_p50_ms": v.ttft_ms.get("p50"), "ttft_p99_ms": v.ttft_ms.get("p99"),
+                   "tpot_p50_ms": v.tpot_ms.get("p50"), "itl_p50_ms": v.itl_ms.get("p50"),
+                   "itl_p90_ms": v.itl_ms.get("p90"), "itl_p99_ms": v.itl_ms.get("p99"),
+                   "pp_avg_ts": v.prefill.get("avg_ts"), "pp_stddev_ts": v.prefill.get("stddev_ts"),
+                   "tg_avg_ts": v.decode.get("avg_ts"), "tg_stddev_ts": v.decode.get("stddev_ts"),
+                   "bandwidth_pct": v.bandwidth_pct,
+                   "budget": "-" if v.budget is None else ("PASS" if v.budget["passed"] else
+                                                           "FAIL " + ",".join(v.budget["missed"])),
+                   "error": v.error}
+            out.append(row)
+        return out
+
+    def csv(self) -> str:
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        rows = self.rows()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["artifact"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue()
+
+    def markdown(self) -> str:
+        rows = self.rows()
+        if not rows:
+            return ""
+        keys = [k for k in rows[0] if any(r[k] is not None for r in rows)]
+        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join("" if r[k] is None else str(r[k]) for k in keys) + " |" for r in rows]
+        return "\n".join(lines)
+
+
+def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
+    """profile.json, profile.png (latency per variant; decode tok/s against the bandwidth limit) and an
+    index.html showing both with the table; returns the page. Needs matplotlib (edgekit[report])."""
+    import html
+
+    from .errors import require
+
+    require("matplotlib", "matplotlib", "report", "Writing the profile report's plot")
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    measured = [v for v in report.variants if v.error is None and v.itl_samples_ms]
+    names = [f"{v.format} {v.quant}, {v.device}" for v in measured]
+    if len(set(names)) < len(names):  # the same kind twice: number them as the table does
+        names = [f"{i + 1}. {name}" for i, name in enumerate(names)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    if measured:
+        left.boxplot([v.itl_samples_ms for v in measured], positions=range(len(measured)), vert=False,
+                     showfliers=True)
+        left.set_yticks(range(len(measured)), names)
+        speeds = [v.decode["avg_ts"] for v in measured]
+        errors = [v.decode["stddev_ts"] for v in measured]
+        right.barh(names, speeds, xerr=errors, color="#4c72b0", label="decode tok/s (mean, stddev)")
+        rate = report.hardware.get("copy_bandwidth_gbs")
+        limits = [rate * 1e9 / (v.file_size_mb * 1e6) if rate and v.file_size_mb else None for v in measured]
+        for i, limit in enumerate(limits):
+            if limit:
+                right.plot([limit, limit], [i - 0.4, i + 0.4], color="#c44e52", linewidth=3,
+                           label="memory-bandwidth limit" if i == 0 else None)
+        right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    left.set_xlabel("inter-token latency (ms)")
+    left.set_title("Latency per token, every gap of every run")
+    right.set_xlabel("tokens per second")
+    right.set_title("Decode speed against the memory limit")
+    fig.tight_layout()
+    fig.savefig(out / "profile.png", dpi=110)
+    plt.close(fig)
+    rows = report.rows()
+    keys = [k for k in (rows[0] if rows else {}) if any(r[k] is not None for r in rows)]
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    cell = lambda value: f"<td>{html.escape('' if value is None else str(value))}</td>"  # noqa: E731
+    body = "".join("<tr>" + "".join(cell(r[k]) for k in keys) + "</tr>" for r in rows)
+    hw = report.hardware
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edgekit profile</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%}}</style></head>
+<body><h1>edgekit profile</h1>
+<p>{html.escape(str(hw.get("cpu")))}, {hw.get("cores")} cores, {hw.get("memory_gb")} GB, memory copy
+{hw.get("copy_bandwidth_gbs")} GB/s. Budget: {html.escape(report.budget or "none")}.</p>
+<img id="plot" src="profile.png" alt="latency and decode speed per variant"
+ onload="document.body.dataset.plotWidth = this.naturalWidth">
+<table><tr>{head}</tr>{body}</table>
+<p>Raw figures: <a href="profile.json">profile.json</a>.</p></body></html>
+"""
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"
+
+
+def _r(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {"avg_ts": round(statistics.fmean(values), 2),
+            "stddev_ts": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0}
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float]:
+    import numpy as np
+
+    if not values:
+        return {}
+    return {f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 90, 99)}
+
+
+def _summarize(variant: _Variant, result: VariantResult, n_gen: int, bandwidth: float | None,
+               budget: LatencyBudget | None) -> None:
+    from .metrics import DecodeMetrics
+
+    metrics = [DecodeMetrics.from_times(r["start"], r["times"], r["end"], r["n_prompt"])
+               for r in variant.runs]
+    if not metrics:
+        return
+    result.runs, result.n_prompt, result.n_gen = len(metrics), metrics[0].tokens_in, n_gen
+    result.ttft_ms = _percentiles([1000 * m.ttft_s for m in metrics])
+    result.tpot_ms = _percentiles([1000 * m.tpot_s for m in metrics])
+    result.total_ms = _percentiles([1000 * m.total_s for m in metrics])
+    result.itl_samples_ms = [round(1000 * gap, 3) for m in metrics for gap in m.itl_s]
+    result.itl_ms = _percentiles(result.itl_samples_ms)
+    result.prefill = _spread([m.prefill_tok_s for m in metrics])
+    result.decode = _spread([m.decode_tok_s for m in metrics])
+    if bandwidth and result.file_size_mb:
+        # every weight is read once per generated token, so the rate memory moves bytes bounds decode
+        result.bandwidth_pct = round(100 * result.decode["avg_ts"] * result.file_size_mb * 1e6
+                                     / (bandwidth * 1e9), 1)
+    if budget is not None:
+        measured = {"ttft": result.ttft_ms.get("p50"), "tpot": result.tpot_ms.get("p50"),
+                    "itl_p99": result.itl_ms.get("p99"), "total": result.total_ms.get("p50"),
+                    "rss": result.peak_rss_mb}
+        verdict = budget.judge_values(measured)
+        result.budget = {"passed": verdict.met, "missed": verdict.missed,
+                         "measured": {k: v for k, v in measured.items() if v is not None}}
+
+
+def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget | str | None = None, *,
+            prompt_tokens: int = 256, gen_tokens: int = 128, runs: int = 5,
+            devices: Sequence[str] = ("auto",), threads: int | None = None,
+            progress: Progress | None = None) -> ProfileReport:
+    """Measure every artifact on every device, interleaved round by round, and judge each against
+    the budget ("ttft=300ms,tpot=25ms,rss=1GB" or a LatencyBudget). A warm-up run comes first;
+    TTFT/TPOT/total are judged at their median over runs, ITL at p99 over every gap, memory at the
+    variant's peak RSS. A variant that cannot load or run is reported with its error."""
+    from .artifact import read_manifest
+
+    if isinstance(budget, str):
+        budget = LatencyBudget.parse(budget)
+    for name, value, low in (("prompt_tokens", prompt_tokens, 1), ("gen_tokens", gen_tokens, 2),
+                             ("runs", runs, 1)):
+        if type(value) is not int or value < low:
+            raise InvalidOptionError(f"{name} must be a whole number >= {low}, not {value!r}")
+    if not artifacts:
+        raise InvalidOptionError("profile() needs at least one artifact")
+    manifests = {}
+    for artifact in artifacts:  # bad paths fail before any process starts
+        manifests[str(artifact)] = read_manifest(artifact)
+    machine = hardware()
+    variants, results = [], []
+    for artifact in artifacts:
+        manifest = manifests[str(artifact)]
+        for device in devices:
+            quant = manifest.get("quantization") or {}
+            size = sum(int(f.get("size", 0)) for f in manifest["files"]
+                       if not str(f["name"]).startswith("tokenizer") and str(f["name"]).endswith(
+                           (".gguf", ".onnx", ".data", ".onnx_data")))
+            results.append(VariantResult(str(artifact), device, manifest.get("format"),
+                                         quant.get("label") or quant.get("scheme"),
+                                         file_size_mb=round(size / 1e6, 1)))
+            variants.append(_Variant(Path(artifact), device, threads))
+    total = len(variants) * runs
+    done = 0
+    try:
+        for variant, result in zip(variants, results, strict=True):
+            variant.ready()
+            result.load_s = variant.info.get("load_s")
+            result.device = variant.info.get("device", result.device)
+            result.backend = variant.info.get("backend")
+            if variant.error is None and prompt_tokens + gen_tokens > variant.info["context"]:
+                variant.error = (f"{prompt_tokens} prompt + {gen_tokens} generated tokens exceed the context "
+                                 f"window of {variant.info['context']}")
+            variant.run(prompt_tokens, 4, keep=False)  # warm-up: the prompt's full size, a few tokens
+        for _ in range(runs):  # round by round: every variant once per round
+            for variant, result in zip(variants, results, strict=True):
+                if progress:
+                    progress(done, total, f"{result.artifact} on {result.device}")
+                variant.run(prompt_tokens, gen_tokens)
+                done += 1
+        if progress:
+            progress(total, total, "done")
+    finally:
+        for variant, result in zip(variants, results, strict=True):
+            result.peak_rss_mb = variant.finish()
+            result.error = variant.error
+    for variant, result in zip(variants, results, strict=True):
+        _summarize(variant, result, gen_tokens, machine.get("copy_bandwidth_gbs"), budget)
+    return ProfileReport(machine, results, None if budget is None else str(budget),
+                         {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "runs": runs,
+                          "threads": threads, "devices": list(devices)})
+
+
+
+# ---- choosing a variant ------------------------------------------------------------------------
+# Expected mean KL per precision, for artifacts without a verify report (SmolLM2-135M's measured
+# figures, docs/measurements.md): the order they put variants in is what matters.
+EXPECTED_KL = {"fp32": 0.0, "fp16": 1e-4, "bf16": 1e-3, "int8": 0.006, "int6": 0.02, "int5": 0.04,
+               "int4": 0.09, "int3": 0.3, "int2": 1.0}
+# the brief measurement load() makes of each candidate
+CHOICE_SETTINGS = {"prompt_tokens": 128, "gen_tokens": 32, "runs": 2}
+
+
+@dataclass
+class Choice:
+    """What load() measured of each candidate and why it kept the one it did."""
+
+    picked: str
+    reason: str
+    candidates: list[dict[str, Any]]  # artifact, fidelity, measured, passed, cached, why (dropped)
+
+    def __str__(self) -> str:
+        lines = [f"picked {self.picked}: {self.reason}"]
+        lines += [f"  {c['artifact']}: {c['why']}" for c in self.candidates if c["artifact"] != self.picked]
+        return "\n".join(lines)
+
+
+def faithfulness(manifest: dict[str, Any]) -> tuple[int, float, str]:
+    """Sort key, most faithful first: a failed verify report last; then the measured mean KL (or
+    1 - cosine for embedders), else the precision's expected KL."""
+    report = manifest.get("fidelity") or {}
+    metrics = report.get("metrics") or {}
+    if report and report.get("passed") is False:
+        return (1, float("inf"), "failed its verify gate")
+    if "kl_mean" in metrics:
+        return (0, float(metrics["kl_mean"]), f"measured mean KL {metrics['kl_mean']:.4f}")
+    if "cosine_mean" in metrics:
+        return (0, 1 - float(metrics["cosine_mean"]), f"measured cosine {metrics['cosine_mean']:.4f}")
+    label = str((manifest.get("quantization") or {}).get("label"))
+    expected = EXPECTED_KL.get(label, 0.5)
+    return (0, expected, f"not verified; {label} ranks by precision")
+
+
+def _profile_cache() -> Path:
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return home / "edgekit" / "profiles.json"
+
+
+def _cache_key(manifest: dict[str, Any], device: str, threads: int | None, machine: str) -> str:
+    model = next((f.get("sha256") for f in manifest["files"] if f["name"] == manifest["model_file"]), "")
+    settings = ",".join(f"{k}={v}" for k, v in CHOICE_SETTINGS.items())
+    return f"{machine}|{model}|{device}|{threads}|{settings}"
+
+
+def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None, device: str = "auto",
+           threads: int | None = None) -> tuple[Path, Choice]:
+    """The most faithful artifact that meets the budget on this machine, measured briefly in child
+    processes (or from the profile cached for this machine and these artifact hashes)."""
+    from .artifact import read_manifest
+    from .errors import NoVariantFits
+
+    manifests = {str(p): read_manifest(p) for p in paths}
+    ranked = sorted(manifests, key=lambda p: faithfulness(manifests[p])[:2])
+    if budget is None:  # nothing to measure against: the most faithful
+        best = ranked[0]
+        return Path(best), Choice(best, faithfulness(manifests[best])[2] + "; no budget given, so nothing "
+                                  "was measured", [{"artifact": p, "fidelity": faithfulness(manifests[p])[2],
+                                                    "why": "less faithful"} for p in ranked])
+    machine = f"{platform.node()}|{_cpu_model()}|{os.cpu_count()}"
+    cache_path = _profile_cache()
+    try:
+        cache = json.loads(cache_path.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    measured: dict[str, dict[str, Any]] = {}
+    cached: set[str] = set()
+    todo = []
+    for p in ranked:
+        key = _cache_key(manifests[p], device, threads, machine)
+        if isinstance(cache.get(key), dict):
+            measured[p] = cache[key]
+            cached.add(p)
+        else:
+            todo.append(p)
+    if todo:
+        report = profile(todo, None, devices=[device], threads=threads, **CHOICE_SETTINGS)
+        for p, result in zip(todo, report.variants, strict=True):
+            measured[p] = {"error": result.error, "ttft": result.ttft_ms.get("p50"),
+                           "tpot": result.tpot_ms.get("p50"), "itl_p99": result.itl_ms.get("p99"),
+                           "total": result.total_ms.get("p50"), "rss": result.peak_rss_mb,
+                           "decode_tok_s": result.decode.get("avg_ts")}
+            if result.error is None:
+                cache[_cache_key(manifests[p], device, threads, machine)] = measured[p]
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache))
+        except OSError:
+            pass  # a read-only home: measured again next time
+    candidates, picked = [], None
+    for p in ranked:
+        figures = measured[p]
+        fidelity = faithfulness(manifests[p])[2]
+        if figures.get("error"):
+            verdict, why = None, f"could not run: {figures['error']}"
+        else:
+            verdict = budget.judge_values(figures)
+            why = ("meets the budget but a more faithful one does too" if verdict.met
+                   else f"misses {', '.join(verdict.missed)}")
+        entry = {"artifact": p, "fidelity": fidelity, "measured": figures, "cached": p in cached,
+                 "passed": bool(verdict and verdict.met), "why": why}
+        candidates.append(entry)
+        if picked is None and verdict is not None and verdict.met and faithfulness(manifests[p])[0] == 0:
+            picked = p
+    if picked is None:
+        raise NoVariantFits("no variant meets the budget " + str(budget) + ": "
+                            + "; ".join(f"{c['artifact']} {c['why']}" for c in candidates))
+    reason = (f"the most faithful variant that meets {budget} ({faithfulness(manifests[picked])[2]}"
+              + (", from the cached profile" if picked in cached else "") + ")")
+    return Path(picked), Choice(picked, reason, candidates)
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]) or None)
