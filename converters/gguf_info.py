@@ -3,6 +3,7 @@ a size: llama.cpp's quantizer mixes types)."""
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -16,9 +17,7 @@ def gguf_stats(tensors: Iterable[tuple[tuple[int, ...], int]]) -> dict[str, Any]
     bits = params = 0
     for dims, kind in tensors:
         qtype = gguf.GGMLQuantizationType(kind)
-        n = 1
-        for d in dims:
-            n *= d
+        n = math.prod(dims)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         counts[qtype.name] += 1
         bits += n // block * size * 8
@@ -45,9 +44,7 @@ def precision_note(tensors: Iterable[tuple[tuple[int, ...], int]], scheme: str, 
     total = bits = 0
     for dims, kind in tensors:
         qtype = gguf.GGMLQuantizationType(kind)
-        n = 1
-        for d in dims:
-            n *= d
+        n = math.prod(dims)
         if len(dims) < 2:  # norms and biases stay F32 by design; they are few
             continue
         b, s = gguf.GGML_QUANT_SIZES[qtype]

@@ -87,7 +87,9 @@ class Backend(ABC):
     def score(self, ids: Sequence[int]) -> np.ndarray:
         """Teacher-forced logits [len(ids), vocab] of a text-generation model: row i is the
         distribution of the token after ids[:i + 1] (what verification compares)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot score a sequence")
+        from edgekit.errors import BackendError
+
+        raise BackendError(f"{self.name} has no next-token scores for this artifact (an embedding model?)")
 
     @abstractmethod
     def close(self) -> None: ...

@@ -148,3 +148,21 @@ def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> 
 def leftovers(out: Path) -> list[str]:
     """What a conversion to `out` left in its folder: the output itself and any hidden sibling of it."""
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}") or p == out)
+
+
+def slow_tokens_env(folder: Path, seconds: float) -> dict[str, str]:
+    """Environment for child processes whose llama.cpp backend takes `seconds` more per generated
+    token (a sitecustomize on PYTHONPATH): a backend of known delays, for Ctrl-C and latency tests."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(
+        "import time\n"
+        "from edgekit.runtimes import llamacpp\n"
+        "_real = llamacpp.LlamaCppBackend.generate\n"
+        "def _slow(self, ids, options):\n"
+        "    for event in _real(self, ids, options):\n"
+        f"        time.sleep({seconds})\n"
+        "        yield event\n"
+        "llamacpp.LlamaCppBackend.generate = _slow\n")
+    return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}

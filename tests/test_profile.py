@@ -71,27 +71,12 @@ def test_a_variant_that_cannot_run_is_reported_not_fatal(variants):
 
 @pytest.fixture()
 def slow_gguf(tmp_path, monkeypatch) -> None:
-    """Child processes whose llama.cpp backend takes 50 ms more per token (sitecustomize), and a
-    profile cache of this test's own."""
-    import os
-    import textwrap
+    """Child processes whose llama.cpp backend takes 50 ms more per token, and a profile cache of
+    this test's own."""
+    from helpers import slow_tokens_env
 
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent("""
-        import time
-        from edgekit.runtimes import llamacpp
-
-        _real = llamacpp.LlamaCppBackend.generate
-
-        def _slow(self, ids, options):
-            for event in _real(self, ids, options):
-                time.sleep(0.05)
-                yield event
-
-        llamacpp.LlamaCppBackend.generate = _slow
-    """))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    for name, value in slow_tokens_env(tmp_path / "site", 0.05).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -69,23 +68,10 @@ def test_convert_progress_says_which_format_and_leaves_no_stale_bar(tiny_checkpo
 
 @pytest.fixture(scope="module")
 def slow_tokens(tmp_path_factory) -> dict[str, str]:
-    """An environment whose python makes every generated token take 30 ms (sitecustomize), so that
-    a Ctrl-C lands in the middle of a reply."""
-    site = tmp_path_factory.mktemp("slow")
-    (site / "sitecustomize.py").write_text(textwrap.dedent("""
-        import time
-        from edgekit.runtimes import llamacpp
+    """Every generated token takes 30 ms more, so that a Ctrl-C lands in the middle of a reply."""
+    from helpers import slow_tokens_env
 
-        _real = llamacpp.LlamaCppBackend.generate
-
-        def _slow(self, ids, options):
-            for event in _real(self, ids, options):
-                time.sleep(0.03)
-                yield event
-
-        llamacpp.LlamaCppBackend.generate = _slow
-    """))
-    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    return slow_tokens_env(tmp_path_factory.mktemp("slow"), 0.03)
 
 
 @pytest.fixture(scope="module")
