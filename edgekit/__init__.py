@@ -17,6 +17,7 @@ from .errors import (
     ContextOverflowError,
     ConversionError,
     DeviceUnavailableError,
+    DocumentError,
     EdgekitError,
     FidelityWarning,
     Interrupted,
@@ -29,6 +30,7 @@ from .errors import (
     RemoteCodeRefused,
     SourceError,
     SourceNotFoundError,
+    SummarizationError,
     TokenizerError,
     UnsafePathError,
     UnsupportedArchitectureError,
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from .conversion import ConversionResult, convert
     from .fidelity import FidelityGateFailed, FidelityReport, VerificationError, verify
     from .profiling import profile
+    from .summarizer import Summary, SummaryRun, summarize, summarize_many
 
 __all__ = [
     "ArtifactError",
@@ -50,6 +53,7 @@ __all__ = [
     "ConversionError",
     "ConversionResult",
     "DeviceUnavailableError",
+    "DocumentError",
     "EdgekitError",
     "FidelityGateFailed",
     "FidelityReport",
@@ -65,6 +69,9 @@ __all__ = [
     "RemoteCodeRefused",
     "SourceError",
     "SourceNotFoundError",
+    "Summary",
+    "SummaryRun",
+    "SummarizationError",
     "TokenizerError",
     "UnsafePathError",
     "UnsupportedArchitectureError",
@@ -76,6 +83,8 @@ __all__ = [
     "load",
     "profile",
     "read_manifest",
+    "summarize",
+    "summarize_many",
     "verify",
 ]
 
@@ -87,6 +96,10 @@ _LAZY = {
     "devices": ("hardware", "devices"),
     "verify": ("fidelity", "verify"),
     "profile": ("profiling", "profile"),
+    "summarize": ("summarizer", "summarize"),
+    "summarize_many": ("summarizer", "summarize_many"),
+    "Summary": ("summarizer", "Summary"),
+    "SummaryRun": ("summarizer", "SummaryRun"),
     "FidelityReport": ("fidelity", "FidelityReport"),
     "FidelityGateFailed": ("fidelity", "FidelityGateFailed"),
     "VerificationError": ("fidelity", "VerificationError"),

@@ -389,7 +389,8 @@ def chat(
     threads: ThreadsOpt = None,
     ctx_size: CtxOpt = None,
 ) -> None:
-    """Interactive chat in the terminal (Ctrl-C stops a reply; an empty line or Ctrl-D ends it)."""
+    """Interactive chat in the terminal (Ctrl-C stops a reply; an empty line or Ctrl-D ends it). When the
+    conversation outgrows the context window, its oldest turns are dropped (the system message stays)."""
     from .engine import load
 
     limits = _budget(budget)
@@ -410,7 +411,8 @@ def chat(
                 messages.append({"role": "user", "content": line})
                 reply, stream = "", None
                 try:  # Ctrl-C stops this reply, even while the template renders; at the prompt, the chat
-                    stream = engine.chat(messages, max_tokens=max_tokens, seed=seed, stream=True, **sampling)
+                    stream = engine.chat(messages, max_tokens=max_tokens, seed=seed, stream=True,
+                                         truncate="oldest", **sampling)
                     for piece in stream:
                         reply += piece
                         typer.echo(piece, nl=False)
@@ -421,6 +423,12 @@ def chat(
                 typer.echo("")
                 if stream is not None:
                     _report(engine, stream.result)
+                    dropped = stream.result.dropped_messages if stream.result else 0
+                    if dropped:  # the context is full: the oldest turns leave the conversation for good
+                        typer.secho(f"[the {dropped} oldest messages left the conversation to fit the "
+                                    f"context of {engine.context_length} tokens]", err=True, dim=True)
+                        lead = 1 if system else 0
+                        del messages[lead:lead + dropped]
                 messages.append({"role": "assistant", "content": reply})
     except KeyboardInterrupt:  # at the prompt: the chat ends, as Ctrl-D does, with the usual 130
         typer.echo("", err=True)
@@ -564,6 +572,173 @@ def _print_profile(report) -> None:
             cells[-1] = f"error: {row['error']}"
         table.add_row(*cells)
     Console(width=max(120, _terminal_width())).print(table)
+
+
+class _SummaryProgress:
+    """rich bars on stderr: the model calls of the document being summarized (with an ETA), and the
+    files of a folder run."""
+
+    def __init__(self, enabled: bool, files: int = 0) -> None:
+        self.enabled, self.files, self.progress = enabled, files, None
+        self.steps = self.file_bar = None
+
+    def __enter__(self) -> _SummaryProgress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description:<40.40}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=Console(stderr=True))
+            self.progress.start()
+            if self.files > 1:
+                self.file_bar = self.progress.add_task("files", total=self.files)
+        return self
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.progress is None:
+            return
+        if self.steps is None:
+            self.steps = self.progress.add_task(what, total=total)
+        elif done == 0 and self.progress.tasks[self.steps].completed > 0:  # the next file starts over
+            self.progress.reset(self.steps, total=total)
+        self.progress.update(self.steps, completed=done, total=total, description=what)
+
+    def file_done(self, done: int) -> None:
+        if self.progress is not None and self.file_bar is not None:
+            self.progress.update(self.file_bar, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@app.command()
+def summarize(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="documents (.txt .md .html .pdf .docx) and folders of them", show_default=False)],
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", help="artifact directory of an instruct model (default: the bundled SmolLM2 as "
+                              "ONNX int4, converted once into the cache)")] = None,
+    words: Annotated[int, typer.Option("--words", "-w", help="length of each summary, in words")] = 150,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="txt, md or json")] = "md",
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="folder for the summaries, one per document (NAME.EXT.FORMAT); a rerun skips "
+                            "documents already summarized the same way")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="look into subfolders")] = False,
+    no_resume: Annotated[bool, typer.Option(
+        "--no-resume", help="summarize every document again, even those already in --out")] = False,
+    strategy: Annotated[str, typer.Option(
+        "--strategy", help="map-reduce (partial summaries combined) or refine (one running summary)")
+    ] = "map-reduce",
+    chunk_tokens: Annotated[int, typer.Option(
+        "--chunk-tokens", help="largest chunk in tokens (less when the context is smaller)")] = 1024,
+    overlap: Annotated[int, typer.Option("--overlap", help="tokens shared by consecutive chunks")] = 128,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    ctx_size: CtxOpt = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print the result as JSON (one document: the summary with its chunks, timings and "
+                       "token counts; several: the run's report)")] = False,
+) -> None:
+    """Summarize documents offline with a local model, streaming the summary as it is written
+    (edgekit.summarize / edgekit.summarize_many). Exit 1 if any document failed."""
+    from .engine import load
+    from .summarizer import FORMATS, collect, default_model, summarize_many
+    from .summarizer import summarize as run_summarize
+
+    try:
+        if fmt not in FORMATS:
+            raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+        bars = not as_json and sys.stderr.isatty()
+        files = collect(inputs, recursive)
+        single = out is None and len(files) == 1 and not inputs[0].is_dir()
+        if model is None:
+            with _StageProgress(enabled=bars) as progress:
+                model = default_model(progress)
+        with load(model, device=device, n_ctx=ctx_size, threads=threads) as engine:
+            if single:
+                as_json = as_json or fmt == "json"
+                with _SummaryProgress(bars) as progress:
+                    streamed = _StreamOut(enabled=not as_json, heading=fmt == "md", path=files[0][0])
+                    result = run_summarize(files[0][0], engine, words, strategy=strategy,
+                                           chunk_tokens=chunk_tokens, overlap=overlap, progress=progress,
+                                           on_text=streamed)
+                if as_json:
+                    _emit({"summary": result.to_dict()}, True, "")
+                else:
+                    streamed.finish(result, fmt)
+                return
+            with _SummaryProgress(bars, len(files)) as progress:
+                def on_file(record, i: int, n: int) -> None:
+                    progress.file_done(i + 1)
+                    if not as_json:
+                        _say_file(record, fmt, out is None)
+
+                run = summarize_many(inputs, engine, out, words, recursive=recursive, resume=not no_resume,
+                                     fmt=fmt, strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap,
+                                     progress=progress, on_file=on_file)
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, as_json)
+    data = run.to_dict()
+    if out is None:  # no folder to write to: the summaries go with the report
+        for record, row in zip(run.files, data["files"], strict=True):
+            row["summary"] = record.summary.summary if record.summary else None
+    counts = data["counts"]
+    human = (f"{counts['ok']} summarized, {counts['skipped']} already done, {counts['failed']} failed"
+             + (f"; summaries in {out}" if out is not None else ""))
+    if as_json:
+        _emit({"run": data}, True, "")
+    else:
+        typer.secho(human, err=True, fg=typer.colors.RED if run.failed else None)
+    if run.failed:
+        raise typer.Exit(1)
+
+
+class _StreamOut:
+    """The final summary on stdout as the model writes it (after a Markdown heading with --format md)."""
+
+    def __init__(self, enabled: bool, heading: bool, path: Path) -> None:
+        self.enabled, self.heading, self.path, self.started = enabled, heading, path, False
+
+    def __call__(self, piece: str) -> None:
+        if not self.enabled:
+            return
+        if not self.started:
+            self.started = True
+            if self.heading:
+                typer.echo(f"# Summary of {self.path.name}\n")
+        typer.echo(piece, nl=False)
+
+    def finish(self, result, fmt: str) -> None:
+        if not self.started:  # nothing streamed (a fallback): print it whole
+            self(result.summary)
+        typer.echo("")
+        if fmt == "md":
+            typer.echo(f"\n{result.footer()}")
+        t = result.timings
+        chunks = result.document["chunks"]
+        typer.secho(f"[{chunks} chunk{'' if chunks == 1 else 's'}, {result.document['tokens']} tokens; model "
+                    f"{t['model_s']:.1f} s (prefill {t['prefill_s']:.1f}, decode {t['decode_s']:.1f}), "
+                    f"outside the model {t['outside_s']:.1f} s; {result.model['backend']} on "
+                    f"{result.model['device']}]",
+                    err=True, dim=True)
+        for warning in result.warnings:
+            typer.secho(f"[{warning}]", err=True, dim=True)
+
+
+def _say_file(record, fmt: str, to_stdout: bool) -> None:
+    """One line per finished file on stderr; without --out the summary itself on stdout."""
+    if record.status == "failed":
+        typer.secho(f"failed  {record.error}", err=True, fg=typer.colors.RED)
+        return
+    if record.status == "skipped":
+        typer.secho(f"skip    {record.path} (already summarized: {record.output})", err=True, dim=True)
+        return
+    typer.secho(f"ok      {record.path}" + (f" -> {record.output}" if record.output else "")
+                + f" ({record.seconds:.1f} s)", err=True)
+    if to_stdout and record.summary is not None:
+        typer.echo(record.summary.render(fmt))
 
 
 @app.command("list")

@@ -43,6 +43,7 @@ class GenerationResult:
     metrics: DecodeMetrics
     budget: BudgetVerdict | None = None  # set when the engine has a LatencyBudget
     token_ids: tuple[int, ...] = ()  # the generated tokens (stop strings cut text, not these)
+    dropped_messages: int = 0  # chat(truncate="oldest"): how many of the oldest messages left the prompt
 
     # the headline numbers, straight from the metrics
     tokens_in = property(lambda self: self.metrics.tokens_in)
@@ -52,7 +53,8 @@ class GenerationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "finish_reason": self.finish_reason, **self.metrics.to_dict(),
-                "budget": self.budget.to_dict() if self.budget else None}
+                "budget": self.budget.to_dict() if self.budget else None,
+                "dropped_messages": self.dropped_messages}
 
 
 class Stream:
@@ -85,7 +87,15 @@ class Stream:
                 self.close()
 
     def cancel(self) -> None:
-        self._cancel.set()
+        """Stop the generation; from any thread. The engine is free for the next call at once, unless
+        another thread is inside the stream's next() right now (it then stops at its next token)."""
+        self.close()
+
+    def __del__(self) -> None:  # a stream dropped half-read frees the engine, whoever holds the rest
+        try:
+            self.close()
+        except Exception:  # never raise from a finalizer
+            pass
 
     def _stopped(self) -> GenerationResult | None:
         """The result of a generation ended early from outside (close, Ctrl-C): what it had made."""
@@ -93,7 +103,8 @@ class Stream:
         if "start" not in st:
             return None
         metrics = DecodeMetrics.from_times(st["start"], st["times"], time.perf_counter(), st["tokens_in"])
-        return GenerationResult(st["text"], "cancelled", metrics, None, tuple(st["tokens"]))
+        return GenerationResult(st["text"], "cancelled", metrics, None, tuple(st["tokens"]),
+                                st.get("dropped", 0))
 
     def close(self) -> None:
         """Stop generating and release the engine (the native context) now. From a thread other than
@@ -204,7 +215,7 @@ class Engine:
 
     def _generate(self, prompt: str, cancel: threading.Event, source: str, max_tokens: int = 128,
                   temperature: float = 0.0, stream: bool = False, stop: Sequence[str] = (),
-                  seed: int | None = None, add_special: bool = True,
+                  seed: int | None = None, add_special: bool = True, dropped: int = 0,
                   **sampling: Any) -> GenerationResult | Stream:
         from edgekit.runtimes.base import GenerationOptions
 
@@ -223,21 +234,27 @@ class Engine:
                                      "not generate() or chat()")
         if prompt == "" and not add_special:  # nothing to tokenize and no BOS: fail now, even for a stream
             raise InvalidOptionError(_empty_prompt_message(source))
-        state: dict[str, Any] = {}
+        state: dict[str, Any] = {"dropped": dropped}
         events = self._run(prompt, options, add_special, cancel, source, state)
         if stream:
             return Stream(events, cancel, state)
         return next(e for e in events if isinstance(e, GenerationResult))
 
     def chat(self, messages: list[dict[str, Any]] | str, max_tokens: int = 128, temperature: float = 0.0,
-             stream: bool = False, **kwargs: Any) -> GenerationResult | Stream:
+             stream: bool = False, truncate: str | None = None, **kwargs: Any) -> GenerationResult | Stream:
         """Render the artifact's chat template and generate the assistant's reply.
 
         messages: [{"role": "user", "content": "..."}, ...], or one str as a single user message.
+        truncate: what to do when the conversation and max_tokens exceed the context window. None
+        raises ContextOverflowError; "oldest" drops the oldest turns (a user message and the replies
+        after it) until it fits, keeping the system messages and the last turn, and says how many
+        messages went in result.dropped_messages (the CLI's chat and the server do this).
         cancel() while the template renders ends the call with finish_reason "cancelled" and no text.
         """
         from edgekit.runtimes.chat_template import RenderCancelled
 
+        if truncate not in (None, "oldest"):
+            raise InvalidOptionError(f"truncate must be None or 'oldest', not {truncate!r}")
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
 
@@ -245,8 +262,11 @@ class Engine:
         cancel = threading.Event()
         with self._state:
             self._rendering.add(cancel)
+        dropped = 0
         try:
             prompt = self.render_chat(messages)
+            if truncate == "oldest" and type(max_tokens) is int:
+                prompt, dropped = self._fit(messages, prompt, max_tokens)
         except RenderCancelled:
             self._check_open()  # closed while rendering: say so
             cancel.set()
@@ -267,7 +287,33 @@ class Engine:
             return result
         # the template already wrote BOS if the model wants one
         return self._generate(prompt, cancel, "chat", max_tokens=max_tokens, temperature=temperature,
-                              stream=stream, add_special=False, **kwargs)
+                              stream=stream, add_special=False, dropped=dropped, **kwargs)
+
+    def _fit(self, messages: list[dict[str, Any]], prompt: str, max_tokens: int) -> tuple[str, int]:
+        """The prompt of the fewest oldest turns dropped that leaves room for max_tokens; (prompt, how
+        many messages were dropped). The last turn alone too long: ContextOverflowError."""
+        limit = self.context_length
+        if self.count_tokens(prompt) + max_tokens <= limit:
+            return prompt, 0
+        lead = next((i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+        system, rest = messages[:lead], messages[lead:]  # the system prompt at the start always stays
+        # each candidate keeps rest[start:], a start at each user message (a turn), the last one kept
+        starts = sorted({i for i, m in enumerate(rest) if m.get("role") == "user" and i > 0}
+                        | {max(0, len(rest) - 1)})
+        best: tuple[str, int] | None = None
+        shortest = 0
+        lo, hi = 0, len(starts) - 1
+        while lo <= hi:  # the earliest start (fewest dropped) whose prompt fits
+            mid = (lo + hi) // 2
+            candidate = self.render_chat(system + rest[starts[mid]:])
+            n = self.count_tokens(candidate)
+            if n + max_tokens <= limit:
+                best, hi = (candidate, starts[mid]), mid - 1
+            else:
+                lo, shortest = mid + 1, n
+        if best is None:  # even the last message alone leaves no room
+            raise ContextOverflowError(shortest, max_tokens, limit)
+        return best
 
     def cancel(self) -> None:
         """Stop the generation running now (from another thread); it ends with finish_reason "cancelled".
@@ -414,11 +460,24 @@ class Engine:
         if len(text) > emitted:
             yield text[emitted:]
         metrics = DecodeMetrics.from_times(start, times, time.perf_counter(), len(ids))
-        result = GenerationResult(text, reason, metrics, None, tuple(tokens))
+        result = GenerationResult(text, reason, metrics, None, tuple(tokens), state.get("dropped", 0))
         if budget is not None:
             result.budget = budget.judge(metrics, peak_rss_mb() if budget.rss_mb else None)
             budget.enforce(metrics, result.budget, result)  # raise mode: raises with the result
         yield result
+
+    # ---- tokens ----------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        """The context window in tokens: prompt and generated text together."""
+        return int(self.backend.context_length)
+
+    def count_tokens(self, text: str, add_special: bool = False) -> int:
+        """How many tokens the model's own tokenizer makes of `text` (what fits the context window)."""
+        self._check_open()
+        if not isinstance(text, str):
+            raise InvalidOptionError(f"count_tokens() takes a str, not {type(text).__name__}")
+        return len(self.backend.tokenize(text, add_special)) if text else 0
 
     # ---- embeddings ------------------------------------------------------------------------
     def embed(self, texts: Sequence[str] | str):

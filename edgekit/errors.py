@@ -18,7 +18,10 @@ EdgekitError
 ├─ BackendError                  the runtime could not load or run an artifact
 │  ├─ DeviceUnavailableError     asked for a device this machine does not have
 │  └─ ContextOverflowError       prompt longer than the context window
-└─ LatencyBudgetExceeded         a call missed its LatencyBudget in mode="raise"; carries the numbers
+├─ LatencyBudgetExceeded         a call missed its LatencyBudget in mode="raise"; carries the numbers
+├─ NoVariantFits                 load() of several variants: none meets the budget here
+├─ DocumentError                 empty, binary, encrypted, damaged or of an unknown type
+└─ SummarizationError            no summary can be made with this model (context too small, an embedder)
 
 Interrupted                      Ctrl-C or SIGTERM stopped a conversion; names the stage and signal.
                                  A KeyboardInterrupt, not an EdgekitError: never swallowed by
@@ -159,3 +162,16 @@ class FidelityWarning(UserWarning):
 
 class NoVariantFits(EdgekitError):
     """load() was given several artifacts and a budget, and none meets it here."""
+
+
+class DocumentError(EdgekitError):
+    """A document edgekit cannot read: empty, binary, encrypted, damaged, or of an unknown type."""
+
+    def __init__(self, path, why: str) -> None:
+        self.path, self.why = str(path), why
+        super().__init__(f"{path}: {why}")
+
+
+class SummarizationError(EdgekitError):
+    """A summary that cannot be made: the model's context window is too small for any chunk, or the
+    model is not a text generator."""

@@ -135,6 +135,13 @@ def test_run_and_chat_show_their_numbers_on_stderr(tiny_checkpoint, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr
     assert chat.stderr.count("TTFT") == 1 and "llama.cpp on cpu" in chat.stderr
+    # a conversation longer than the context goes on: its oldest turns leave, every reply comes
+    lines = "".join(f"Question number {i} about the weather tomorrow\n" for i in range(12)) + "\n"
+    long = subprocess.run([sys.executable, "-m", "edgekit.cli", "chat", str(out), "-n", "24", "-c", "256",
+                           "--system", "You are terse.", "--device", "cpu", "--temp", "0"],
+                          input=lines, capture_output=True, text=True, timeout=300)
+    assert long.returncode == 0 and long.stderr.count("TTFT") == 12, long.stderr
+    assert "oldest messages left the conversation to fit the context of 256 tokens" in long.stderr
 
 
 def test_generation_config_gives_the_sampling_defaults(tiny_checkpoint, tmp_path):
@@ -243,7 +250,7 @@ def _documented_shapes() -> dict[str, tuple[set[str], set[str]]]:
 def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
     shapes = _documented_shapes()
     assert set(shapes) == {"convert", "run", "embed", "info", "list", "bundled", "devices", "verify",
-                           "profile"}
+                           "profile", "summarize"}
     out = tmp_path / "g"
     bert = tmp_path / "b"
     outputs = {
@@ -256,6 +263,9 @@ def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
         "profile": _cli("profile", str(out), "-p", "8", "-n", "4", "-r", "1", "--json"),
         "devices": _cli("devices", "--json"),
     }
+    (tmp_path / "doc.md").write_text("# Notes\n\nBees make honey. They dance to show the way.\n")
+    outputs["summarize"] = _cli("summarize", str(tmp_path / "doc.md"), "-m", str(out), "-c", "1024", "-w", "10",
+                                "--json")
     _cli("convert", str(tiny_checkpoint("bert")), "--to", "onnx", "-q", "fp32", "-o", str(bert))
     outputs["embed"] = _cli("embed", str(bert), "a cat", "--json")
     for command, p in outputs.items():

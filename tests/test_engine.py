@@ -346,7 +346,7 @@ def test_a_closed_stream_frees_the_engine_at_once(fp32_artifact):
         assert done == [3]
 
 
-@pytest.mark.parametrize("how", ["break", "unread", "cancel", "exception"])
+@pytest.mark.parametrize("how", ["break", "unread", "cancel", "cancel-unread", "exception"])
 def test_an_abandoned_stream_never_blocks_another_thread(fp32_artifact, how):
     """A stream left behind (loop broken, never read, cancelled, or an error in the loop body) while
     still referenced must not keep the engine: a generate() from another thread finishes."""
@@ -363,6 +363,10 @@ def test_an_abandoned_stream_never_blocks_another_thread(fp32_artifact, how):
             stream.cancel()
             list(pieces)
             assert stream.result is not None and stream.result.finish_reason == "cancelled"
+        elif how == "cancel-unread":  # cancelled mid-way and never read again
+            pieces = iter(stream)
+            next(pieces)
+            stream.cancel()
         elif how == "exception":
             with pytest.raises(RuntimeError):
                 for _ in stream:
@@ -426,3 +430,32 @@ def test_a_hanging_chat_template_times_out(fp32_artifact):
         with pytest.raises(ChatTemplateError, match="took longer than 5 s to render"):
             engine.chat([{"role": "user", "content": "Hi"}])
         assert time.monotonic() - start < 20
+
+
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(fp32_artifact):
+    """truncate="oldest" keeps the system prompt and the latest turn, drops whole turns from the
+    start, and says how many messages went; without it the overflow is an error naming the numbers."""
+    with edgekit.load(fp32_artifact, device="cpu", n_ctx=256) as engine:
+        system = {"role": "system", "content": "Be brief."}
+        turns = []
+        for i in range(12):
+            turns += [{"role": "user", "content": f"Question {i}: " + "tell me more " * 4},
+                      {"role": "assistant", "content": f"Answer {i}: " + "here is more " * 4}]
+        history = [system, *turns, {"role": "user", "content": "The last question?"}]
+        with pytest.raises(edgekit.ContextOverflowError, match="context window is 256"):
+            engine.chat(history, max_tokens=16)
+        reply = engine.chat(history, max_tokens=16, truncate="oldest")
+        dropped = reply.dropped_messages
+        assert dropped > 0 and dropped % 2 == 0  # whole turns: a question and its answer
+        kept = [system, *history[1 + dropped:]]
+        prompt = engine.render_chat(kept)
+        assert reply.tokens_in == engine.count_tokens(prompt) and reply.tokens_in + 16 <= 256
+        # one turn fewer dropped would not have fitted
+        assert engine.count_tokens(engine.render_chat([system, *history[1 + dropped - 2:]])) + 16 > 256
+        streamed = engine.chat(history, max_tokens=16, truncate="oldest", stream=True)
+        "".join(streamed)
+        assert streamed.result.dropped_messages == dropped
+        with pytest.raises(edgekit.ContextOverflowError):  # the last message alone is too long
+            engine.chat([system, {"role": "user", "content": "word " * 400}], max_tokens=16, truncate="oldest")
+        with pytest.raises(edgekit.InvalidOptionError, match="truncate"):
+            engine.chat(history, truncate="newest")

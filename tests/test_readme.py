@@ -47,6 +47,12 @@ def sandbox(tmp_path_factory, tiny_checkpoint, smollm2_dir) -> tuple[Path, dict[
     for name, arch in (("my-student", "llama-smollm2"), ("distilbert-student", "distilbert"),
                        ("phi-3.5-mini-student", "phi3")):
         shutil.copytree(tiny_checkpoint(arch), work / name)
+    import corpus  # the documents the summarize examples read
+
+    corpus.write(work / "report.pdf", corpus.long_sections(3), "Field notes")
+    for i, topic in enumerate(("Lighthouses", "Roman aqueducts", "Solar panels")):
+        corpus.write(work / "contracts" / ("old" if i else "") / f"{i}{('.docx', '.md', '.html')[i]}",
+                     corpus.sections(topic), topic)
     hub = work / ".hf" / "hub" / f"models--{HUB_ID.replace('/', '--')}"
     commit = "0" * 40
     shutil.copytree(smollm2_dir, hub / "snapshots" / commit)

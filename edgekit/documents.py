@@ -1,0 +1,369 @@
+"""Documents to summarize: plain text, Markdown, HTML, PDF and DOCX read into headings and paragraphs.
+
+Each reader keeps the document's structure (headings with their level, paragraphs in order) so that
+chunking can cut at section and paragraph boundaries. Every failure is a DocumentError naming the file
+and what is wrong with it: an empty file, a binary file with a text extension, an encrypted or
+image-only PDF, a damaged DOCX, an extension edgekit does not read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DocumentError, require
+
+MAX_FILE_BYTES = 512 * 1024 * 1024  # past this a "document" is almost surely not one
+
+
+@dataclass(frozen=True)
+class Block:
+    text: str
+    kind: str = "paragraph"  # or "heading"
+    level: int = 0  # 1-6 for headings
+
+
+@dataclass
+class Document:
+    path: Path
+    kind: str  # "text", "markdown", "html", "pdf", "docx"
+    blocks: list[Block] = field(default_factory=list)
+    pages: int | None = None  # PDF only
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(b.text for b in self.blocks)
+
+    @property
+    def words(self) -> int:
+        return sum(len(b.text.split()) for b in self.blocks)
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def read_document(path: str | Path) -> Document:
+    """Read a .txt, .md, .html, .pdf or .docx file into headings and paragraphs."""
+    path = Path(path)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        what = f"'{path.suffix}'" if path.suffix else "no extension"
+        raise DocumentError(path, f"unsupported file type ({what}); edgekit reads {', '.join(SUFFIXES)}")
+    if not path.exists():
+        raise DocumentError(path, "no such file")
+    if not path.is_file():
+        raise DocumentError(path, "not a file")
+    size = path.stat().st_size
+    if size == 0:
+        raise DocumentError(path, "the file is empty: nothing to summarize")
+    if size > MAX_FILE_BYTES:
+        raise DocumentError(
+            path,
+            f"{size / 2**20:.0f} MB is more than the {MAX_FILE_BYTES >> 20} MB "
+            "edgekit reads as one document; split it",
+        )
+    kind, read = reader
+    meta: dict[str, int] = {}
+    try:
+        blocks = list(read(path, meta))
+    except DocumentError:
+        raise
+    except OSError as exc:
+        raise DocumentError(path, f"cannot be read ({exc.strerror or exc})") from None
+    blocks = [b for b in blocks if b.text]
+    if not blocks:
+        why = {"pdf": "no extractable text (scanned images only? run OCR on it first)"}.get(
+            kind, "no text in it: nothing to summarize"
+        )
+        raise DocumentError(path, why)
+    return Document(path, kind, blocks, meta.get("pages"))
+
+
+# ---- text and Markdown ----------------------------------------------------------------------------
+# Files that are something else, whatever their name says: the first bytes tell.
+_MAGIC = [(b"%PDF-", "a PDF document"), (b"PK\x03\x04", "a zip archive (DOCX, XLSX, ODT ...)"),
+          (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"\x1f\x8b", "gzip-compressed data"), (b"\xd0\xcf\x11\xe0", "an old Office document (.doc/.xls)"),
+          (b"\x7fELF", "a program (ELF)")]
+_RENAME = {"a PDF document": ".pdf"}
+
+
+def decode_text(path: Path, data: bytes) -> str:
+    """UTF-8 (with or without BOM) when it is; otherwise the encoding charset-normalizer finds.
+    Bytes no encoding explains (NULs, control codes) are a binary file."""
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            raise DocumentError(path, f"is {what}, not text" + (
+                f" (rename it to {_RENAME[what]})" if what in _RENAME else ""))
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        charset_normalizer = require("charset_normalizer", "charset-normalizer", "docs", "Reading text files")
+        best = charset_normalizer.from_bytes(data[: 1 << 20]).best()  # the first MB decides
+        if best is None:
+            raise DocumentError(
+                path, "does not look like text (binary content or an unknown encoding)"
+            ) from None
+        try:
+            text = data.decode(best.encoding)
+        except (UnicodeDecodeError, LookupError):
+            raise DocumentError(path, f"is not valid {best.encoding} text throughout") from None
+    sample = text[:65536]
+    controls = sum(1 for c in sample if c < " " and c not in "\t\n\r\f\v")
+    if "\x00" in sample or controls > max(8, len(sample) // 100):
+        raise DocumentError(path, "does not look like text (binary content: NUL or control bytes)")
+    return text
+
+
+def _paragraphs(text: str) -> Iterator[str]:
+    """Blank-line separated paragraphs, hard-wrapped lines joined."""
+    for part in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n").replace("\r", "\n")):
+        joined = " ".join(line.strip() for line in part.splitlines() if line.strip())
+        if joined:
+            yield joined
+
+
+def _read_text(path: Path, meta: dict[str, int]) -> Iterator[Block]:
+    for para in _paragraphs(decode_text(path, path.read_bytes())):
+        yield Block(para)
+
+
+_MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_MD_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
+_MD_INLINE = [
+    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images: their alt text
+    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # links: their text
+    (re.compile(r"(\*\*|__)(.+?)\1"), r"\2"),
+    (re.compile(r"(?<!\w)[*_](\S.*?\S|\S)[*_](?!\w)"), r"\1"),
+    (re.compile(r"`([^`]+)`"), r"\1"),
+    (re.compile(r"<[^>\n]+>"), ""),
+]
+
+
+def _md_inline(text: str) -> str:
+    for pattern, repl in _MD_INLINE:
+        text = pattern.sub(repl, text)
+    return text.strip()
+
+
+def _read_markdown(path: Path, meta: dict[str, int]) -> Iterator[Block]:
+    lines = decode_text(path, path.read_bytes()).replace("\r\n", "\n").split("\n")
+    para: list[str] = []
+    fence = None
+
+    def flush() -> Iterator[Block]:
+        if para:
+            text = _md_inline(" ".join(para))
+            para.clear()
+            if text:
+                yield Block(text)
+
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            yield from flush()
+            fence = None if fence and stripped.startswith(fence) else (fence or stripped[:3])
+            continue
+        if fence:  # code: kept as text, one paragraph per fence
+            para.append(stripped)
+            continue
+        heading = _MD_HEADING.match(line)
+        if heading:
+            yield from flush()
+            yield Block(_md_inline(heading.group(2)), "heading", len(heading.group(1)))
+        elif _MD_SETEXT.match(line) and para and i > 0 and lines[i - 1].strip():
+            title = para.pop()
+            yield from flush()
+            yield Block(_md_inline(title), "heading", 1 if stripped.startswith("=") else 2)
+        elif not stripped or re.match(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$", line):  # blank or a rule
+            yield from flush()
+        else:
+            item = re.match(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)", line)
+            if item:  # each list item is a paragraph of its own
+                yield from flush()
+                para.append(item.group(1))
+            else:
+                para.append(stripped.lstrip("> ").strip())
+    yield from flush()
+
+
+# ---- HTML -----------------------------------------------------------------------------------------
+_HTML_SKIP = {"script", "style", "noscript", "template", "head", "svg", "nav", "iframe", "object", "form"}
+_HTML_BLOCK = {
+    "p",
+    "div",
+    "li",
+    "pre",
+    "blockquote",
+    "td",
+    "th",
+    "tr",
+    "dt",
+    "dd",
+    "figcaption",
+    "section",
+    "article",
+    "main",
+    "header",
+    "footer",
+    "aside",
+    "ul",
+    "ol",
+    "dl",
+    "table",
+    "br",
+    "hr",
+    "body",
+    "caption",
+    "address",
+    "details",
+    "summary",
+}
+
+
+def _read_html(path: Path, meta: dict[str, int]) -> Iterator[Block]:
+    lexbor = require("selectolax.lexbor", "selectolax", "docs", "Reading HTML")
+    tree = lexbor.LexborHTMLParser(decode_text(path, path.read_bytes()))
+    root = tree.body or tree.root
+    if root is None:
+        return
+    buffer: list[str] = []
+    out: list[Block] = []
+
+    def flush() -> None:
+        text = " ".join(" ".join(buffer).split())
+        buffer.clear()
+        if text:
+            out.append(Block(text))
+
+    def walk(node) -> None:
+        child = node.child
+        while child is not None:
+            tag = child.tag
+            if tag == "-text":
+                buffer.append(child.text_content or "")
+            elif tag in _HTML_SKIP or tag.startswith("-"):  # scripts, comments
+                pass
+            elif len(tag) == 2 and tag[0] == "h" and tag[1] in "123456":
+                flush()
+                text = " ".join(child.text(separator=" ").split())
+                if text:
+                    out.append(Block(text, "heading", int(tag[1])))
+            elif tag in _HTML_BLOCK:
+                flush()
+                walk(child)
+                flush()
+            else:  # inline: its text joins the paragraph
+                walk(child)
+            child = child.next
+
+    walk(root)
+    flush()
+    yield from out
+
+
+# ---- PDF ------------------------------------------------------------------------------------------
+def _read_pdf(path: Path, meta: dict[str, int]) -> Iterator[Block]:
+    pypdf = require("pypdf", "pypdf", "docs", "Reading PDF")
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+
+    try:
+        reader = pypdf.PdfReader(path)
+        if reader.is_encrypted:
+            try:  # many PDFs are "encrypted" with an empty user password only to restrict printing
+                opened = reader.decrypt("")
+            except (DependencyError, NotImplementedError):
+                opened = 0
+            if not opened:
+                raise DocumentError(
+                    path,
+                    "the PDF is encrypted with a password; decrypt it first "
+                    "(for example: qpdf --decrypt --password=... in.pdf out.pdf)",
+                )
+        pages = reader.pages
+        meta["pages"] = len(pages)
+        for page in pages:
+            text = page.extract_text() or ""
+            for para in _paragraphs(_dehyphenate(text)):
+                yield Block(para)
+    except DocumentError:
+        raise
+    except FileNotDecryptedError:
+        raise DocumentError(path, "the PDF is encrypted with a password; decrypt it first") from None
+    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+        raise DocumentError(path, f"is not a readable PDF ({type(exc).__name__}: {exc})") from None
+
+
+def _dehyphenate(text: str) -> str:
+    """Words a PDF broke across lines ("summar-\\nization") joined again."""
+    return re.sub(r"(\w)-\n(\w)", r"\1\2", text)
+
+
+# ---- DOCX -----------------------------------------------------------------------------------------
+def _read_docx(path: Path, meta: dict[str, int]) -> Iterator[Block]:
+    docx = require("docx", "python-docx", "docs", "Reading DOCX")
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()  # CRC of every member: a damaged archive fails here, not later
+        if broken is not None:
+            raise DocumentError(path, f"is a damaged DOCX (member {broken} fails its checksum)")
+        document = docx.Document(str(path))
+        body = document.element.body
+        from docx.table import Table
+        from docx.text.paragraph import Paragraph
+
+        blocks: list[Block] = []
+        for child in body.iterchildren():
+            tag = child.tag.rsplit("}", 1)[-1]
+            if tag == "p":
+                para = Paragraph(child, document)
+                text = " ".join(para.text.split())
+                style = (para.style.name if para.style is not None else "") or ""
+                level = _docx_heading_level(style)
+                blocks.append(Block(text, "heading", level) if level else Block(text))
+            elif tag == "tbl":
+                for row in Table(child, document).rows:
+                    cells = [" ".join(c.text.split()) for c in row.cells]
+                    blocks.append(Block(" | ".join(dict.fromkeys(c for c in cells if c))))
+    except DocumentError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DocumentError(path, f"is not a valid DOCX (a damaged or foreign file: {exc})") from None
+    except Exception as exc:  # python-docx's PackageNotFoundError and lxml's XMLSyntaxError
+        if type(exc).__name__ in ("PackageNotFoundError", "XMLSyntaxError", "InvalidXmlError"):
+            raise DocumentError(path, f"is not a valid DOCX ({type(exc).__name__}: {exc})") from None
+        raise
+    yield from blocks
+
+
+def _docx_heading_level(style: str) -> int:
+    if style == "Title":
+        return 1
+    match = re.fullmatch(r"Heading (\d)", style)
+    return int(match.group(1)) if match else 0
+
+
+READERS: dict[str, tuple[str, Callable[[Path, dict[str, int]], Iterator[Block]]]] = {
+    ".txt": ("text", _read_text),
+    ".text": ("text", _read_text),
+    ".md": ("markdown", _read_markdown),
+    ".markdown": ("markdown", _read_markdown),
+    ".html": ("html", _read_html),
+    ".htm": ("html", _read_html),
+    ".pdf": ("pdf", _read_pdf),
+    ".docx": ("docx", _read_docx),
+}
+SUFFIXES = tuple(READERS)

@@ -1,0 +1,216 @@
+"""edgekit summarize on a tiny random model: map-reduce in rounds over documents many times its context,
+memory flat with length, folders with resume and per-file failures, the CLI's outputs, no network."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import corpus
+import pytest
+
+import edgekit
+from edgekit.summarizer import INDEX_NAME, repeated_ngram
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", "summarize", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+CTX = 512  # the context the tests give the tiny model: its chat prompt alone takes ~130 tokens
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny Qwen2 as ONNX int8, its position table widened to 2048 (random weights do not care)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("summ")
+    ckpt = root / "ckpt"
+    shutil.copytree(tiny_checkpoint("qwen2"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
+    return edgekit.convert(str(ckpt), to="onnx", quant="int8", output=root / "tiny-onnx", verify=False).path
+
+
+def _long(tmp: Path, pages: int, ext: str = ".md") -> Path:
+    return corpus.write(tmp / f"long-{pages}{ext}", corpus.long_sections(pages), "Field notes")
+
+
+def test_a_document_many_times_the_context_is_reduced_in_rounds(tiny_model, tmp_path):
+    doc = _long(tmp_path, 8)
+    seen, streamed = [], []
+    with edgekit.load(tiny_model, n_ctx=CTX) as eng:
+        window = eng.context_length
+        s = edgekit.summarize(doc, eng, words=12, chunk_tokens=200, overlap=24,
+                              progress=lambda d, t, w: seen.append((d, t, w)), on_text=streamed.append)
+        tokens = eng.count_tokens(corpus_text(doc))
+    assert tokens > 20 * window  # the document is more than 20 context windows long
+    d = s.to_dict()
+    assert d["document"]["chunks"] == len(s.chunks) > 20 and d["document"]["rounds"] >= 2
+    assert all(st.tokens_in + st.tokens_out <= window for st in s.steps)  # every call fitted
+    assert [st.kind for st in s.steps].count("reduce") >= 2
+    assert "".join(streamed).strip() == s.summary  # the final step streamed, and only it
+    assert seen[-1][0] == seen[-1][1] == len(s.steps)  # the bar ends full, with every step counted
+    assert d["tokens"]["prompt"] == sum(st.tokens_in for st in s.steps) > tokens
+    t = d["timings"]
+    assert t["model_s"] == pytest.approx(t["prefill_s"] + t["decode_s"], abs=1e-3)
+    assert t["total_s"] == pytest.approx(t["model_s"] + t["outside_s"], abs=1e-3)
+    assert repeated_ngram(s.summary) is None and all(repeated_ngram(st.summary) is None for st in s.steps)
+
+
+def corpus_text(path: Path) -> str:
+    from edgekit.documents import read_document
+
+    return read_document(path).text
+
+
+_PEAK = textwrap.dedent("""
+    import sys, edgekit, edgekit.documents
+    from edgekit.metrics import peak_rss_mb
+    with edgekit.load(sys.argv[1], n_ctx=512) as eng:
+        eng.chat("warm up", max_tokens=4)
+        base = peak_rss_mb()
+        s = edgekit.summarize(sys.argv[2], eng, words=12, chunk_tokens=200, overlap=24)
+        tokens = eng.count_tokens(edgekit.documents.read_document(sys.argv[2]).text)
+    print(base, peak_rss_mb(), tokens, s.document["chunks"])
+""")
+
+
+def test_memory_stays_flat_from_one_context_to_twenty(tiny_model, tmp_path):
+    """Peak RSS of a process summarizing a document of one context window and one of 20+: the same
+    within 10%."""
+    short = corpus.write(tmp_path / "short.md", corpus.sections("Coffee"))
+    docs = {"short": short, "long": _long(tmp_path, 8)}
+    peaks = {}
+    for name, doc in docs.items():
+        out = subprocess.run([sys.executable, "-c", _PEAK, str(tiny_model), str(doc)],
+                             capture_output=True, text=True, check=True, timeout=600).stdout.split()
+        peaks[name] = (float(out[0]), float(out[1]), int(out[2]), int(out[3]))
+    assert peaks["short"][2] <= CTX and peaks["long"][2] > 20 * CTX, peaks  # one window, and twenty
+    assert peaks["long"][3] > 20 * peaks["short"][3]
+    assert peaks["long"][1] <= peaks["short"][1] * 1.10, peaks
+
+
+@pytest.fixture()
+def folder(tmp_path) -> Path:
+    root = tmp_path / "docs"
+    corpus.write(root / "bees.txt", corpus.sections("Honeybees"))
+    corpus.write(root / "sub" / "chess.pdf", corpus.sections("Chess"))
+    corpus.write(root / "sub" / "deeper" / "jazz.docx", corpus.sections("Jazz"))
+    corpus.write(root / "reefs.html", corpus.sections("Coral reefs"), "Reefs")
+    (root / "empty.md").write_text("", encoding="utf-8")
+    (root / "sub" / "noise.txt").write_bytes(bytes(range(256)) * 8)
+    (root / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # not a document type: not picked up
+    (root / ".hidden.txt").write_text("a hidden file", encoding="utf-8")
+    return root
+
+
+def test_a_folder_run_reports_failures_resumes_and_redoes_changed_files(tiny_model, folder, tmp_path):
+    out = tmp_path / "summaries"
+    args = [str(folder), "-m", str(tiny_model), "-c", str(CTX), "-r", "-o", str(out), "--words", "12",
+            "--chunk-tokens", "150"]
+    first = _cli(*args, "--json")
+    assert first.returncode == 1, first.stderr  # two files failed
+    report = json.loads(first.stdout)["run"]
+    by_name = {f["name"]: f for f in report["files"]}
+    assert set(by_name) == {"bees.txt", "reefs.html", "empty.md", "sub/chess.pdf", "sub/noise.txt",
+                            "sub/deeper/jazz.docx"}
+    assert report["counts"] == {"ok": 4, "skipped": 0, "failed": 2}
+    assert "empty" in by_name["empty.md"]["error"]
+    assert "does not look like text" in by_name["sub/noise.txt"]["error"]
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == [INDEX_NAME, "bees.txt.md", "reefs.html.md", "sub/chess.pdf.md",
+                       "sub/deeper/jazz.docx.md"]
+    assert (out / "bees.txt.md").read_text().startswith("# Summary of bees.txt\n\n")
+    assert "Traceback" not in first.stderr
+
+    (folder / "bees.txt").write_text("Bees changed their minds. " * 30, encoding="utf-8")
+    (folder / "empty.md").write_text("# Now\n\nIt has text.", encoding="utf-8")
+    second = _cli(*args)  # human output: a line per file, then the counts
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert "2 summarized, 3 already done, 1 failed" in second.stderr
+    assert second.stderr.count("skip ") == 3 and "failed  " in second.stderr
+    records = [json.loads(line) for line in (out / INDEX_NAME).read_text().splitlines()]
+    assert [r["name"] for r in records].count("bees.txt") == 2 and len(records) == 6 + 3
+    assert (out / "empty.md.md").is_file()
+
+    third = _cli(*args, "--no-resume", "--json")
+    assert json.loads(third.stdout)["run"]["counts"] == {"ok": 5, "skipped": 0, "failed": 1}
+
+
+def test_one_document_streams_its_summary_and_reports_json(tiny_model, tmp_path):
+    doc = corpus.write(tmp_path / "notes.md", corpus.sections("Coffee"), "Coffee")
+    md = _cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12")
+    assert md.returncode == 0, md.stderr
+    assert md.stdout.startswith("# Summary of notes.md\n\n") and "*edgekit, " in md.stdout
+    assert "outside the model" in md.stderr
+    txt = _cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "-f", "txt")
+    body = md.stdout.split("\n\n", 1)[1].rsplit("\n\n*edgekit", 1)[0].strip()
+    assert txt.stdout.strip() == body  # greedy: the same summary, without heading and footer
+    js = _cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "--json")
+    data = json.loads(js.stdout)["summary"]
+    assert data["summary"] == body and data["model"]["format"] == "onnx"
+    assert data["document"]["kind"] == "markdown"
+    timings = {"read_s", "chunk_s", "prefill_s", "decode_s", "model_s", "outside_s", "total_s"}
+    assert timings <= set(data["timings"])
+    assert data["tokens"]["document"] > 0 and data["steps"][0]["kind"] == "map"
+    same = json.loads(_cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "-f",
+                           "json").stdout)
+    assert same["summary"]["summary"] == body  # --format json on one document is --json
+
+
+@pytest.mark.parametrize("args,code,says", [
+    (["missing.pdf"], 1, "missing.pdf: no such file"),
+    (["data.xyz"], 1, "unsupported file type ('.xyz')"),
+    (["doc.md", "--format", "yaml"], 2, "choose one of txt, md, json"),
+    (["doc.md", "--words", "3"], 1, "words must be a whole number from 10 to 2000"),
+    (["doc.md", "--ctx-size", "200"], 1, "context window of 200 tokens"),
+    (["doc.md", "--strategy", "stuff"], 1, "strategy must be one of map-reduce, refine"),
+])
+def test_bad_requests_exit_with_a_message(args, code, says, tiny_model, tmp_path):
+    corpus.write(tmp_path / "doc.md", corpus.sections("Coffee"))
+    (tmp_path / "data.xyz").write_text("text", encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "edgekit.cli", "summarize", *args, "-m", str(tiny_model)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert p.returncode == code and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_refine_carries_one_running_summary(tiny_model, tmp_path):
+    doc = _long(tmp_path, 1)
+    with edgekit.load(tiny_model, n_ctx=CTX) as eng:
+        s = edgekit.summarize(doc, eng, words=12, chunk_tokens=120, strategy="refine")
+    kinds = [st.kind for st in s.steps]
+    assert kinds[0] == "map" and kinds[1:] == ["refine"] * (len(kinds) - 1) and len(kinds) > 2
+    assert s.summary == s.steps[-1].summary
+
+
+_NO_NETWORK = textwrap.dedent("""
+    import socket
+    def refuse(*args, **kwargs):
+        raise OSError("network use refused by the test")
+    socket.socket.connect = refuse
+    socket.socket.connect_ex = refuse
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+""")
+
+
+def test_nothing_touches_the_network(tiny_model, tmp_path):
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_NO_NETWORK, encoding="utf-8")
+    doc = corpus.write(tmp_path / "doc.pdf", corpus.sections("Lighthouses"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    p = _cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "-f", "txt", env=env)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr
+    connect = "import socket; socket.create_connection(('127.0.0.1', 9))"
+    probe = subprocess.run([sys.executable, "-c", connect],
+                           env=env, capture_output=True, text=True)
+    assert "network use refused" in probe.stderr  # the guard is really in place

@@ -1,0 +1,148 @@
+"""Document readers on files the tests write: structure kept for every format, and a clear DocumentError
+naming the file for everything that is not a readable document."""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))  # corpus.py
+
+import corpus  # noqa: E402
+
+from edgekit.documents import read_document  # noqa: E402
+from edgekit.errors import DocumentError, EdgekitError  # noqa: E402
+
+PARTS = corpus.sections("Volcanoes") + corpus.sections("Chess")
+
+
+@pytest.mark.parametrize("ext", [".txt", ".md", ".html", ".pdf", ".docx"])
+def test_every_format_keeps_its_paragraphs_in_order(ext, tmp_path):
+    doc = read_document(corpus.write(tmp_path / f"doc{ext}", PARTS, "Two topics"))
+    text = doc.text
+    paragraphs = [p for _, ps in PARTS for p in ps]
+    positions = [text.find(p[:60]) for p in paragraphs]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), (ext, positions)
+    assert "not text" not in text and "color:red" not in text  # HTML: scripts and styles dropped
+    headings = [b.text for b in doc.blocks if b.kind == "heading"]
+    if ext != ".txt" and ext != ".pdf":  # these two carry no heading markup
+        assert headings[-2:] == ["Volcanoes", "Chess"] and "Two topics" in headings[0]
+    assert doc.words >= sum(len(p.split()) for p in paragraphs)
+    if ext == ".pdf":
+        assert doc.pages == 1
+
+
+def test_markdown_structure_and_inline_markup(tmp_path):
+    src = tmp_path / "notes.md"
+    src.write_text("Title\n=====\n\nSome **bold** and [a link](http://x) and `code`.\n"
+                   "wrapped line\n\n- item one\n- item two\n\n### Deep *heading* ###\n\n```\nkeep = 1\n```\n",
+                   encoding="utf-8")
+    blocks = read_document(src).blocks
+    assert [(b.kind, b.level, b.text) for b in blocks] == [
+        ("heading", 1, "Title"), ("paragraph", 0, "Some bold and a link and code. wrapped line"),
+        ("paragraph", 0, "item one"), ("paragraph", 0, "item two"), ("heading", 3, "Deep heading"),
+        ("paragraph", 0, "keep = 1")]
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-16", "utf-8-sig"])
+def test_text_in_other_encodings(encoding, tmp_path):
+    text = ("Le café de la gare ouvre à sept heures. On y sert des croissants, du pain au chocolat et une "
+            "crème brûlée très appréciée des habitués. Le propriétaire, François, a hérité de "
+            "l'établissement de sa grand-mère en 1998. Les prix sont affichés en euros et la terrasse donne "
+            "sur la rivière où "
+            "les pêcheurs s'installent dès l'aube.")
+    path = tmp_path / "menu.txt"
+    path.write_bytes(text.encode(encoding))
+    assert read_document(path).text == text.strip()
+
+
+def _image_only_pdf(path: Path) -> Path:
+    from reportlab.pdfgen import canvas
+
+    c = canvas.Canvas(str(path))
+    c.rect(100, 100, 200, 300, fill=1)  # a drawing, no text: what a scan without OCR looks like
+    c.showPage()
+    c.save()
+    return path
+
+
+def _encrypted_pdf(path: Path, tmp_path: Path) -> Path:
+    import pypdf
+
+    plain = corpus.write(tmp_path / "plain.pdf", PARTS)
+    writer = pypdf.PdfWriter(clone_from=str(plain))
+    writer.encrypt(user_password="secret", algorithm="RC4-128")
+    with open(path, "wb") as f:
+        writer.write(f)
+    return path
+
+
+def _bad(kind: str, tmp_path: Path) -> Path:
+    p = tmp_path / {"empty": "empty.txt", "binary": "random.txt", "png": "photo.txt",
+                    "pdf-as-txt": "paper.txt", "unknown": "data.xyz", "noext": "README",
+                    "image-pdf": "scan.pdf", "encrypted": "locked.pdf",
+                    "garbage-pdf": "fake.pdf", "truncated-docx": "cut.docx", "zip-docx": "other.docx",
+                    "text-docx": "letter.docx", "blank-md": "blank.md"}[kind]
+    if kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "binary":
+        p.write_bytes(bytes(range(256)) * 40)
+    elif kind == "png":
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    elif kind == "pdf-as-txt":
+        p.write_bytes(corpus.write(tmp_path / "real.pdf", PARTS).read_bytes())
+    elif kind in ("unknown", "noext"):
+        p.write_text("some text", encoding="utf-8")
+    elif kind == "image-pdf":
+        _image_only_pdf(p)
+    elif kind == "encrypted":
+        _encrypted_pdf(p, tmp_path)
+    elif kind == "garbage-pdf":
+        p.write_bytes(b"%PDF-1.7\n" + b"\x00garbage" * 100)
+    elif kind == "truncated-docx":
+        whole = corpus.write(tmp_path / "whole.docx", PARTS).read_bytes()
+        p.write_bytes(whole[: len(whole) // 2])
+    elif kind == "zip-docx":
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("hello.txt", "not a word document")
+    elif kind == "text-docx":
+        p.write_text("Dear Sir, this is plain text with the wrong name.", encoding="utf-8")
+    elif kind == "blank-md":
+        p.write_text("\n\n   \n\t\n", encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("kind,says", [
+    ("empty", "empty"), ("binary", "does not look like text"), ("png", "is a PNG image"),
+    ("pdf-as-txt", "rename it to .pdf"), ("unknown", "unsupported file type ('.xyz')"),
+    ("noext", "unsupported file type (no extension)"), ("image-pdf", "no extractable text"),
+    ("encrypted", "encrypted"), ("garbage-pdf", "not a readable PDF"), ("truncated-docx", "not a valid DOCX"),
+    ("zip-docx", "not a valid DOCX"), ("text-docx", "not a valid DOCX"), ("blank-md", "no text"),
+])
+def test_what_is_not_a_readable_document_says_so(kind, says, tmp_path):
+    path = _bad(kind, tmp_path)
+    with pytest.raises(DocumentError) as err:
+        read_document(path)
+    assert str(path) in str(err.value) and says in str(err.value), str(err.value)
+    assert isinstance(err.value, EdgekitError) and err.value.path == str(path)
+
+
+def test_a_missing_file_and_a_folder(tmp_path):
+    with pytest.raises(DocumentError, match="no such file"):
+        read_document(tmp_path / "gone.txt")
+    (tmp_path / "dir.md").mkdir()
+    with pytest.raises(DocumentError, match="not a file"):
+        read_document(tmp_path / "dir.md")
+
+
+def test_a_pdf_with_an_empty_password_opens(tmp_path):
+    import pypdf
+
+    writer = pypdf.PdfWriter(clone_from=str(corpus.write(tmp_path / "p.pdf", PARTS)))
+    writer.encrypt(user_password="", owner_password="owner", algorithm="RC4-128")  # restricts, no password
+    with open(tmp_path / "restricted.pdf", "wb") as f:
+        writer.write(f)
+    assert "Mount St. Helens" in read_document(tmp_path / "restricted.pdf").text
