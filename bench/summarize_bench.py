@@ -55,8 +55,12 @@ def main() -> int:
     ap.add_argument("--skip-long", action="store_true", help="leave out the long document (part 3)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="summ-bench-"))
-    variants = {fmt: edgekit.convert("bundled:smollm2-135m-instruct", to=fmt, quant="int4",
-                                     output=work / fmt, verify=False).path for fmt in ("onnx", "gguf")}
+    variants = {
+        fmt: edgekit.convert(
+            "bundled:smollm2-135m-instruct", to=fmt, quant="int4", output=work / fmt, verify=False
+        ).path
+        for fmt in ("onnx", "gguf")
+    }
     short = corpus.write(work / "short.pdf", corpus.long_sections(5), "Field notes")
 
     # 1. prefill of a 2,000-token chunk, interleaved
@@ -76,9 +80,11 @@ def main() -> int:
         for fmt, e in engines.items():  # a new first word each time: llama.cpp reuses a cached prefix
             times[fmt].append(prefill_s(e, f"Round {r} for {fmt}. {chunk}"))
     med = {fmt: statistics.median(v) for fmt, v in times.items()}
-    print(f"prefill of a {eng.count_tokens(chunk)}-token chunk (median of {args.rounds}): "
-          + ", ".join(f"{fmt} {1000 * s:.0f} ms" for fmt, s in med.items())
-          + f"; onnx/gguf {med['onnx'] / med['gguf']:.2f}")
+    print(
+        f"prefill of a {eng.count_tokens(chunk)}-token chunk (median of {args.rounds}): "
+        + ", ".join(f"{fmt} {1000 * s:.0f} ms" for fmt, s in med.items())
+        + f"; onnx/gguf {med['onnx'] / med['gguf']:.2f}"
+    )
 
     # whole 5-page document with each variant, and the time outside the model
     results = {}
@@ -88,10 +94,12 @@ def main() -> int:
         results[fmt] = (time.perf_counter() - t, s)
     for fmt, (wall, s) in results.items():
         t = s.timings
-        print(f"{fmt}: 5-page document ({s.document['words']} words, {s.document['tokens']} tokens, "
-              f"{s.document['chunks']} chunks, {s.document['rounds']} rounds) in {wall:.1f} s; model "
-              f"{t['model_s']:.1f} s (prefill {t['prefill_s']:.1f}, decode {t['decode_s']:.1f}), outside "
-              f"{t['outside_s']:.2f} s = {100 * t['outside_s'] / t['model_s']:.1f}% of the model's time")
+        print(
+            f"{fmt}: 5-page document ({s.document['words']} words, {s.document['tokens']} tokens, "
+            f"{s.document['chunks']} chunks, {s.document['rounds']} rounds) in {wall:.1f} s; model "
+            f"{t['model_s']:.1f} s (prefill {t['prefill_s']:.1f}, decode {t['decode_s']:.1f}), outside "
+            f"{t['outside_s']:.2f} s = {100 * t['outside_s'] / t['model_s']:.1f}% of the model's time"
+        )
     for e in engines.values():
         e.close()
 
@@ -105,9 +113,11 @@ def main() -> int:
             peaks[name] = json.loads(out)
             p = peaks[name]
             t = p["timings"]
-            print(f"{name}: {p['words']} words, {p['tokens']} tokens, {p['chunks']} chunks, {p['rounds']} "
-                  f"rounds, peak RSS {p['peak_rss_mb']:.0f} MB, total {t['total_s']:.0f} s, outside the "
-                  f"model {100 * t['outside_s'] / t['model_s']:.1f}%")
+            print(
+                f"{name}: {p['words']} words, {p['tokens']} tokens, {p['chunks']} chunks, {p['rounds']} "
+                f"rounds, peak RSS {p['peak_rss_mb']:.0f} MB, total {t['total_s']:.0f} s, outside the "
+                f"model {100 * t['outside_s'] / t['model_s']:.1f}%"
+            )
         a, b = (p["peak_rss_mb"] for p in peaks.values())
         print(f"peak RSS long/short: {b / a:.3f}")
     return 0

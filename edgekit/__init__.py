@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .conversion import ConversionResult, convert
     from .fidelity import FidelityGateFailed, FidelityReport, VerificationError, verify
     from .profiling import profile
+    from .server import ServerConfig, serve
     from .summarizer import Summary, SummaryRun, summarize, summarize_many
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "NoVariantFits",
     "OutputExistsError",
     "RemoteCodeRefused",
+    "ServerConfig",
     "SourceError",
     "SourceNotFoundError",
     "Summary",
@@ -83,6 +85,7 @@ __all__ = [
     "load",
     "profile",
     "read_manifest",
+    "serve",
     "summarize",
     "summarize_many",
     "verify",
@@ -96,6 +99,8 @@ _LAZY = {
     "devices": ("hardware", "devices"),
     "verify": ("fidelity", "verify"),
     "profile": ("profiling", "profile"),
+    "serve": ("server", "serve"),
+    "ServerConfig": ("server", "ServerConfig"),
     "summarize": ("summarizer", "summarize"),
     "summarize_many": ("summarizer", "summarize_many"),
     "Summary": ("summarizer", "Summary"),

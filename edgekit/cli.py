@@ -741,6 +741,48 @@ def _say_file(record, fmt: str, to_stdout: bool) -> None:
         typer.echo(record.summary.render(fmt))
 
 
+@app.command()
+def serve(
+    models: Annotated[list[str], typer.Argument(
+        help="artifact directories to serve, each as PATH (named after its folder) or NAME=PATH",
+        show_default=False)],
+    host: Annotated[str, typer.Option("--host", help="address to bind; other than loopback needs --api-key")
+                    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8080,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", envvar="EDGEKIT_API_KEY",
+        help="require 'Authorization: Bearer KEY' (env EDGEKIT_API_KEY)")
+    ] = None,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", help="requests waiting for one model before the server answers 429")] = 64,
+    max_body: Annotated[int, typer.Option("--max-body", help="largest request body in bytes")
+                        ] = 4 * 1024 * 1024,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="a Host header name accepted besides localhost (repeatable)")] = None,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    ctx_size: CtxOpt = None,
+) -> None:
+    """An OpenAI-compatible server on this machine: /v1/chat/completions, /v1/completions (both with
+    SSE streaming), /v1/embeddings, /v1/models, /health (edgekit.serve)."""
+    from .server import ServerConfig
+    from .server import serve as run_server
+
+    config = ServerConfig(host=host, port=port, api_key=api_key, max_queue=max_queue, max_body_bytes=max_body,
+                          allowed_hosts=tuple(allow_host or ()))
+
+    def ready(engines) -> None:
+        names = ", ".join(f"{n} ({e.manifest.get('format')} {e.backend.name} on {e.device})"
+                          for n, e in engines.items())
+        shown = f"[{host}]" if ":" in host else host
+        typer.secho(f"serving {names} at http://{shown}:{port}/v1 (Ctrl-C stops)", err=True)
+
+    try:
+        run_server(models, config, device=device, n_ctx=ctx_size, threads=threads, ready=ready)
+    except (EdgekitError, KeyboardInterrupt) as exc:
+        _fail(exc, False)
+
+
 @app.command("list")
 def list_artifacts(
     root: Annotated[Path, typer.Argument(help="folder to look in (three levels deep)")] = Path("."),

@@ -4,12 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh all,optimum,test
-# Chromium (Debian's package) opens the profile report page in a test, as a person would.
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing chromium for the browser test" >&2
+# Debian's packages for the tests that look as a person would: Chromium opens the profile report
+# page, Xvfb is the screen the desktop chat sample's window opens on.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v Xvfb >/dev/null 2>&1 || missing+=(xvfb)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "installing ${missing[*]} for the browser and desktop tests" >&2
   SUDO=$([[ $(id -u) -eq 0 ]] && echo "" || echo "sudo")
-  $SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }
+  $SUDO apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "${missing[@]}" >/dev/null; }
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate

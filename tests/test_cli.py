@@ -264,8 +264,8 @@ def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
         "devices": _cli("devices", "--json"),
     }
     (tmp_path / "doc.md").write_text("# Notes\n\nBees make honey. They dance to show the way.\n")
-    outputs["summarize"] = _cli("summarize", str(tmp_path / "doc.md"), "-m", str(out), "-c", "1024", "-w", "10",
-                                "--json")
+    outputs["summarize"] = _cli("summarize", str(tmp_path / "doc.md"), "-m", str(out), "-c", "1024",
+                                "-w", "10", "--json")
     _cli("convert", str(tiny_checkpoint("bert")), "--to", "onnx", "-q", "fp32", "-o", str(bert))
     outputs["embed"] = _cli("embed", str(bert), "a cat", "--json")
     for command, p in outputs.items():

@@ -456,6 +456,7 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(fp32_arti
         "".join(streamed)
         assert streamed.result.dropped_messages == dropped
         with pytest.raises(edgekit.ContextOverflowError):  # the last message alone is too long
-            engine.chat([system, {"role": "user", "content": "word " * 400}], max_tokens=16, truncate="oldest")
+            engine.chat([system, {"role": "user", "content": "word " * 400}], max_tokens=16,
+                        truncate="oldest")
         with pytest.raises(edgekit.InvalidOptionError, match="truncate"):
             engine.chat(history, truncate="newest")

@@ -17,8 +17,13 @@ from edgekit.summarizer import INDEX_NAME, repeated_ngram
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", "summarize", *args], capture_output=True,
-                          text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "summarize", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 CTX = 512  # the context the tests give the tiny model: its chat prompt alone takes ~130 tokens
@@ -46,8 +51,15 @@ def test_a_document_many_times_the_context_is_reduced_in_rounds(tiny_model, tmp_
     seen, streamed = [], []
     with edgekit.load(tiny_model, n_ctx=CTX) as eng:
         window = eng.context_length
-        s = edgekit.summarize(doc, eng, words=12, chunk_tokens=200, overlap=24,
-                              progress=lambda d, t, w: seen.append((d, t, w)), on_text=streamed.append)
+        s = edgekit.summarize(
+            doc,
+            eng,
+            words=12,
+            chunk_tokens=200,
+            overlap=24,
+            progress=lambda d, t, w: seen.append((d, t, w)),
+            on_text=streamed.append,
+        )
         tokens = eng.count_tokens(corpus_text(doc))
     assert tokens > 20 * window  # the document is more than 20 context windows long
     d = s.to_dict()
@@ -88,8 +100,13 @@ def test_memory_stays_flat_from_one_context_to_twenty(tiny_model, tmp_path):
     docs = {"short": short, "long": _long(tmp_path, 8)}
     peaks = {}
     for name, doc in docs.items():
-        out = subprocess.run([sys.executable, "-c", _PEAK, str(tiny_model), str(doc)],
-                             capture_output=True, text=True, check=True, timeout=600).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK, str(tiny_model), str(doc)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout.split()
         peaks[name] = (float(out[0]), float(out[1]), int(out[2]), int(out[3]))
     assert peaks["short"][2] <= CTX and peaks["long"][2] > 20 * CTX, peaks  # one window, and twenty
     assert peaks["long"][3] > 20 * peaks["short"][3]
@@ -112,20 +129,43 @@ def folder(tmp_path) -> Path:
 
 def test_a_folder_run_reports_failures_resumes_and_redoes_changed_files(tiny_model, folder, tmp_path):
     out = tmp_path / "summaries"
-    args = [str(folder), "-m", str(tiny_model), "-c", str(CTX), "-r", "-o", str(out), "--words", "12",
-            "--chunk-tokens", "150"]
+    args = [
+        str(folder),
+        "-m",
+        str(tiny_model),
+        "-c",
+        str(CTX),
+        "-r",
+        "-o",
+        str(out),
+        "--words",
+        "12",
+        "--chunk-tokens",
+        "150",
+    ]
     first = _cli(*args, "--json")
     assert first.returncode == 1, first.stderr  # two files failed
     report = json.loads(first.stdout)["run"]
     by_name = {f["name"]: f for f in report["files"]}
-    assert set(by_name) == {"bees.txt", "reefs.html", "empty.md", "sub/chess.pdf", "sub/noise.txt",
-                            "sub/deeper/jazz.docx"}
+    assert set(by_name) == {
+        "bees.txt",
+        "reefs.html",
+        "empty.md",
+        "sub/chess.pdf",
+        "sub/noise.txt",
+        "sub/deeper/jazz.docx",
+    }
     assert report["counts"] == {"ok": 4, "skipped": 0, "failed": 2}
     assert "empty" in by_name["empty.md"]["error"]
     assert "does not look like text" in by_name["sub/noise.txt"]["error"]
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert written == [INDEX_NAME, "bees.txt.md", "reefs.html.md", "sub/chess.pdf.md",
-                       "sub/deeper/jazz.docx.md"]
+    assert written == [
+        INDEX_NAME,
+        "bees.txt.md",
+        "reefs.html.md",
+        "sub/chess.pdf.md",
+        "sub/deeper/jazz.docx.md",
+    ]
     assert (out / "bees.txt.md").read_text().startswith("# Summary of bees.txt\n\n")
     assert "Traceback" not in first.stderr
 
@@ -159,24 +199,33 @@ def test_one_document_streams_its_summary_and_reports_json(tiny_model, tmp_path)
     timings = {"read_s", "chunk_s", "prefill_s", "decode_s", "model_s", "outside_s", "total_s"}
     assert timings <= set(data["timings"])
     assert data["tokens"]["document"] > 0 and data["steps"][0]["kind"] == "map"
-    same = json.loads(_cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "-f",
-                           "json").stdout)
+    same = json.loads(
+        _cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "-f", "json").stdout
+    )
     assert same["summary"]["summary"] == body  # --format json on one document is --json
 
 
-@pytest.mark.parametrize("args,code,says", [
-    (["missing.pdf"], 1, "missing.pdf: no such file"),
-    (["data.xyz"], 1, "unsupported file type ('.xyz')"),
-    (["doc.md", "--format", "yaml"], 2, "choose one of txt, md, json"),
-    (["doc.md", "--words", "3"], 1, "words must be a whole number from 10 to 2000"),
-    (["doc.md", "--ctx-size", "200"], 1, "context window of 200 tokens"),
-    (["doc.md", "--strategy", "stuff"], 1, "strategy must be one of map-reduce, refine"),
-])
+@pytest.mark.parametrize(
+    "args,code,says",
+    [
+        (["missing.pdf"], 1, "missing.pdf: no such file"),
+        (["data.xyz"], 1, "unsupported file type ('.xyz')"),
+        (["doc.md", "--format", "yaml"], 2, "choose one of txt, md, json"),
+        (["doc.md", "--words", "3"], 1, "words must be a whole number from 10 to 2000"),
+        (["doc.md", "--ctx-size", "200"], 1, "context window of 200 tokens"),
+        (["doc.md", "--strategy", "stuff"], 1, "strategy must be one of map-reduce, refine"),
+    ],
+)
 def test_bad_requests_exit_with_a_message(args, code, says, tiny_model, tmp_path):
     corpus.write(tmp_path / "doc.md", corpus.sections("Coffee"))
     (tmp_path / "data.xyz").write_text("text", encoding="utf-8")
-    p = subprocess.run([sys.executable, "-m", "edgekit.cli", "summarize", *args, "-m", str(tiny_model)],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "summarize", *args, "-m", str(tiny_model)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert p.returncode == code and says in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
@@ -211,6 +260,5 @@ def test_nothing_touches_the_network(tiny_model, tmp_path):
     p = _cli(str(doc), "-m", str(tiny_model), "-c", str(CTX), "--words", "12", "-f", "txt", env=env)
     assert p.returncode == 0 and p.stdout.strip(), p.stderr
     connect = "import socket; socket.create_connection(('127.0.0.1', 9))"
-    probe = subprocess.run([sys.executable, "-c", connect],
-                           env=env, capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-c", connect], env=env, capture_output=True, text=True)
     assert "network use refused" in probe.stderr  # the guard is really in place

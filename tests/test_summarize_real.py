@@ -18,10 +18,12 @@ FORMATS = (".txt", ".md", ".html", ".pdf", ".docx")
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("summ-real")
-    smol = edgekit.convert("bundled:smollm2-135m-instruct", to="onnx", quant="int4", output=root / "smol",
-                           verify=False).path
-    minilm = edgekit.convert("bundled:all-minilm-l6-v2", to="onnx", quant="int8", output=root / "minilm",
-                             verify=False).path
+    smol = edgekit.convert(
+        "bundled:smollm2-135m-instruct", to="onnx", quant="int4", output=root / "smol", verify=False
+    ).path
+    minilm = edgekit.convert(
+        "bundled:all-minilm-l6-v2", to="onnx", quant="int8", output=root / "minilm", verify=False
+    ).path
     return smol, minilm
 
 
@@ -31,8 +33,10 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 def test_each_summary_is_closest_to_its_own_document(models, tmp_path):
     smol, minilm = models
-    docs = [corpus.write(tmp_path / f"{i}{FORMATS[i % 5]}", corpus.sections(topic), topic)
-            for i, topic in enumerate(corpus.TOPICS)]
+    docs = [
+        corpus.write(tmp_path / f"{i}{FORMATS[i % 5]}", corpus.sections(topic), topic)
+        for i, topic in enumerate(corpus.TOPICS)
+    ]
     with edgekit.load(smol) as eng:
         summaries = [edgekit.summarize(d, eng, words=80) for d in docs]
     with edgekit.load(minilm) as emb:

@@ -73,7 +73,12 @@ def test_max_tokens_too_small_is_refused():
 
 def test_sentences():
     assert split_sentences('He said "Go." Then 3 more. Dr. no? Yes! (Fine.) ok') == [
-        'He said "Go."', "Then 3 more.", "Dr. no?", "Yes!", "(Fine.) ok"]
+        'He said "Go."',
+        "Then 3 more.",
+        "Dr. no?",
+        "Yes!",
+        "(Fine.) ok",
+    ]
 
 
 def test_a_repetition_loop_is_found_where_it_starts():
@@ -99,7 +104,8 @@ def test_a_cut_summary_ends_at_its_last_sentence():
     assert trim_to_sentence("Bees make honey. They dance to show where flowers") == "Bees make honey."
     assert trim_to_sentence("Bees make honey.") == "Bees make honey."
     assert trim_to_sentence("A. Then a very long sentence that the limit cut in the middle of") == (
-        "A. Then a very long sentence that the limit cut in the middle of")  # most would be lost
+        "A. Then a very long sentence that the limit cut in the middle of"
+    )  # most would be lost
 
 
 def test_copied_fraction():

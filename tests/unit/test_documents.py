@@ -37,23 +37,31 @@ def test_every_format_keeps_its_paragraphs_in_order(ext, tmp_path):
 
 def test_markdown_structure_and_inline_markup(tmp_path):
     src = tmp_path / "notes.md"
-    src.write_text("Title\n=====\n\nSome **bold** and [a link](http://x) and `code`.\n"
-                   "wrapped line\n\n- item one\n- item two\n\n### Deep *heading* ###\n\n```\nkeep = 1\n```\n",
-                   encoding="utf-8")
+    src.write_text(
+        "Title\n=====\n\nSome **bold** and [a link](http://x) and `code`.\n"
+        "wrapped line\n\n- item one\n- item two\n\n### Deep *heading* ###\n\n```\nkeep = 1\n```\n",
+        encoding="utf-8",
+    )
     blocks = read_document(src).blocks
     assert [(b.kind, b.level, b.text) for b in blocks] == [
-        ("heading", 1, "Title"), ("paragraph", 0, "Some bold and a link and code. wrapped line"),
-        ("paragraph", 0, "item one"), ("paragraph", 0, "item two"), ("heading", 3, "Deep heading"),
-        ("paragraph", 0, "keep = 1")]
+        ("heading", 1, "Title"),
+        ("paragraph", 0, "Some bold and a link and code. wrapped line"),
+        ("paragraph", 0, "item one"),
+        ("paragraph", 0, "item two"),
+        ("heading", 3, "Deep heading"),
+        ("paragraph", 0, "keep = 1"),
+    ]
 
 
 @pytest.mark.parametrize("encoding", ["cp1252", "utf-16", "utf-8-sig"])
 def test_text_in_other_encodings(encoding, tmp_path):
-    text = ("Le café de la gare ouvre à sept heures. On y sert des croissants, du pain au chocolat et une "
-            "crème brûlée très appréciée des habitués. Le propriétaire, François, a hérité de "
-            "l'établissement de sa grand-mère en 1998. Les prix sont affichés en euros et la terrasse donne "
-            "sur la rivière où "
-            "les pêcheurs s'installent dès l'aube.")
+    text = (
+        "Le café de la gare ouvre à sept heures. On y sert des croissants, du pain au chocolat et une "
+        "crème brûlée très appréciée des habitués. Le propriétaire, François, a hérité de "
+        "l'établissement de sa grand-mère en 1998. Les prix sont affichés en euros et la terrasse donne "
+        "sur la rivière où "
+        "les pêcheurs s'installent dès l'aube."
+    )
     path = tmp_path / "menu.txt"
     path.write_bytes(text.encode(encoding))
     assert read_document(path).text == text.strip()
@@ -81,11 +89,24 @@ def _encrypted_pdf(path: Path, tmp_path: Path) -> Path:
 
 
 def _bad(kind: str, tmp_path: Path) -> Path:
-    p = tmp_path / {"empty": "empty.txt", "binary": "random.txt", "png": "photo.txt",
-                    "pdf-as-txt": "paper.txt", "unknown": "data.xyz", "noext": "README",
-                    "image-pdf": "scan.pdf", "encrypted": "locked.pdf",
-                    "garbage-pdf": "fake.pdf", "truncated-docx": "cut.docx", "zip-docx": "other.docx",
-                    "text-docx": "letter.docx", "blank-md": "blank.md"}[kind]
+    p = (
+        tmp_path
+        / {
+            "empty": "empty.txt",
+            "binary": "random.txt",
+            "png": "photo.txt",
+            "pdf-as-txt": "paper.txt",
+            "unknown": "data.xyz",
+            "noext": "README",
+            "image-pdf": "scan.pdf",
+            "encrypted": "locked.pdf",
+            "garbage-pdf": "fake.pdf",
+            "truncated-docx": "cut.docx",
+            "zip-docx": "other.docx",
+            "text-docx": "letter.docx",
+            "blank-md": "blank.md",
+        }[kind]
+    )
     if kind == "empty":
         p.write_bytes(b"")
     elif kind == "binary":
@@ -115,13 +136,24 @@ def _bad(kind: str, tmp_path: Path) -> Path:
     return p
 
 
-@pytest.mark.parametrize("kind,says", [
-    ("empty", "empty"), ("binary", "does not look like text"), ("png", "is a PNG image"),
-    ("pdf-as-txt", "rename it to .pdf"), ("unknown", "unsupported file type ('.xyz')"),
-    ("noext", "unsupported file type (no extension)"), ("image-pdf", "no extractable text"),
-    ("encrypted", "encrypted"), ("garbage-pdf", "not a readable PDF"), ("truncated-docx", "not a valid DOCX"),
-    ("zip-docx", "not a valid DOCX"), ("text-docx", "not a valid DOCX"), ("blank-md", "no text"),
-])
+@pytest.mark.parametrize(
+    "kind,says",
+    [
+        ("empty", "empty"),
+        ("binary", "does not look like text"),
+        ("png", "is a PNG image"),
+        ("pdf-as-txt", "rename it to .pdf"),
+        ("unknown", "unsupported file type ('.xyz')"),
+        ("noext", "unsupported file type (no extension)"),
+        ("image-pdf", "no extractable text"),
+        ("encrypted", "encrypted"),
+        ("garbage-pdf", "not a readable PDF"),
+        ("truncated-docx", "not a valid DOCX"),
+        ("zip-docx", "not a valid DOCX"),
+        ("text-docx", "not a valid DOCX"),
+        ("blank-md", "no text"),
+    ],
+)
 def test_what_is_not_a_readable_document_says_so(kind, says, tmp_path):
     path = _bad(kind, tmp_path)
     with pytest.raises(DocumentError) as err:

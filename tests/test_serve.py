@@ -1,0 +1,292 @@
+"""edgekit serve on tiny models, driven by the official openai client and raw HTTP: the OpenAI shapes,
+streaming equal to whole answers, every bad request a 400 (or 401/403/404/413/429) with a message,
+a disconnect that frees the engine, queued requests that never interleave."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import edgekit
+
+openai = pytest.importorskip("openai")  # in the test extra; importorskip only names it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.cli", "serve", *args, "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.proc.stderr.read()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the server did not start")
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=kw.pop("api_key", "unused"), max_retries=0, **kw
+        )
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            return self.proc.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return ""
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve")
+    return {
+        "gguf": edgekit.convert(
+            str(tiny_checkpoint("qwen2")), to="gguf", quant="fp32", output=root / "chat", verify=False
+        ).path,
+        "bert": edgekit.convert(
+            str(tiny_checkpoint("bert")), to="onnx", quant="fp32", output=root / "emb", verify=False
+        ).path,
+    }
+
+
+@pytest.fixture(scope="module")
+def server(artifacts):
+    s = Server([f"chat={artifacts['gguf']}", f"emb={artifacts['bert']}", "--max-body", "20000"])
+    yield s
+    s.stop()
+
+
+def test_models_chat_completions_and_embeddings_through_the_openai_client(server, artifacts):
+    c = server.client()
+    assert [m.id for m in c.models.list()] == ["chat", "emb"]
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}]
+    whole = c.chat.completions.create(model="chat", messages=messages, max_tokens=12, temperature=0)
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    pieces, usage = [], None
+    for chunk in c.chat.completions.create(
+        model="chat",
+        messages=messages,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    ):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            last_finish = chunk.choices[0].finish_reason or None
+        else:
+            usage = chunk.usage
+    assert (
+        "".join(pieces) == whole.choices[0].message.content and last_finish == whole.choices[0].finish_reason
+    )
+    with edgekit.load(artifacts["gguf"]) as eng:  # the same numbers as the engine's own
+        direct = eng.chat(messages, max_tokens=12, temperature=0)
+        assert direct.text == whole.choices[0].message.content
+        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (
+            direct.tokens_in,
+            direct.tokens_out,
+        )
+        assert usage is not None and usage.total_tokens == direct.tokens_in + direct.tokens_out
+        raw = eng.generate("Once upon a time", max_tokens=8, temperature=0)
+    comp = c.completions.create(model="chat", prompt="Once upon a time", max_tokens=8, temperature=0)
+    assert comp.choices[0].text == raw.text and comp.usage.completion_tokens == raw.tokens_out
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model="chat", prompt="Once upon a time", max_tokens=8, temperature=0, stream=True
+        )
+        if ch.choices
+    )
+    assert streamed == raw.text
+    emb = c.embeddings.create(model="emb", input=["a cat", "a dog"])  # the client asks for base64
+    floats = c.embeddings.create(model="emb", input="a cat", encoding_format="float")
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == len(floats.data[0].embedding)
+    assert emb.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    assert emb.usage.prompt_tokens > 0
+    health = httpx.get(f"{server.url}/health").json()
+    assert health == {"status": "ok", "models": ["chat", "emb"]}
+
+
+@pytest.mark.parametrize(
+    "body,status,says",
+    [
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": -1},
+            400,
+            "temperature",
+        ),
+        ({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "top_p": 5}, 400, "top_p"),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
+            400,
+            "max_tokens",
+        ),
+        ({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n must be 1"),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+            400,
+            "number",
+        ),
+        ({"model": "chat", "messages": []}, 400, "messages must be a non-empty list"),
+        ({"model": "chat", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0]"),
+        ({"model": "chat", "messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
+        (
+            {"model": "chat", "messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 16},
+            400,
+            "max_tokens is 16, but the context window is 256",
+        ),
+        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "no model named 'nope'"),
+        ({"model": "emb", "messages": [{"role": "user", "content": "hi"}]}, 400, "embedding model"),
+        ({"model": "chat", "input": "hi"}, 400, "a text generator"),
+    ],
+)
+def test_each_bad_request_is_answered_with_its_reason(server, body, status, says):
+    path = "/v1/embeddings" if "input" in body else "/v1/chat/completions"
+    r = httpx.post(server.url + path, json=body, timeout=60)
+    assert r.status_code == status and says in r.json()["error"]["message"], r.text
+    assert r.json()["error"]["type"]
+
+
+def test_bad_bodies_and_foreign_hosts(server):
+    r = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        content=b"{not json",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+    big = {"model": "chat", "messages": [{"role": "user", "content": "x" * 30000}]}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=big, timeout=30)
+    assert r.status_code == 413 and "20000 bytes" in r.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield json.dumps(big).encode()
+
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=chunked(), timeout=30)
+    assert r.status_code == 413
+    r = httpx.get(f"{server.url}/v1/models", headers={"host": "attacker.example:8080"}, timeout=30)
+    assert r.status_code == 403 and "loopback" in r.json()["error"]["message"]  # DNS rebinding
+    assert (
+        httpx.get(f"{server.url}/v1/models", headers={"host": f"localhost:{server.port}"}).status_code == 200
+    )
+
+
+def test_an_api_key_and_a_public_address(artifacts):
+    p = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "serve", str(artifacts["gguf"]), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 1 and "give an API key" in p.stderr and "Traceback" not in p.stderr
+    s = Server([str(artifacts["gguf"]), "--api-key", "s3cret"])
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+        assert [m.id for m in s.client(api_key="s3cret").models.list()] == ["chat"]
+    finally:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_server(artifacts, tmp_path_factory):
+    """A server whose llama.cpp takes 50 ms more per token, one request waiting at most."""
+    from helpers import slow_tokens_env
+
+    env = slow_tokens_env(tmp_path_factory.mktemp("slow-site"), 0.05)
+    s = Server([str(artifacts["gguf"]), "--max-queue", "2"], env=env)
+    yield s
+    s.stop()
+
+
+def test_a_client_that_disconnects_frees_the_engine(slow_server):
+    body = {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Tell a long story"}],
+        "max_tokens": 200,
+        "temperature": 0,
+        "stream": True,
+    }
+    start = time.monotonic()
+    with httpx.stream("POST", f"{slow_server.url}/v1/chat/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        got = [line for line, _ in zip(lines, range(6), strict=False) if line.startswith("data:")]
+    assert len(got) >= 3  # a few tokens came, then the client went away (200 would take 10 s)
+    c = slow_server.client()
+    reply = c.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert reply.usage.completion_tokens == 3 and time.monotonic() - start < 8
+
+
+def test_a_full_queue_answers_429_with_retry_after(slow_server):
+    async def go():
+        async with httpx.AsyncClient(timeout=120) as http:
+            body = {
+                "model": "chat",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 20,
+                "temperature": 0,
+            }
+            return await asyncio.gather(
+                *(http.post(f"{slow_server.url}/v1/chat/completions", json=body) for _ in range(5))
+            )
+
+    answers = asyncio.run(go())
+    codes = sorted(r.status_code for r in answers)
+    assert codes.count(200) == 2 and codes.count(429) == 3, codes  # one running and one waiting
+    refused = next(r for r in answers if r.status_code == 429)
+    assert int(refused.headers["retry-after"]) >= 1 and "queued" in refused.json()["error"]["message"]
+
+
+def test_concurrent_clients_get_their_own_answers(server, artifacts):
+    prompts = [f"Question number {i}: what comes next?" for i in range(8)]
+    with edgekit.load(artifacts["gguf"]) as eng:
+        alone = [eng.chat(p, max_tokens=16, temperature=0).text for p in prompts]
+
+    async def ask(client, prompt):
+        pieces = []
+        stream = await client.chat.completions.create(
+            model="chat",
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=16,
+            temperature=0,
+            stream=True,
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                pieces.append(chunk.choices[0].delta.content or "")
+        return "".join(pieces)
+
+    async def go():
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        return await asyncio.gather(*(ask(client, p) for p in prompts))
+
+    assert asyncio.run(go()) == alone

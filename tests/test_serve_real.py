@@ -1,0 +1,69 @@
+"""edgekit serve under load on real SmolLM2-135M-Instruct (ONNX int4): 32 streaming clients at once,
+round after round, each answer whole and equal to the same request run alone, server memory flat."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import edgekit
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.real
+CLIENTS, ROUNDS, TOKENS = 32, 3, 24
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_32_streaming_clients_round_after_round(tmp_path):
+    from test_serve import Server
+
+    smol = edgekit.convert(
+        "bundled:smollm2-135m-instruct", to="onnx", quant="int4", output=tmp_path / "smol", verify=False
+    ).path
+    server = Server([f"smol={smol}"])
+    try:
+        prompts = [f"Name one animal and one color. This is request number {i}." for i in range(CLIENTS)]
+
+        async def ask(client, prompt: str) -> tuple[str, str | None]:
+            pieces, finish = [], None
+            stream = await client.chat.completions.create(
+                model="smol",
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=TOKENS,
+                temperature=0,
+                stream=True,
+            )
+            async for chunk in stream:
+                if chunk.choices:
+                    pieces.append(chunk.choices[0].delta.content or "")
+                    finish = chunk.choices[0].finish_reason or finish
+            return "".join(pieces), finish
+
+        async def alone() -> list[tuple[str, str | None]]:
+            client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+            return [await ask(client, p) for p in prompts]
+
+        async def together() -> list[tuple[str, str | None]]:
+            client = openai.AsyncOpenAI(
+                base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600
+            )
+            return await asyncio.gather(*(ask(client, p) for p in prompts))
+
+        expected = asyncio.run(alone())
+        assert all(text and finish in ("stop", "length") for text, finish in expected)
+        assert len({text for text, _ in expected}) > 1  # the prompts differ, so do the answers
+        rss = []
+        for _ in range(ROUNDS):
+            assert asyncio.run(together()) == expected  # complete, in order, nothing interleaved
+            rss.append(_rss_mb(server.proc.pid))
+        assert max(rss) <= rss[0] * 1.05 + 5, rss  # flat: a leak per request would show 32 at a time
+    finally:
+        server.stop()
