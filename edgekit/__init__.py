@@ -39,6 +39,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .cluster import RayExecutor
     from .conversion import ConversionResult, convert
     from .fidelity import FidelityGateFailed, FidelityReport, VerificationError, verify
     from .profiling import profile
@@ -67,6 +68,7 @@ __all__ = [
     "MissingDependencyError",
     "NoVariantFits",
     "OutputExistsError",
+    "RayExecutor",
     "RemoteCodeRefused",
     "ServerConfig",
     "SourceError",
@@ -100,6 +102,7 @@ _LAZY = {
     "verify": ("fidelity", "verify"),
     "profile": ("profiling", "profile"),
     "serve": ("server", "serve"),
+    "RayExecutor": ("cluster", "RayExecutor"),
     "ServerConfig": ("server", "ServerConfig"),
     "summarize": ("summarizer", "summarize"),
     "summarize_many": ("summarizer", "summarize_many"),

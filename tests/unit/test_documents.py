@@ -39,7 +39,8 @@ def test_markdown_structure_and_inline_markup(tmp_path):
     src = tmp_path / "notes.md"
     src.write_text(
         "Title\n=====\n\nSome **bold** and [a link](http://x) and `code`.\n"
-        "wrapped line\n\n- item one\n- item two\n\n### Deep *heading* ###\n\n```\nkeep = 1\n```\n",
+        "wrapped line\n\n- item one\n- item two\n\n### Deep *heading* ###\n\n```\nkeep = 1\n```\n"
+        "\n| input | result |\n|---|:---:|\n| empty file | refused |\n",
         encoding="utf-8",
     )
     blocks = read_document(src).blocks
@@ -50,6 +51,8 @@ def test_markdown_structure_and_inline_markup(tmp_path):
         ("paragraph", 0, "item two"),
         ("heading", 3, "Deep heading"),
         ("paragraph", 0, "keep = 1"),
+        ("paragraph", 0, "input; result"),  # a table: one line per row, the |---| rule left out
+        ("paragraph", 0, "empty file; refused"),
     ]
 
 
