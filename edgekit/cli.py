@@ -14,7 +14,7 @@ import typer
 
 from .bundled import DEFAULT as BUNDLED_DEFAULT
 from .bundled import NAMES as BUNDLED_NAMES
-from .errors import EdgekitError, Interrupted
+from .errors import ContextOverflowError, EdgekitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -416,6 +416,10 @@ def chat(
                     for piece in stream:
                         reply += piece
                         typer.echo(piece, nl=False)
+                except ContextOverflowError as exc:  # this message alone is too long: say so, go on
+                    messages.pop()
+                    typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+                    continue
                 except KeyboardInterrupt:
                     if stream is not None:
                         stream.close()

@@ -118,8 +118,29 @@ class RayExecutor:
         def start_actor():
             return actor_class.remote(str(model), config)
 
-        actors = [start_actor() for _ in range(count)]
-        pids = self._check(ray, actors, model, RayActorError, RayTaskError, GetTimeoutError)
+        actors: list = []
+        try:  # whatever ends the run (an error, Ctrl-C), its actors give back their CPUs and memory
+            actors.extend(start_actor() for _ in range(count))
+            pids = self._check(ray, actors, model, RayActorError, RayTaskError, GetTimeoutError)
+            self._schedule(ray, actors, pids, start_actor, model, jobs, finished, progress)
+        finally:
+            self._kill(ray, actors)
+
+    def _schedule(
+        self,
+        ray,
+        actors: list,
+        pids: list[int],
+        start_actor,
+        model: Path,
+        jobs: list[dict[str, Any]],
+        finished: Callable[..., None],
+        progress,
+    ) -> None:
+        """One file in flight per actor, largest first, until every file is done or failed."""
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+        count = len(actors)
         pending = deque(sorted(jobs, key=lambda j: -j["size"]))  # largest first
         state = {j["name"]: {"attempts": 0, "deaths": 0, "start": 0.0, "seconds": 0.0} for j in jobs}
         inflight: dict[Any, tuple[int, dict[str, Any]]] = {}
@@ -163,26 +184,6 @@ class RayExecutor:
         tick("started")
         while inflight:
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            now = time.monotonic()
-            if not ready and self.time_limit is not None:  # a file past its limit: stop its worker
-                for ref, (i, job) in list(inflight.items()):
-                    s = state[job["name"]]
-                    if now - s["start"] > self.time_limit:
-                        del inflight[ref]
-                        s["attempts"] += 1
-                        s["seconds"] += now - s["start"]
-                        self._event("timeout", job["name"], {"pid": pids[i]})
-                        replace(i)
-                        if s["attempts"] >= self.max_attempts:
-                            end(
-                                job,
-                                None,
-                                f"{job['path']}: took more than {self.time_limit:g} s, {s['attempts']} times",
-                            )
-                        else:
-                            pending.appendleft(job)
-                        submit(i)
-                continue
             for ref in ready:
                 i, job = inflight.pop(ref)
                 s = state[job["name"]]
@@ -220,8 +221,33 @@ class RayExecutor:
                     s["attempts"] += 1
                     end(job, summary, None)
                 submit(i)
+            if self.time_limit is not None:  # a file past its limit: its worker is stopped
+                now = time.monotonic()
+                for ref, (i, job) in list(inflight.items()):
+                    s = state[job["name"]]
+                    if now - s["start"] <= self.time_limit:
+                        continue
+                    del inflight[ref]
+                    s["attempts"] += 1
+                    s["seconds"] += now - s["start"]
+                    self._event("timeout", job["name"], {"pid": pids[i]})
+                    replace(i)
+                    if s["attempts"] >= self.max_attempts:
+                        end(
+                            job,
+                            None,
+                            f"{job['path']}: took more than {self.time_limit:g} s, {s['attempts']} times",
+                        )
+                    else:
+                        pending.appendleft(job)
+                    submit(i)
+
+    def _kill(self, ray, actors: list) -> None:
         for actor in actors:
-            ray.kill(actor, no_restart=True)
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 (already gone)
+                pass
 
     def _check(self, ray, actors, model: Path, RayActorError, RayTaskError, GetTimeoutError) -> list[int]:
         """Each new worker has opened the artifact; its process id."""

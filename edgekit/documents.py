@@ -79,6 +79,8 @@ def read_document(path: str | Path) -> Document:
         raise
     except OSError as exc:
         raise DocumentError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:  # markup nested thousands deep
+        raise DocumentError(path, "its structure is nested too deeply to read") from None
     blocks = [b for b in blocks if b.text]
     if not blocks:
         why = {"pdf": "no extractable text (scanned images only? run OCR on it first)"}.get(
@@ -282,7 +284,7 @@ def _read_html(path: Path, meta: dict[str, int]) -> Iterator[Block]:
 # ---- PDF ------------------------------------------------------------------------------------------
 def _read_pdf(path: Path, meta: dict[str, int]) -> Iterator[Block]:
     pypdf = require("pypdf", "pypdf", "docs", "Reading PDF")
-    from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError
+    from pypdf.errors import DependencyError, FileNotDecryptedError, PyPdfError
 
     try:
         reader = pypdf.PdfReader(path)
@@ -307,7 +309,7 @@ def _read_pdf(path: Path, meta: dict[str, int]) -> Iterator[Block]:
         raise
     except FileNotDecryptedError:
         raise DocumentError(path, "the PDF is encrypted with a password; decrypt it first") from None
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+    except (PyPdfError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
         raise DocumentError(path, f"is not a readable PDF ({type(exc).__name__}: {exc})") from None
 
 

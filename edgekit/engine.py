@@ -69,9 +69,11 @@ class Stream:
         self._events, self._cancel = events, cancel
         self._state = state if state is not None else {}  # the generation so far, kept by the engine
         self.result: GenerationResult | None = None
+        self._reader: int | None = None  # the thread iterating the stream, while it does
 
     def __iter__(self) -> Iterator[str]:
         finished = False
+        self._reader = threading.get_ident()
         try:
             for event in self._events:
                 if isinstance(event, GenerationResult):
@@ -83,12 +85,14 @@ class Stream:
             self.result, finished = exc.result, True
             raise
         finally:
+            self._reader = None
             if not finished:  # the loop broke, Ctrl-C landed or the iterator was dropped: free the engine
                 self.close()
 
     def cancel(self) -> None:
-        """Stop the generation; from any thread. The engine is free for the next call at once, unless
-        another thread is inside the stream's next() right now (it then stops at its next token)."""
+        """Stop the generation; from any thread. From the thread reading the stream (or when none is),
+        the engine is free for the next call at once; a reader in another thread stops at its next
+        token and frees it then."""
         self.close()
 
     def __del__(self) -> None:  # a stream dropped half-read frees the engine, whoever holds the rest
@@ -108,8 +112,12 @@ class Stream:
 
     def close(self) -> None:
         """Stop generating and release the engine (the native context) now. From a thread other than
-        the one reading the stream it can only ask (like cancel()); the reader then stops at once."""
+        the one reading the stream it only asks: closing a generator another thread is about to resume
+        would break that thread's loop; the reader stops at its next token instead."""
         self._cancel.set()
+        reader = self._reader
+        if reader is not None and reader != threading.get_ident():
+            return
         close = getattr(self._events, "close", None)
         if close is not None:
             try:

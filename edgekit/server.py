@@ -37,6 +37,7 @@ class ServerConfig:
     allowed_hosts: Sequence[str] = ()  # Host header names accepted besides loopback (without a key)
 
     def check(self) -> None:
+        self.allowed_hosts = tuple(h.strip().lower() for h in self.allowed_hosts)  # as Host is compared
         if not is_loopback(self.host) and not self.api_key:
             raise InvalidOptionError(
                 f"binding {self.host} exposes the models to the network: give an API key "
@@ -299,9 +300,15 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
         ticket = _admit(slot)  # 429 now, before the stream starts, when the queue is full
         from sse_starlette import EventSourceResponse
 
-        return EventSourceResponse(
-            _events(request, slot, kind, payload, options, ident, usage_in_stream, ticket), ping=15
-        )
+        class _Queued(EventSourceResponse):
+            async def __call__(self, scope, receive, send) -> None:
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:  # a client gone before the stream began: its place is given up all the same
+                    ticket.leave()
+
+        events = _events(request, slot, kind, payload, options, ident, usage_in_stream, ticket)
+        return _Queued(events, ping=15)
 
     async def _events(
         request,
@@ -325,6 +332,8 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
             try:
                 s = _generate(slot.engine, kind, payload, options, cancel)
                 holder["stream"] = s
+                if cancel.is_set():  # the client left while the prompt was being prepared
+                    s.cancel()
                 for piece in s:
                     push(("piece", piece))
                     if cancel.is_set():
@@ -381,13 +390,19 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
         """A place in one engine's queue: entered when the engine is free, left when the answer is done."""
 
         def __init__(self, slot: _Slot) -> None:
-            self.slot, self.start = slot, 0.0
+            self.slot, self.start, self.left = slot, 0.0, False
+
+        def leave(self) -> None:
+            """Give up the place (once): a request that ends, or never got to start its stream."""
+            if not self.left:
+                self.left = True
+                self.slot.waiting -= 1
 
         async def __aenter__(self):
             try:
                 await self.slot.lock.acquire()
             except BaseException:
-                self.slot.waiting -= 1
+                self.leave()
                 raise
             self.start = time.perf_counter()
             return self
@@ -395,7 +410,7 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
         async def __aexit__(self, *exc) -> None:
             took = time.perf_counter() - self.start
             self.slot.seconds = 0.8 * self.slot.seconds + 0.2 * took
-            self.slot.waiting -= 1
+            self.leave()
             self.slot.lock.release()
 
     def _admit(slot: _Slot) -> _Ticket:

@@ -362,7 +362,9 @@ class _Run:
         """Greedy reply, stopped where a repetition loop begins.
 
         Returns (text, finish reason, [tokens in, tokens out, prefill s, decode s])."""
-        instruction = messages[-1]["content"].rsplit("\n\n", 1)[-1]
+        content = messages[-1]["content"]  # the instruction leads a plain prompt and ends the others
+        plain = messages[0]["role"] != "system"
+        instruction = content.split("\n\n", 1)[0] if plain else content.rsplit("\n\n", 1)[-1]
         stream = self.engine.chat(messages, max_tokens=self.max_tokens, temperature=0.0, stream=True)
         raw, shown, looped = "", "", False
         with stream:
@@ -662,15 +664,19 @@ class SummaryRun:
         }
 
 
-def collect(paths: Sequence[str | Path], recursive: bool = False) -> list[tuple[Path, str]]:
+def collect(paths: Sequence[str | Path], recursive: bool = False,
+            exclude: Path | None = None) -> list[tuple[Path, str]]:
     """(file, name relative to what was given) for each document: files as given (any extension, so
     that a wrong one is reported), folders' .txt/.md/.html/.pdf/.docx files (hidden ones left out)."""
     found: list[tuple[Path, str]] = []
     for given in map(Path, paths):
         if given.is_dir():
             pattern = given.rglob("*") if recursive else given.glob("*")
+            skip = exclude.resolve() if exclude is not None else None
             for f in sorted(pattern):
                 rel = f.relative_to(given)
+                if skip is not None and (f.resolve() == skip or skip in f.resolve().parents):
+                    continue  # the summaries of an earlier run are not documents of this one
                 if (
                     f.is_file()
                     and f.suffix.lower() in SUFFIXES
@@ -773,7 +779,7 @@ def summarize_many(
     _check_options(words, strategy, chunk_tokens, overlap)
     if fmt not in FORMATS:
         raise InvalidOptionError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    files = collect(paths, recursive)
+    files = collect(paths, recursive, Path(out) if out is not None else None)
     if not files:
         raise InvalidOptionError(
             f"no documents ({', '.join(SUFFIXES)}) in {', '.join(map(str, paths))}"
@@ -870,6 +876,11 @@ def _one_file(
             f"{path}: {exc}",
             seconds=round(time.perf_counter() - start, 3),
         )
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # a reader's or runtime's bug on this file: the others still go on
+        return FileRecord(str(path), shown, "failed", digest, stamp, f"{path}: {type(exc).__name__}: {exc}",
+                          seconds=round(time.perf_counter() - start, 3))
     if target is not None:
         write_atomic(target, summary.render(fmt))
     return FileRecord(
@@ -911,7 +922,7 @@ def _distributed(executor, files: list[tuple[Path, str]], model: Any, out_dir: P
         if is_done(done.get(rel), digest, stamp, target):
             records.append(FileRecord(str(path), str(target), "skipped", digest, stamp, name=rel))
             continue
-        jobs.append({"path": str(path), "name": rel, "sha256": digest, "size": size})
+        jobs.append({"path": str(path.resolve()), "name": rel, "sha256": digest, "size": size})
     total = len(files)
     for i, record in enumerate(records):
         if on_file is not None:

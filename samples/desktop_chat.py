@@ -90,14 +90,20 @@ class ChatWindow:
                 if kind == "piece":
                     self._write(value, "model")
                     self._live()
-                elif kind == "done":
+                elif kind == "done" and value is not None:
                     self._finished(value)
-                else:
-                    self._write(f"\n[error: {value}]\n", "note")
+                elif kind == "done":  # stopped before the first token: nothing was said
+                    self.messages.pop()
+                    self._write(" [stopped]\n\n", "note")
+                    self._idle("stopped")
+                else:  # the question goes too, so that the next one follows a reply
+                    self.messages.pop()
+                    self._write(f"\n[error: {value}]\n\n", "note")
                     self._idle(f"error: {value}")
         except queue.Empty:
             pass
-        self.root.after(POLL_MS, self._poll)
+        finally:
+            self.root.after(POLL_MS, self._poll)
 
     def _live(self) -> None:
         """The status while the answer streams: time to the first piece, then pieces per second."""
@@ -154,8 +160,9 @@ class ChatWindow:
             for piece in stream:
                 self.events.put(("piece", piece))
             self.events.put(("done", stream.result))
-        except edgekit.EdgekitError as exc:
-            self.events.put(("error", str(exc)))
+        except Exception as exc:  # noqa: BLE001 (shown in the window; the window goes on)
+            self.events.put(("error", str(exc) if isinstance(exc, edgekit.EdgekitError)
+                             else f"{type(exc).__name__}: {exc}"))
 
 
 def main() -> int:

@@ -136,11 +136,13 @@ def test_run_and_chat_show_their_numbers_on_stderr(tiny_checkpoint, tmp_path):
     assert chat.returncode == 0, chat.stderr
     assert chat.stderr.count("TTFT") == 1 and "llama.cpp on cpu" in chat.stderr
     # a conversation longer than the context goes on: its oldest turns leave, every reply comes
-    lines = "".join(f"Question number {i} about the weather tomorrow\n" for i in range(12)) + "\n"
+    lines = "".join(f"Question number {i} about the weather tomorrow\n" for i in range(12))
+    lines = lines + "word " * 400 + "\nOne more question\n\n"  # a message alone too long: said, skipped
     long = subprocess.run([sys.executable, "-m", "edgekit.cli", "chat", str(out), "-n", "24", "-c", "256",
                            "--system", "You are terse.", "--device", "cpu", "--temp", "0"],
                           input=lines, capture_output=True, text=True, timeout=300)
-    assert long.returncode == 0 and long.stderr.count("TTFT") == 12, long.stderr
+    assert long.returncode == 0 and long.stderr.count("TTFT") == 13, long.stderr
+    assert "but the context window is 256" in long.stderr
     assert "oldest messages left the conversation to fit the context of 256 tokens" in long.stderr
 
 

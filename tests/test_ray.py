@@ -147,6 +147,15 @@ def test_a_worker_killed_mid_file_is_replaced_and_the_file_done_once(local_ray, 
     assert [r["name"] for r in index].count("slow.txt") == 1
 
 
+def test_a_file_over_its_time_limit_is_stopped_and_reported(local_ray, tiny, tmp_path):
+    docs = _docs(tmp_path / "docs", ["slow.txt", "quick.txt"])
+    executor = edgekit.RayExecutor(workers=2, max_attempts=1, time_limit=1.5)
+    run = edgekit.summarize_many([docs], tiny, tmp_path / "out", executor=executor, **SETTINGS)
+    by_name = {f.name: f for f in run.files}
+    assert by_name["quick.txt"].status == "ok" and by_name["slow.txt"].status == "failed"
+    assert "took more than 1.5 s" in by_name["slow.txt"].error
+
+
 def test_each_worker_runs_its_engine_on_its_cpus(local_ray, tiny):
     from edgekit.cluster import SummaryWorker
 

@@ -262,3 +262,13 @@ def test_nothing_touches_the_network(tiny_model, tmp_path):
     connect = "import socket; socket.create_connection(('127.0.0.1', 9))"
     probe = subprocess.run([sys.executable, "-c", connect], env=env, capture_output=True, text=True)
     assert "network use refused" in probe.stderr  # the guard is really in place
+
+
+def test_summaries_inside_the_folder_are_not_read_as_documents(tiny_model, tmp_path):
+    docs = tmp_path / "docs"
+    corpus.write(docs / "a.md", corpus.sections("Coffee"))
+    args = [str(docs), "-r", "-m", str(tiny_model), "-c", str(CTX), "-w", "12", "-o", str(docs / "summaries")]
+    for _ in range(2):
+        assert _cli(*args).returncode == 0
+    written = sorted(p.name for p in (docs / "summaries").iterdir())
+    assert written == [INDEX_NAME, "a.md.md"]  # no summary of a summary

@@ -108,6 +108,7 @@ def _bad(kind: str, tmp_path: Path) -> Path:
             "zip-docx": "other.docx",
             "text-docx": "letter.docx",
             "blank-md": "blank.md",
+            "deep-html": "deep.html",
         }[kind]
     )
     if kind == "empty":
@@ -134,6 +135,8 @@ def _bad(kind: str, tmp_path: Path) -> Path:
             z.writestr("hello.txt", "not a word document")
     elif kind == "text-docx":
         p.write_text("Dear Sir, this is plain text with the wrong name.", encoding="utf-8")
+    elif kind == "deep-html":
+        p.write_text("<html><body>" + "<div>" * 20000 + "deep" + "</div>" * 20000 + "</body></html>")
     elif kind == "blank-md":
         p.write_text("\n\n   \n\t\n", encoding="utf-8")
     return p
@@ -155,6 +158,7 @@ def _bad(kind: str, tmp_path: Path) -> Path:
         ("zip-docx", "not a valid DOCX"),
         ("text-docx", "not a valid DOCX"),
         ("blank-md", "no text"),
+        ("deep-html", "nested too deeply"),
     ],
 )
 def test_what_is_not_a_readable_document_says_so(kind, says, tmp_path):
