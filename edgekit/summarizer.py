@@ -477,12 +477,18 @@ def _summarize(
     if strategy == "refine":
         room -= run.max_tokens  # the running summary rides along with every chunk
     budget = int(min(chunk_tokens, room) * 0.95)  # the counts add up piece by piece: keep a margin
-    if budget < 64 or (strategy == "map-reduce" and budget < 2 * (run.max_tokens + 16)):
+    least = max(64, 2 * (run.max_tokens + 16) if strategy == "map-reduce" else 0)  # two answers per prompt
+    if budget < least:
+        if chunk_tokens < room:  # the window is large enough; the chunks asked for are not
+            raise SummarizationError(
+                f"chunks of {chunk_tokens} tokens are too small for {words}-word answers: two answers must "
+                f"fit one prompt to combine them; use chunk_tokens (--chunk-tokens) of "
+                f"{int(least / 0.95) + 1} or more, or ask for fewer words"
+            )
         raise SummarizationError(
             f"the context window of {engine.context_length} tokens leaves {max(budget, 0)} for the text "
-            f"after "
-            f"the prompt ({wrapper}) and a {words}-word answer ({run.max_tokens}); give the model a larger "
-            "context (n_ctx, --ctx-size) or ask for fewer words"
+            f"after the prompt ({wrapper}) and a {words}-word answer ({run.max_tokens}); give the model a "
+            "larger context (n_ctx, --ctx-size) or ask for fewer words"
         )
     chunks = plan_chunks(document.blocks, engine.count_tokens, budget, overlap)
     t_chunk = time.perf_counter()

@@ -84,7 +84,9 @@ def test_the_cli_examples(sandbox):
     for command in commands:
         p = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
                            input=CHAT_INPUT if command.startswith("edgekit chat") else None, timeout=900)
-        assert p.returncode == 0, f"{command}\n{p.stderr[-3000:]}"
+        # --budget exits 1 on a miss, as documented: on a machine busy elsewhere that is a right answer
+        missed = "--budget" in command and p.returncode == 1 and "latency budget missed" in p.stderr
+        assert p.returncode == 0 or missed, f"{command}\n{p.stderr[-3000:]}"
         assert "Traceback" not in p.stderr, command
 
 

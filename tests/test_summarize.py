@@ -213,6 +213,7 @@ def test_one_document_streams_its_summary_and_reports_json(tiny_model, tmp_path)
         (["doc.md", "--format", "yaml"], 2, "choose one of txt, md, json"),
         (["doc.md", "--words", "3"], 1, "words must be a whole number from 10 to 2000"),
         (["doc.md", "--ctx-size", "200"], 1, "context window of 200 tokens"),
+        (["doc.md", "--words", "200", "--chunk-tokens", "300"], 1, "chunks of 300 tokens are too small"),
         (["doc.md", "--strategy", "stuff"], 1, "strategy must be one of map-reduce, refine"),
     ],
 )
