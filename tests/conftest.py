@@ -65,3 +65,20 @@ def ckpt(tiny_checkpoint, tmp_path) -> Path:
     dest = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint("qwen2"), dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny Qwen2 as ONNX int8, its position table widened to 2048 (random weights do not care):
+    room for the chat prompt, chunks and answers of the summary tests."""
+    import json
+    import shutil
+
+    import edgekit
+
+    root = tmp_path_factory.mktemp("tiny-2048")
+    ckpt = root / "ckpt"
+    shutil.copytree(tiny_checkpoint("qwen2"), ckpt)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
+    return edgekit.convert(str(ckpt), to="onnx", quant="int8", output=root / "onnx", verify=False).path

@@ -69,18 +69,6 @@ def local_ray(faults):
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_checkpoint, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ray-model")
-    ckpt = root / "ckpt"
-    import shutil
-
-    shutil.copytree(tiny_checkpoint("qwen2"), ckpt)
-    config = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
-    return edgekit.convert(str(ckpt), to="onnx", quant="int8", output=root / "tiny", verify=False).path
-
-
 def _docs(root: Path, names: list[str]) -> Path:
     topics = list(corpus.TOPICS)
     for i, name in enumerate(names):
@@ -91,12 +79,12 @@ def _docs(root: Path, names: list[str]) -> Path:
 SETTINGS = {"words": 12, "chunk_tokens": 200, "n_ctx": 512}
 
 
-def test_every_file_once_and_the_same_summaries_as_one_process(local_ray, tiny, tmp_path):
+def test_every_file_once_and_the_same_summaries_as_one_process(local_ray, tiny_model, tmp_path):
     docs = _docs(tmp_path / "docs", ["a.txt", "b.md", "c.html", "d.pdf", "e.docx", "sub/f.txt"])
     events = []
     executor = edgekit.RayExecutor(workers=2, on_event=lambda k, n, i: events.append((k, n)))
     run = edgekit.summarize_many(
-        [docs], tiny, tmp_path / "ray", recursive=True, executor=executor, **SETTINGS
+        [docs], tiny_model, tmp_path / "ray", recursive=True, executor=executor, **SETTINGS
     )
     assert run.ok and len(run.files) == 6 and all(f.status == "ok" for f in run.files)
     index = [json.loads(line) for line in (tmp_path / "ray" / INDEX_NAME).read_text().splitlines()]
@@ -104,23 +92,23 @@ def test_every_file_once_and_the_same_summaries_as_one_process(local_ray, tiny, 
     starts = [n for k, n in events if k == "start"]
     sizes = {n: (docs / n).stat().st_size for n in starts}
     assert starts[:2] == sorted(sizes, key=sizes.get, reverse=True)[:2]  # the largest go first
-    local = edgekit.summarize_many([docs], tiny, tmp_path / "local", recursive=True, **SETTINGS)
+    local = edgekit.summarize_many([docs], tiny_model, tmp_path / "local", recursive=True, **SETTINGS)
     for f in run.files:
         assert (tmp_path / "ray" / f"{f.name}.md").read_text().split("\n\n")[1] == (
             tmp_path / "local" / f"{f.name}.md"
         ).read_text().split("\n\n")[1]  # greedy: identical text
     assert {f.fingerprint for f in run.files} == {f.fingerprint for f in local.files}
     again = edgekit.summarize_many(
-        [docs], tiny, tmp_path / "ray", recursive=True, executor=executor, **SETTINGS
+        [docs], tiny_model, tmp_path / "ray", recursive=True, executor=executor, **SETTINGS
     )
     assert all(f.status == "skipped" for f in again.files)  # resume: the same fingerprint either way
 
 
-def test_a_file_that_always_fails_is_reported_after_its_attempts(local_ray, tiny, tmp_path):
+def test_a_file_that_always_fails_is_reported_after_its_attempts(local_ray, tiny_model, tmp_path):
     docs = _docs(tmp_path / "docs", ["one.txt", "poison.txt", "two.md"])
     events = []
     executor = edgekit.RayExecutor(workers=2, max_attempts=2, on_event=lambda k, n, i: events.append((k, n)))
-    run = edgekit.summarize_many([docs], tiny, tmp_path / "out", executor=executor, **SETTINGS)
+    run = edgekit.summarize_many([docs], tiny_model, tmp_path / "out", executor=executor, **SETTINGS)
     by_name = {f.name: f for f in run.files}
     assert by_name["poison.txt"].status == "failed" and by_name["poison.txt"].attempts == 2
     assert "RuntimeError: poisoned on purpose" in by_name["poison.txt"].error
@@ -128,7 +116,7 @@ def test_a_file_that_always_fails_is_reported_after_its_attempts(local_ray, tiny
     assert events.count(("retry", "poison.txt")) == 1
 
 
-def test_a_worker_killed_mid_file_is_replaced_and_the_file_done_once(local_ray, tiny, tmp_path):
+def test_a_worker_killed_mid_file_is_replaced_and_the_file_done_once(local_ray, tiny_model, tmp_path):
     docs = _docs(tmp_path / "docs", ["slow.txt", "b.txt", "c.txt"])
     events = []
     killed = []
@@ -140,32 +128,34 @@ def test_a_worker_killed_mid_file_is_replaced_and_the_file_done_once(local_ray, 
             threading.Timer(1.0, os.kill, (info["pid"], signal.SIGKILL)).start()
 
     executor = edgekit.RayExecutor(workers=2, on_event=on_event)
-    run = edgekit.summarize_many([docs], tiny, tmp_path / "out", executor=executor, **SETTINGS)
+    run = edgekit.summarize_many([docs], tiny_model, tmp_path / "out", executor=executor, **SETTINGS)
     assert run.ok and killed
     assert ("worker-died", "slow.txt") in events and events.count(("done", "slow.txt")) == 1
     index = [json.loads(line) for line in (tmp_path / "out" / INDEX_NAME).read_text().splitlines()]
     assert [r["name"] for r in index].count("slow.txt") == 1
 
 
-def test_a_file_over_its_time_limit_is_stopped_and_reported(local_ray, tiny, tmp_path):
+def test_a_file_over_its_time_limit_is_stopped_and_reported(local_ray, tiny_model, tmp_path):
     docs = _docs(tmp_path / "docs", ["slow.txt", "quick.txt"])
     executor = edgekit.RayExecutor(workers=2, max_attempts=1, time_limit=1.5)
-    run = edgekit.summarize_many([docs], tiny, tmp_path / "out", executor=executor, **SETTINGS)
+    run = edgekit.summarize_many([docs], tiny_model, tmp_path / "out", executor=executor, **SETTINGS)
     by_name = {f.name: f for f in run.files}
     assert by_name["quick.txt"].status == "ok" and by_name["slow.txt"].status == "failed"
     assert "took more than 1.5 s" in by_name["slow.txt"].error
 
 
-def test_each_worker_runs_its_engine_on_its_cpus(local_ray, tiny):
+def test_each_worker_runs_its_engine_on_its_cpus(local_ray, tiny_model):
     from edgekit.cluster import SummaryWorker
 
     for cpus in (1, 2):
-        actor = ray.remote(num_cpus=cpus)(SummaryWorker).remote(str(tiny), {**SETTINGS, "threads": cpus})
+        actor = ray.remote(num_cpus=cpus)(SummaryWorker).remote(
+            str(tiny_model), {**SETTINGS, "threads": cpus}
+        )
         assert ray.get(actor.threads.remote()) == {"intra_op_num_threads": cpus}
         ray.kill(actor)
 
 
-def test_a_model_no_worker_can_read_is_a_clear_error(local_ray, tmp_path, tiny):
+def test_a_model_no_worker_can_read_is_a_clear_error(local_ray, tmp_path, tiny_model):
     from edgekit.cluster import RayExecutor
 
     docs = _docs(tmp_path / "docs", ["a.txt"])
@@ -179,7 +169,7 @@ def test_a_model_no_worker_can_read_is_a_clear_error(local_ray, tmp_path, tiny):
         )
 
 
-def test_a_killed_driver_resumes_where_it_stopped(tiny, tmp_path, faults):
+def test_a_killed_driver_resumes_where_it_stopped(tiny_model, tmp_path, faults):
     """The CLI with --ray, SIGKILLed once some files are recorded, then run again: only the rest are
     summarized, and no file is recorded twice."""
     names = [f"slow{i}.txt" for i in range(6)]
@@ -192,7 +182,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tiny, tmp_path, faults):
         "summarize",
         str(docs),
         "-m",
-        str(tiny),
+        str(tiny_model),
         "-o",
         str(out),
         "--ray",

@@ -29,19 +29,6 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 CTX = 512  # the context the tests give the tiny model: its chat prompt alone takes ~130 tokens
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_checkpoint, tmp_path_factory) -> Path:
-    """The tiny Qwen2 as ONNX int8, its position table widened to 2048 (random weights do not care)."""
-    import shutil
-
-    root = tmp_path_factory.mktemp("summ")
-    ckpt = root / "ckpt"
-    shutil.copytree(tiny_checkpoint("qwen2"), ckpt)
-    config = json.loads((ckpt / "config.json").read_text())
-    (ckpt / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 2048}))
-    return edgekit.convert(str(ckpt), to="onnx", quant="int8", output=root / "tiny-onnx", verify=False).path
-
-
 def _long(tmp: Path, pages: int, ext: str = ".md") -> Path:
     return corpus.write(tmp / f"long-{pages}{ext}", corpus.long_sections(pages), "Field notes")
 
