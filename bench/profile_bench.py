@@ -31,7 +31,7 @@ PROMPT = 64
 RAW_GGUF = """
 import os, sys, time
 from llama_cpp import Llama
-from edgekit.eval_text import TEXT
+from edgekit.quality.eval_text import TEXT
 llm = Llama(model_path=sys.argv[1], n_ctx=1024, verbose=False, n_threads=os.cpu_count(),
             n_threads_batch=os.cpu_count())
 ids = llm.tokenize(TEXT.encode(), add_bos=True)[:{prompt}]
@@ -47,7 +47,7 @@ RAW_ONNX = """
 import os, sys, time, json
 import numpy as np, onnxruntime as ort
 from tokenizers import Tokenizer
-from edgekit.eval_text import TEXT
+from edgekit.quality.eval_text import TEXT
 root = sys.argv[1]
 facts = json.load(open(root + "/edgekit.json"))["onnx"]
 options = ort.SessionOptions()
@@ -92,7 +92,7 @@ def raw_tok_s(kind: str, artifact: Path, gen: int) -> float:
 
 
 def time_rss_mb(artifact: Path, gen: int) -> float:
-    child = [sys.executable, "-m", "edgekit.profiling", str(artifact), "cpu", "0"]
+    child = [sys.executable, "-m", "edgekit.quality.profiler_child", str(artifact), "cpu", "0"]
     out = subprocess.run(["/usr/bin/time", "-v", *child], input=CHILD_COMMANDS.format(gen=gen),
                          capture_output=True, text=True, check=True)
     kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1))

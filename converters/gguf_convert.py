@@ -21,6 +21,7 @@ import gguf
 import numpy as np
 
 from edgekit.errors import CheckpointFormatError, ConversionError, UnsupportedArchitectureError
+from edgekit.progress import Progress
 
 from .gguf_arch import ARCHITECTURES, ArchSpec
 from .gguf_vocab import read_vocab
@@ -38,8 +39,6 @@ QT = gguf.GGMLQuantizationType
 _ALWAYS_F32 = (gguf.MODEL_TENSOR.POS_EMBD, gguf.MODEL_TENSOR.TOKEN_TYPES, gguf.MODEL_TENSOR.FFN_GATE_INP)
 _SKIP_SUFFIXES = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
 _ROWS_PER_CHUNK = 4096
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -19,8 +19,22 @@ from edgekit.errors import ConversionError
 from .onnx_recipe import PRECISIONS, Precision
 from .source import Checkpoint
 
-if TYPE_CHECKING:
-    from .onnx_decoder import LlamaDecoder
+
+class DecoderFamily(Protocol):
+    """What calibration needs of a decoder family (onnx_decoder.LlamaDecoder and its subclasses):
+    its shapes, and a way to build its own graph with taps on every linear layer's input."""
+
+    ckpt: Checkpoint
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    n_layers: int
+    mlp_norm: str
+    calibration_precision: ClassVar[str]
+
+    def __init__(self, ckpt: Checkpoint, precision: Precision, taps: bool = False) -> None: ...
+
+    def build(self, out_file: Path) -> dict[str, Any]: ...
 
 
 # A short, varied text (prose, dialogue, code, numbers, Spanish) for the activation statistics.
@@ -77,7 +91,7 @@ class Calibration:
         return None if x is None else (x * x).mean(axis=0)
 
 
-def calibrate(family: LlamaDecoder, out_file: Path, precision: Precision) -> Calibration:
+def calibrate(family: DecoderFamily, out_file: Path, precision: Precision) -> Calibration:
     """Each linear layer's input on CALIBRATION_TEXT from the family's own graph, and the
     activation-aware scaling multipliers taken from it.
 

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
+from edgekit.progress import Progress
 
 from .onnx_calibration import Calibration, calibrate
 from .onnx_graph import GraphBuilder
@@ -33,7 +34,6 @@ from .onnx_recipe import Precision
 from .rope import attention_factor, rotary_inv_freq
 from .source import Checkpoint
 
-Progress = Callable[[str, int, int], None]
 MAX_CONTEXT = 32768  # rotary caches beyond this cost memory few edge users want
 
 # HF architecture -> the family class that builds it; filled by @register

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from edgekit.errors import ConversionError, UnsupportedArchitectureError
+from edgekit.progress import Progress
 
 from .onnx_calibration import Calibration, calibration_ids, run_taps
-from .onnx_decoder import Progress
 from .onnx_graph import GraphBuilder
 from .onnx_quant import quantize_blockwise
 from .onnx_recipe import PRECISIONS, Precision

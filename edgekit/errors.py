@@ -30,18 +30,21 @@ Interrupted                      Ctrl-C or SIGTERM stopped a conversion; names t
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgekitError(Exception):
     """Base of every error edgekit raises for a problem the user can fix."""
 
 
 class MissingDependencyError(EdgekitError):
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
+    """`install`: the exact command, when it is not `pip install "edgekit[extra]"`."""
+
+    def __init__(self, package: str, extra: str, purpose: str, install: str | None = None) -> None:
         self.package, self.extra = package, extra
-        super().__init__(
-            f"{purpose} needs the '{package}' package, which is not installed. "
-            f'Install it with: pip install "edgekit[{extra}]"'
-        )
+        install = install or f'pip install "edgekit[{extra}]"'
+        super().__init__(f"{purpose} needs the '{package}' package, which is not installed. "
+                         f"Install it with: {install}")
 
 
 class SourceError(EdgekitError):
@@ -175,3 +178,23 @@ class DocumentError(EdgekitError):
 class SummarizationError(EdgekitError):
     """A summary that cannot be made: the model's context window is too small for any chunk, or the
     model is not a text generator."""
+
+
+class VerificationError(EdgekitError):
+    """The reference cannot be found or is not the model the artifact was converted from."""
+
+
+class FidelityGateFailed(EdgekitError):
+    """A conversion lost more than its gate allows; `report` says what was measured."""
+
+    def __init__(self, message: str, report: Any) -> None:  # a FidelityReport
+        self.report = report
+        super().__init__(message)
+
+
+class RenderCancelled(ChatTemplateError):
+    """ChatTemplate.render() was stopped by cancel() (or close()) from another thread."""
+
+
+class LatencyBudgetWarning(UserWarning):
+    """Issued in mode="warn" when a call misses its latency budget."""

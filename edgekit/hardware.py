@@ -9,7 +9,7 @@ import platform
 import sys
 from typing import Any
 
-from .errors import EdgekitError
+from edgekit.errors import EdgekitError
 
 
 def apple_silicon() -> bool:

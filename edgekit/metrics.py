@@ -11,7 +11,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from .errors import LatencyBudgetExceeded
+from edgekit.errors import LatencyBudgetExceeded, LatencyBudgetWarning
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ class DecodeMetrics:
                 "tpot_ms": round(1000 * self.tpot_s, 2), "total_ms": round(1000 * self.total_s, 2),
                 "prefill_tok_s": round(self.prefill_tok_s, 1), "decode_tok_s": round(self.decode_tok_s, 1),
                 **{f"itl_p{q}_ms": round(self.itl_percentile_ms(q), 2) for q in (50, 90, 95, 99)}}
-
-
-class LatencyBudgetWarning(UserWarning):
-    """Issued in mode="warn" when a call misses its latency budget."""
 
 
 # budget line name -> (LatencyBudget field, unit kind) for LatencyBudget.parse
@@ -121,7 +117,7 @@ class LatencyBudget:
         is an InvalidOptionError naming it."""
         import re
 
-        from .errors import InvalidOptionError
+        from edgekit.errors import InvalidOptionError
 
         values: dict[str, float] = {}
         parts = [p.strip() for p in str(text).split(",")]

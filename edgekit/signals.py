@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from .errors import Interrupted
+from edgekit.errors import Interrupted
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -54,6 +54,17 @@ class Backend(ABC):
     devices: ClassVar[frozenset[str]]  # devices it can be asked for ("cpu", "cuda", "apple")
 
     @classmethod
+    def runtime_files(cls, manifest: dict[str, Any]) -> list[str]:
+        """Files besides the model file that this backend opens; each must be in the hash list."""
+        return []
+
+    @classmethod
+    def preflight(cls, model_file: Path, listed: set[str]) -> None:
+        """Checks of the model file before native code opens it, which could abort the whole process
+        on a bad one; `listed`: the artifact's hashed file names. Raises ArtifactError."""
+        return None  # a format whose runtime checks its own input needs none
+
+    @classmethod
     @abstractmethod
     def auto_device(cls) -> tuple[str, str]:
         """(device, why): what device="auto" picks on this machine, and the reason."""

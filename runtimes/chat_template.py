@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edgekit.errors import ChatTemplateError, InvalidOptionError
-from edgekit.signals import die_with_parent
+from edgekit import children
+from edgekit.children import Child, ChildExited, ChildTimeout
+from edgekit.errors import ChatTemplateError, InvalidOptionError, RenderCancelled
 
 DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MAX_CHARS = 4_000_000
@@ -47,10 +47,6 @@ SAMPLE_CONVERSATION = [
     {"role": "assistant", "content": "Hi. How can I help?"},
     {"role": "user", "content": "What is 2 + 2?"},
 ]
-
-
-class RenderCancelled(ChatTemplateError):
-    """ChatTemplate.render() was stopped by cancel() (or close()) from another thread."""
 
 
 def validate_messages(messages: Any) -> list[dict[str, Any]]:
@@ -134,18 +130,16 @@ class ChatTemplate:
         self.timeout_s, self.max_chars, self.memory_limit_mb = timeout_s, max_chars, memory_limit_mb
         self._lock = threading.Lock()  # one render at a time: one child, one request in flight
         self._state = threading.Lock()  # guards the fields below, never held while waiting
-        self._proc: subprocess.Popen | None = None
-        self._replies: queue.Queue | None = None
-        self._reader: threading.Thread | None = None
+        self._child: Child | None = None
         self._rendering = self._cancelled = self._closed = False
 
     # ---- the API ---------------------------------------------------------------------------
     def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-        request = json.dumps({
+        request = {
             "source": self.source, "messages": validate_messages(messages),
             "add_generation_prompt": bool(add_generation_prompt), "bos_token": self.bos_token,
             "eos_token": self.eos_token, "max_chars": self.max_chars,
-        }).encode("ascii") + b"\n"
+        }
         with self._lock:
             with self._state:
                 if self._closed:
@@ -172,8 +166,8 @@ class ChatTemplate:
     @property
     def pid(self) -> int | None:
         """The child process's id, or None while none runs (before the first render, after close())."""
-        proc = self._proc
-        return proc.pid if proc is not None and proc.poll() is None else None
+        child = self._child
+        return child.pid if child is not None and child.alive() else None
 
     def cancel(self) -> None:
         """Stop the render in progress (from another thread): it raises RenderCancelled at once."""
@@ -181,9 +175,9 @@ class ChatTemplate:
             if not self._rendering:
                 return
             self._cancelled = True
-            proc = self._proc
-        if proc is not None:
-            _kill(proc)
+            child = self._child
+        if child is not None:
+            child.kill()
 
     def close(self) -> None:
         """Stop the child process (and a render in progress, which raises RenderCancelled)."""
@@ -191,9 +185,9 @@ class ChatTemplate:
             self._closed = True
             if self._rendering:
                 self._cancelled = True
-            proc = self._proc
-        if proc is not None:
-            _kill(proc)
+            child = self._child
+        if child is not None:
+            child.kill()
         with self._lock:  # a render in progress returns promptly: its child is dead
             self._discard_child()
 
@@ -205,40 +199,35 @@ class ChatTemplate:
 
     def __del__(self) -> None:
         try:
-            proc = self._proc
-            if proc is not None:
-                _kill(proc)
-                proc.wait(timeout=5)
+            child = self._child
+            if child is not None:
+                child.kill()
+                child.proc.wait(timeout=5)
         except Exception:  # noqa: BLE001 - best effort during garbage collection
             pass
 
     # ---- the child -------------------------------------------------------------------------
-    def _exchange(self, request: bytes) -> dict[str, Any]:
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         for attempt in (0, 1):  # a child that died on its own (not this request's fault) is replaced once
-            replies = self._child()
+            child = self._start_child()
             try:
-                self._proc.stdin.write(request)
-                self._proc.stdin.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                reply = None
-            else:
-                try:
-                    reply = replies.get(timeout=self.timeout_s)
-                except queue.Empty:
-                    self._raise_if_cancelled()
-                    raise ChatTemplateError(
-                        f"the chat template took longer than {self.timeout_s:g} s to render; it may loop "
-                        "without end (nested loops over large ranges?): fix the template, or give a longer "
-                        "timeout_s"
-                    ) from None
+                reply = child.ask(request, self.timeout_s)
+            except ChildTimeout:
+                self._raise_if_cancelled()
+                raise ChatTemplateError(
+                    f"the chat template took longer than {self.timeout_s:g} s to render; it may loop "
+                    "without end (nested loops over large ranges?): fix the template, or give a longer "
+                    "timeout_s"
+                ) from None
+            except ChildExited as exited:
+                self._raise_if_cancelled()
+                self._discard_child()
+                if attempt == 1:
+                    raise ChatTemplateError(f"the chat template renderer crashed ({exited}) while rendering; "
+                                            "the template may exhaust memory or recurse too deeply") from None
+                continue
             self._raise_if_cancelled()  # even when the reply came: the child may be dying
-            if reply is not None:
-                return json.loads(reply)
-            code = self._proc.wait()
-            self._discard_child()
-            if attempt == 1:
-                raise ChatTemplateError(f"the chat template renderer crashed ({_exit_words(code)}) while "
-                                        "rendering; the template may exhaust memory or recurse too deeply")
+            return reply
         raise AssertionError("unreachable")
 
     def _raise_if_cancelled(self) -> None:
@@ -248,58 +237,39 @@ class ChatTemplate:
             raise RenderCancelled("the chat template was closed while rendering" if closed
                                   else "rendering the chat template was cancelled")
 
-    def _child(self) -> queue.Queue:
-        """The running child's reply queue, starting a child (and waiting for it) when there is none."""
-        if self._proc is not None and self._proc.poll() is None:
-            return self._replies
+    def _start_child(self) -> Child:
+        """The running child, starting one (and waiting for it to be ready) when there is none."""
+        if self._child is not None and self._child.alive():
+            return self._child
         self._discard_child()
-        cmd = [sys.executable, "-m", "edgekit.runtimes.chat_template", "--parent-pid", str(os.getpid()),
-               "--memory-limit-mb", str(self.memory_limit_mb)]
-        if threading.current_thread() is threading.main_thread():
-            # Linux sends PR_SET_PDEATHSIG when the *thread* that started the child ends: only the
-            # main thread lives as long as the process (the child also polls its parent's pid)
-            cmd.append("--die-with-parent")
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, close_fds=True)
+            # stderr: kept for a startup failure's message; the child points it at /dev/null once ready
+            child = Child("edgekit.runtimes.chat_template", ["--memory-limit-mb", str(self.memory_limit_mb)],
+                          stderr=subprocess.PIPE)
         except OSError as exc:
             raise ChatTemplateError(f"could not start the chat template renderer ({exc})") from exc
-        replies: queue.Queue = queue.Queue()
-        reader = threading.Thread(target=_read_lines, args=(proc.stdout, replies), daemon=True,
-                                  name=f"edgekit-chat-template-{proc.pid}")
         with self._state:
-            self._proc, self._replies, self._reader = proc, replies, reader
+            self._child = child
             cancelled = self._cancelled
         if cancelled:  # cancel() came while starting it, and found no child to kill
-            _kill(proc)
-        reader.start()
+            child.kill()
         try:
-            ready = replies.get(timeout=STARTUP_TIMEOUT_S)
-        except queue.Empty:
-            ready = None
-        if ready is None or "ready" not in (hello := json.loads(ready)):
+            hello = child.receive(STARTUP_TIMEOUT_S)
+        except (ChildTimeout, ChildExited):
+            hello = None
+        if hello is None or "ready" not in hello:
             self._raise_if_cancelled()
-            _kill(proc)
-            code = proc.wait()
-            why = hello["message"] if ready is not None else _last_line(proc.stderr) or _exit_words(code)
+            code = children.stop(child.proc)
+            why = (hello["message"] if hello is not None
+                   else children.last_line(child.proc.stderr) or children.exit_words(code))
             raise ChatTemplateError(f"could not start the chat template renderer ({why})")
-        return replies
+        return child
 
     def _discard_child(self) -> None:
         with self._state:
-            proc, reader = self._proc, self._reader
-            self._proc = self._replies = self._reader = None
-        if proc is None:
-            return
-        _kill(proc)
-        proc.wait()
-        if reader is not None and reader.is_alive():
-            reader.join(timeout=5)  # it reads to EOF and closes stdout
-        for stream in (proc.stdin, proc.stderr):
-            try:
-                stream.close()
-            except OSError:
-                pass
+            child, self._child = self._child, None
+        if child is not None:
+            child.close()
 
 
 def check_template(source: str, bos_token: str = "", eos_token: str = "") -> None:
@@ -307,46 +277,6 @@ def check_template(source: str, bos_token: str = "", eos_token: str = "") -> Non
     within the limits; ChatTemplateError when it cannot."""
     with ChatTemplate(source, bos_token, eos_token) as template:
         template.render(SAMPLE_CONVERSATION, add_generation_prompt=True)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        proc.kill()
-    except OSError:  # already gone
-        pass
-
-
-def _read_lines(stream, replies: queue.Queue) -> None:
-    try:
-        for line in stream:
-            replies.put(line)
-    except (OSError, ValueError):
-        pass
-    finally:
-        replies.put(None)
-        try:
-            stream.close()
-        except OSError:
-            pass
-
-
-def _last_line(stream) -> str:
-    try:
-        lines = [x for x in stream.read().decode("utf-8", "replace").splitlines() if x.strip()]
-    except (OSError, ValueError):
-        return ""
-    return lines[-1].strip() if lines else ""
-
-
-def _exit_words(code: int | None) -> str:
-    if code is not None and code < 0:
-        import signal
-
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -594,22 +524,13 @@ def _render_request(env, cache: dict, request: dict[str, Any]) -> dict[str, Any]
 
 def _child_main(argv: list[str]) -> int:
     import argparse
-    import signal
 
     parser = argparse.ArgumentParser(prog="python -m edgekit.runtimes.chat_template")
-    parser.add_argument("--parent-pid", type=int, default=0)
     parser.add_argument("--memory-limit-mb", type=int, default=DEFAULT_MEMORY_LIMIT_MB)
-    parser.add_argument("--die-with-parent", action="store_true")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
-    die_with_parent(args.parent_pid, args.die_with_parent)
+    children.guard(ignore_interrupt=True)  # Ctrl-C is the parent's to handle; it then kills us
     limited = _limit_memory(args.memory_limit_mb)
-    out, inp = sys.stdout.buffer, sys.stdin.buffer
-
-    def send(obj: dict[str, Any]) -> None:
-        out.write(json.dumps(obj).encode("ascii") + b"\n")
-        out.flush()
-
+    send = children.send
     try:
         env = _environment()
     except Exception as exc:  # noqa: BLE001 - e.g. jinja2 missing: the parent reports it
@@ -619,9 +540,9 @@ def _child_main(argv: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)  # nothing may block on a stderr pipe nobody reads
     os.dup2(devnull, 2)
     cache: dict[str, Any] = {}
-    for line in inp:
+    for request in children.commands():
         try:
-            reply = _render_request(env, cache, json.loads(line))
+            reply = _render_request(env, cache, request)
         except MemoryError:
             reply = {"error": "memory", "message": "out of memory"}
         except Exception as exc:  # noqa: BLE001 - a malformed request

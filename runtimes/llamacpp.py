@@ -28,6 +28,12 @@ class LlamaCppBackend(Backend):
     devices = frozenset({"cpu", "cuda", "apple"})
 
     @classmethod
+    def preflight(cls, model_file: Path, listed: set[str]) -> None:
+        from .gguf_preflight import preflight
+
+        preflight(model_file)  # what would abort llama.cpp
+
+    @classmethod
     def auto_device(cls) -> tuple[str, str]:
         """llama.cpp offloads to Metal on Apple Silicon, to CUDA elsewhere, when the build can."""
         if gpu_offload_supported():

@@ -70,6 +70,16 @@ class _OnnxBackend(Backend):
     devices = frozenset(PROVIDERS)
 
     @classmethod
+    def runtime_files(cls, manifest: dict[str, Any]) -> list[str]:
+        return ["tokenizer.json"]  # ONNX graphs carry no tokenizer
+
+    @classmethod
+    def preflight(cls, model_file: Path, listed: set[str]) -> None:
+        from .onnx_preflight import check_external_data
+
+        check_external_data(model_file.parent, model_file.name, listed)
+
+    @classmethod
     def auto_device(cls) -> tuple[str, str]:
         """CUDA when its provider loads; CoreML lacks the fused decoder ops, so auto never picks it."""
         if PROVIDERS["cuda"] in available_providers():

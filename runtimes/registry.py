@@ -37,3 +37,9 @@ def backend_for(fmt: str, task: str, where: str) -> type[Backend]:
     served = sorted({f"{f}/{t}" for cls in backends() for f in cls.formats for t in cls.tasks})
     raise ArtifactError(f"{where}: no runtime serves format '{fmt}' with task '{task}' "
                         f"(served: {', '.join(served)})")
+
+
+def reader_for(fmt: str) -> type[Backend] | None:
+    """The backend whose file checks (runtime_files, preflight) apply to `fmt` artifacts, or None for a
+    format no runtime reads (its manifest can still be read and its hashes checked)."""
+    return next((cls for cls in backends() if fmt in cls.formats), None)

@@ -1,7 +1,9 @@
-"""Convert the bundled SmolLM2-135M-Instruct to an int4 GGUF in one call (verified against the
-source before it is kept), then ask it something.
+"""Convert the bundled SmolLM2-135M-Instruct in one call (verified against the source before it is
+kept), then ask it something. ONNX int4 by default: on a CPU it is edgekit's fastest and most
+faithful path, and needs neither a compiler nor torch.
 
     python samples/quickstart.py ["your question"]
+    python samples/quickstart.py --gguf ["your question"]    llama.cpp's int4 GGUF instead
 """
 
 from __future__ import annotations
@@ -12,14 +14,18 @@ from pathlib import Path
 import edgekit
 
 
-def main() -> int:
-    question = " ".join(sys.argv[1:]) or "Name three colors."
-    out = Path("out/smollm2-q4")
+def main(argv: list[str]) -> int:
+    fmt = "gguf" if argv[:1] == ["--gguf"] else "onnx"
+    question = " ".join(argv[1:] if fmt == "gguf" else argv) or "Name three colors."
+    out = Path(f"out/smollm2-{fmt}-int4")
     try:
         if (out / "edgekit.json").is_file():
             print(f"using the artifact already at {out}")
         else:
-            result = edgekit.convert("bundled:smollm2-135m-instruct", to="gguf", quant="int4", output=out)
+            print(f"converting the bundled SmolLM2-135M-Instruct to {fmt} int4 ...", flush=True)
+            # reference_kind="edgekit": graded against edgekit's own fp32 build, so no torch is needed
+            result = edgekit.convert("bundled:smollm2-135m-instruct", to=fmt, quant="int4", output=out,
+                                     reference_kind="edgekit")
             print(f"converted in {result.seconds:.1f} s -> {result.path} "
                   f"({result.quant}, {result.size_bytes / 1e6:.0f} MB, "
                   f"{result.bits_per_weight:.2f} bits/weight)")
@@ -28,13 +34,15 @@ def main() -> int:
             print(f"> {question}")
             reply = engine.chat([{"role": "user", "content": question}], max_tokens=64, temperature=0)
             print(reply.text)
-            print(f"[{engine.device}: TTFT {reply.ttft_s * 1000:.0f} ms, "
+            print(f"[{engine.backend.name} on {engine.device}: TTFT {reply.ttft_s * 1000:.0f} ms, "
                   f"{reply.decode_tok_s:.0f} tok/s decode]")
     except edgekit.EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if fmt == "onnx":
+        print("The same through llama.cpp (GGUF int4; compiles llama.cpp once): bash scripts/demo.sh --gguf")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

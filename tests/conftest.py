@@ -10,6 +10,19 @@ sys.path.insert(0, str(Path(__file__).parent))  # tiny.py, helpers.py
 import tiny  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_transformers_reference():
+    """Every in-process verification uses the transformers models loaded once per checkpoint."""
+    from edgekit.quality import fidelity
+
+    import helpers
+
+    original = fidelity._TransformersReference
+    fidelity._TransformersReference = helpers.shared_reference(original)
+    yield
+    fidelity._TransformersReference = original
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from edgekit import bundled
@@ -52,6 +65,25 @@ def converted(tiny_checkpoint, tmp_path_factory):
             result = edgekit.convert(str(tiny_checkpoint(arch)), to="gguf", quant=quant,
                                      output=root / f"{arch}-{quant}")
             done[key] = result.path / result.manifest["model_file"]
+        return done[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def real_artifact(tmp_path_factory):
+    """Factory: a bundled real model converted once per session (verified, as convert does by
+    default), for the tests that only read the artifact: real_artifact(model, fmt, quant)."""
+    import edgekit
+
+    done: dict[tuple[str, str, str, str], Path] = {}
+    root = tmp_path_factory.mktemp("real")
+
+    def make(model: str, fmt: str, quant: str, exporter: str = "auto") -> Path:
+        key = (model, fmt, quant, exporter)
+        if key not in done:
+            done[key] = edgekit.convert(f"bundled:{model}", to=fmt, quant=quant, exporter=exporter,
+                                        output=root / "-".join(key)).path
         return done[key]
 
     return make

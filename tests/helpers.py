@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +22,84 @@ def hf_tokenizer(checkpoint: Path):
     return cls.from_pretrained(checkpoint)
 
 
-def hf_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
-    import torch
-    import transformers
+# ---- transformers, loaded once per checkpoint ---------------------------------------------------
+# A checkpoint is known by its folder and each file's name, size and modification time, so a test
+# that damages or edits a copy gets a fresh model. The least recently used leave past _KEEP.
+_MODELS: dict[tuple, tuple] = {}
+_OUTPUTS: dict[tuple, object] = {}
+_KEEP = 12
 
-    # eager attention: the SDPA path of transformers 4.x skips Gemma-2's attention logit softcapping
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32,
-                                                              attn_implementation="eager")
-    model.eval()
-    with torch.no_grad():
-        out = model(torch.tensor([ids]))
-    return out.logits[0].float().numpy()
+
+def checkpoint_key(checkpoint: Path) -> tuple:
+    root = Path(checkpoint).resolve()
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in root.iterdir() if p.is_file())
+    return (str(root), tuple(files))
+
+
+def hf_model(checkpoint: Path, task: str = "text-generation") -> tuple:
+    """(tokenizer, model) as edgekit's transformers reference loads them (fp32, eager attention:
+    the SDPA path of transformers 4.x skips Gemma-2's attention logit softcapping), shared."""
+    from edgekit.quality import fidelity
+
+    key = (checkpoint_key(checkpoint), task)
+    if key in _MODELS:
+        _MODELS[key] = _MODELS.pop(key)  # most recently used last
+    else:
+        reference = fidelity._TransformersReference
+        _MODELS[key] = getattr(reference, "original", reference).load(Path(checkpoint), task)
+        while len(_MODELS) > _KEEP:
+            _MODELS.pop(next(iter(_MODELS)))
+    return _MODELS[key]
+
+
+def memo(key: tuple, compute):
+    """compute() once per key (the same model on the same input gives the same output); a copy
+    each time, so that a caller changing its result changes no other's."""
+    if key not in _OUTPUTS:
+        _OUTPUTS[key] = compute()
+    value = _OUTPUTS[key]
+    return value.copy() if isinstance(value, np.ndarray | list) else value
+
+
+def hf_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
+    def compute():
+        import torch
+
+        _, model = hf_model(checkpoint)
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].float().numpy()
+
+    return memo(("logits", checkpoint_key(checkpoint), tuple(ids)), compute)
+
+
+def shared_reference(base: type) -> type:
+    """edgekit's transformers reference over the shared models, its outputs computed once each:
+    every conversion in the suite is still verified, without loading its source again."""
+
+    class SharedTransformersReference(base):
+        original = base
+
+        def __init__(self, checkpoint: Path, task: str, pooling: dict) -> None:
+            self._key = (checkpoint_key(checkpoint), task, tuple(sorted(pooling.items())))
+            super().__init__(checkpoint, task, pooling)
+
+        @staticmethod
+        def load(checkpoint: Path, task: str):
+            return hf_model(checkpoint, task)
+
+        def score(self, ids):
+            return memo(("score", self._key, tuple(ids)), lambda: base.score(self, ids))
+
+        def greedy(self, ids, n):
+            return memo(("greedy", self._key, tuple(ids), n), lambda: base.greedy(self, ids, n))
+
+        def embed(self, texts):
+            return memo(("embed", self._key, tuple(texts)), lambda: base.embed(self, texts))
+
+        def close(self) -> None:  # the model stays shared
+            pass
+
+    return SharedTransformersReference
 
 
 def llama_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
@@ -98,8 +166,43 @@ def gguf_differences(ours: Path, ref: Path) -> list[str]:
     return diffs
 
 
-def reference_convert(checkpoint: Path, outtype: str, out: Path) -> Path:
-    """Run llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist) on a checkpoint."""
+# ---- llama.cpp's own converter, the reference for our GGUFs --------------------------------------
+_BATCH = """
+import json, os, sys
+root, jobs = sys.argv[1], json.loads(sys.argv[2])
+sys.path[:0] = [root, os.path.join(root, "gguf-py")]
+import convert_hf_to_gguf as converter  # torch and gguf-py once, for every job
+failures = {}
+for checkpoint, outtype, dest in jobs:
+    partial = dest + ".partial"
+    sys.argv = ["convert_hf_to_gguf.py", checkpoint, "--outtype", outtype, "--outfile", partial]
+    try:
+        converter.main()
+        os.replace(partial, dest)
+    except BaseException as exc:  # SystemExit from its argument checks included
+        failures[dest] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(failures))
+"""
+
+
+def _content_hash(checkpoint: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(checkpoint).iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def reference_convert(jobs: list[tuple[Path, str]]) -> dict[tuple[Path, str], Path]:
+    """llama.cpp's own convert_hf_to_gguf.py (from the llama-cpp-python sdist) on each (checkpoint,
+    outtype): all of them in one process, and each output kept under .cache/reference/ by the
+    checkpoint's bytes, the outtype and the converter's own bytes, so a later session reuses it."""
+    import hashlib
+    import json
     import os
     import subprocess
     import sys
@@ -110,12 +213,25 @@ def reference_convert(checkpoint: Path, outtype: str, out: Path) -> Path:
     if not root:
         pytest.skip("EDGEKIT_REFERENCE_LLAMA_CPP not set "
                     "(scripts/test.sh sets it from scripts/fetch-reference.sh)")
-    env = {**os.environ, "PYTHONPATH": str(Path(root) / "gguf-py")}
-    proc = subprocess.run([sys.executable, str(Path(root) / "convert_hf_to_gguf.py"), str(checkpoint),
-                           "--outtype", outtype, "--outfile", str(out)],
-                          env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+    script = Path(root) / "convert_hf_to_gguf.py"
+    version = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    cache = Path(root).parent / "outputs"
+    cache.mkdir(parents=True, exist_ok=True)
+    found, todo = {}, []
+    for checkpoint, outtype in jobs:
+        key = hashlib.sha256(f"{version}|{outtype}|{_content_hash(checkpoint)}".encode()).hexdigest()[:32]
+        dest = cache / f"{key}.gguf"
+        found[(checkpoint, outtype)] = dest
+        if not dest.is_file():
+            todo.append([str(checkpoint), outtype, str(dest)])
+    if todo:
+        env = {**os.environ, "PYTHONPATH": str(Path(root) / "gguf-py")}
+        proc = subprocess.run([sys.executable, "-c", _BATCH, root, json.dumps(todo)], env=env,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        failures = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert failures == {}, failures
+    return found
 
 
 def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> np.ndarray:
@@ -166,3 +282,24 @@ def slow_tokens_env(folder: Path, seconds: float) -> dict[str, str]:
         "        yield event\n"
         "llamacpp.LlamaCppBackend.generate = _slow\n")
     return {"PYTHONPATH": os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])}
+
+
+def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`edgekit ARGS` run in this process through typer's CliRunner: the real command without a cold
+    interpreter start (and without importing torch again for each one). A crash is rendered as its
+    traceback on stderr, as a real process would print it, so "no Traceback" checks still hold.
+    The tests of exit codes by signal, ttys and native aborts keep real processes."""
+    import contextlib
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    with contextlib.chdir(cwd) if cwd else contextlib.nullcontext():
+        result = CliRunner().invoke(app, list(args), input=input, env=env, prog_name="edgekit")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["edgekit", *args], result.exit_code, result.stdout, stderr)

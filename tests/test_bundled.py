@@ -23,11 +23,11 @@ def test_smollm2_tokenizer_facts(smollm2_dir):
 
 def test_smollm2_transformers_answers(smollm2_dir):
     import torch
-    import transformers
 
-    tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir)
+    from helpers import hf_model
+
+    tok, model = hf_model(smollm2_dir)
     assert (tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (1, 2, 0)
-    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                      add_generation_prompt=True, tokenize=False)
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from edgekit.errors import ChatTemplateError, InvalidOptionError
-from edgekit.runtimes.chat_template import ChatTemplate, RenderCancelled, check_template
+from edgekit.errors import ChatTemplateError, InvalidOptionError, RenderCancelled
+from edgekit.runtimes.chat_template import ChatTemplate, check_template
 
 from tiny import CHATML
 
@@ -191,7 +191,7 @@ def test_cancel_while_the_child_starts():
 def test_close_from_another_thread_stops_a_render_and_the_child():
     template = ChatTemplate(_bomb_on_request(HANG), timeout_s=60)
     template.render(USER)
-    proc = template._proc
+    proc = template._child.proc
     timer = threading.Timer(0.3, template.close)
     timer.start()
     with pytest.raises(RenderCancelled, match="closed"):
@@ -242,7 +242,7 @@ def test_no_child_is_left_after_close():
     template = ChatTemplate(CHATML)
     assert template.pid is None  # started on the first render only
     template.render(USER)
-    pid, proc = template.pid, template._proc
+    pid, proc = template.pid, template._child.proc
     assert pid is not None and psutil.pid_exists(pid)
     assert psutil.Process(pid).ppid() == os.getpid()
     template.close()

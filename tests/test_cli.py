@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import cli as _cli  # in this process; the tests of the real process use _process
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+
+def _process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
 
 
@@ -28,11 +30,11 @@ def test_convert_json_and_info(tiny_checkpoint, tmp_path):
 
 
 def test_user_error_is_one_line_no_traceback(tmp_path):
-    p = _cli("convert", str(tmp_path / "missing"), "--to", "gguf")
+    p = _process("convert", str(tmp_path / "missing"), "--to", "gguf")
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: ")
-    pj = _cli("convert", str(tmp_path / "missing"), "--json")
+    pj = _process("convert", str(tmp_path / "missing"), "--json")
     assert pj.returncode == 1
     assert json.loads(pj.stdout)["error"] == "SourceNotFoundError"
 

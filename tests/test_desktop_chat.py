@@ -48,14 +48,8 @@ def display():
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory) -> Path:
-    return edgekit.convert(
-        "bundled:smollm2-135m-instruct",
-        to="gguf",
-        quant="int4",
-        output=tmp_path_factory.mktemp("desk") / "smol",
-        verify=False,
-    ).path
+def smol(real_artifact) -> Path:
+    return real_artifact("smollm2-135m-instruct", "gguf", "int4")
 
 
 def _sample():

@@ -138,7 +138,7 @@ def test_budget_met_and_missed_with_a_slowed_backend(fp32_artifact):
 
 
 def test_budget_warn_and_raise_modes(fp32_artifact):
-    from edgekit.metrics import LatencyBudgetWarning
+    from edgekit.errors import LatencyBudgetWarning
 
     with _slowed(edgekit.load(fp32_artifact, device="cpu", budget=edgekit.LatencyBudget(tpot_ms=10)),
                  0.03) as engine:

@@ -28,6 +28,7 @@ from edgekit.errors import (
     UnsafePathError,
 )
 
+from helpers import cli as _cli  # in this process; _process where the test needs a real one
 from helpers import leftovers
 
 
@@ -35,9 +36,9 @@ def _convert(src, out, **kw):
     return edgekit.convert(str(src), to=kw.pop("to", "gguf"), quant=kw.pop("quant", "fp16"), output=out, **kw)
 
 
-def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+def _process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True,
-                          timeout=kw.pop("timeout", 300), **kw)
+                          timeout=300)
 
 
 def _one_line(p: subprocess.CompletedProcess, code: int = 1) -> str:
@@ -129,7 +130,7 @@ def test_conversion_to_an_output_another_one_holds_fails_at_once(ckpt, tmp_path)
 
     out = tmp_path / "out"
     with output_lock(out):  # as a conversion running in another process holds it
-        p = _cli("convert", str(ckpt), "-o", str(out))
+        p = _process("convert", str(ckpt), "-o", str(out))  # the lock is held by this process
     assert f"another conversion (pid {os.getpid()}) is writing this output" in _one_line(p)
     assert leftovers(out) == []
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import edgekit
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
+from helpers import cli as _cli
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def test_profile_measures_each_variant_in_its_own_process(variants):
     seen = []
     report = edgekit.profile(variants, "ttft=60s,tpot=10s,itl_p99=10s,total=60s,rss=100GB",
                              prompt_tokens=32, gen_tokens=8, runs=3, devices=["cpu"],
-                             progress=lambda d, t, w: seen.append((d, t)))
+                             progress=lambda stage, d, t: seen.append((d, t)))
     assert [v.format for v in report.variants] == ["gguf", "onnx"]
     for v in report.variants:
         assert v.error is None and v.runs == 3 and v.n_prompt == 32 and v.n_gen == 8

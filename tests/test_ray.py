@@ -21,14 +21,14 @@ import corpus
 import pytest
 
 import edgekit
-from edgekit.summarizer import INDEX_NAME, read_index
+from edgekit.summaries.summarizer import INDEX_NAME, read_index
 
 ray = pytest.importorskip("ray")
 
 FAULTS = """
 import os, time
 try:
-    from edgekit import cluster
+    from edgekit.summaries import cluster
 except Exception:  # Ray's own helper processes
     cluster = None
 if cluster is not None:
@@ -145,7 +145,7 @@ def test_a_file_over_its_time_limit_is_stopped_and_reported(local_ray, tiny_mode
 
 
 def test_each_worker_runs_its_engine_on_its_cpus(local_ray, tiny_model):
-    from edgekit.cluster import SummaryWorker
+    from edgekit.summaries.cluster import SummaryWorker
 
     for cpus in (1, 2):
         actor = ray.remote(num_cpus=cpus)(SummaryWorker).remote(
@@ -156,7 +156,7 @@ def test_each_worker_runs_its_engine_on_its_cpus(local_ray, tiny_model):
 
 
 def test_a_model_no_worker_can_read_is_a_clear_error(local_ray, tmp_path, tiny_model):
-    from edgekit.cluster import RayExecutor
+    from edgekit.summaries.cluster import RayExecutor
 
     docs = _docs(tmp_path / "docs", ["a.txt"])
     jobs = [{"path": str(docs / "a.txt"), "name": "a.txt", "size": 1, "sha256": "x"}]

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import edgekit
-
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.real
 CLIENTS, ROUNDS, TOKENS = 32, 3, 24
@@ -22,12 +20,10 @@ def _rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_32_streaming_clients_round_after_round(tmp_path):
+def test_32_streaming_clients_round_after_round(real_artifact):
     from test_serve import Server
 
-    smol = edgekit.convert(
-        "bundled:smollm2-135m-instruct", to="onnx", quant="int4", output=tmp_path / "smol", verify=False
-    ).path
+    smol = real_artifact("smollm2-135m-instruct", "onnx", "int4")
     server = Server([f"smol={smol}"])
     try:
         prompts = [f"Name one animal and one color. This is request number {i}." for i in range(CLIENTS)]

@@ -13,17 +13,18 @@ import corpus
 import pytest
 
 import edgekit
-from edgekit.summarizer import INDEX_NAME, repeated_ngram
+from edgekit.summaries.summarizer import INDEX_NAME, repeated_ngram
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edgekit.cli", "summarize", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    """`edgekit summarize ARGS`: in this process, or a real one where env must reach a new
+    interpreter (a sitecustomize on PYTHONPATH)."""
+    if env is None:
+        from helpers import cli
+
+        return cli("summarize", *args)
+    return subprocess.run([sys.executable, "-m", "edgekit.cli", "summarize", *args], capture_output=True,
+                          text=True, env=env, timeout=600)
 
 
 CTX = 512  # the context the tests give the tiny model: its chat prompt alone takes ~130 tokens
@@ -44,7 +45,7 @@ def test_a_document_many_times_the_context_is_reduced_in_rounds(tiny_model, tmp_
             words=12,
             chunk_tokens=200,
             overlap=24,
-            progress=lambda d, t, w: seen.append((d, t, w)),
+            progress=lambda stage, d, t: seen.append((d, t, stage)),
             on_text=streamed.append,
         )
         tokens = eng.count_tokens(corpus_text(doc))
@@ -63,19 +64,19 @@ def test_a_document_many_times_the_context_is_reduced_in_rounds(tiny_model, tmp_
 
 
 def corpus_text(path: Path) -> str:
-    from edgekit.documents import read_document
+    from edgekit.summaries.documents import read_document
 
     return read_document(path).text
 
 
 _PEAK = textwrap.dedent("""
-    import sys, edgekit, edgekit.documents
+    import sys, edgekit, edgekit.summaries.documents
     from edgekit.metrics import peak_rss_mb
     with edgekit.load(sys.argv[1], n_ctx=512) as eng:
         eng.chat("warm up", max_tokens=4)
         base = peak_rss_mb()
         s = edgekit.summarize(sys.argv[2], eng, words=12, chunk_tokens=200, overlap=24)
-        tokens = eng.count_tokens(edgekit.documents.read_document(sys.argv[2]).text)
+        tokens = eng.count_tokens(edgekit.summaries.documents.read_document(sys.argv[2]).text)
     print(base, peak_rss_mb(), tokens, s.document["chunks"])
 """)
 

@@ -8,23 +8,17 @@ import numpy as np
 import pytest
 
 import edgekit
-from edgekit.documents import read_document
-from edgekit.summarizer import repeated_ngram
+from edgekit.summaries.documents import read_document
+from edgekit.summaries.summarizer import repeated_ngram
 
 pytestmark = pytest.mark.real
 FORMATS = (".txt", ".md", ".html", ".pdf", ".docx")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("summ-real")
-    smol = edgekit.convert(
-        "bundled:smollm2-135m-instruct", to="onnx", quant="int4", output=root / "smol", verify=False
-    ).path
-    minilm = edgekit.convert(
-        "bundled:all-minilm-l6-v2", to="onnx", quant="int8", output=root / "minilm", verify=False
-    ).path
-    return smol, minilm
+def models(real_artifact):
+    return (real_artifact("smollm2-135m-instruct", "onnx", "int4"),
+            real_artifact("all-minilm-l6-v2", "onnx", "int8"))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -5,8 +5,6 @@ is not the source is an error."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -16,9 +14,7 @@ import pytest
 import edgekit
 from edgekit.artifact import MANIFEST, sha256_file
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
+from helpers import cli as _cli
 
 
 def _rehash(artifact: Path) -> None:

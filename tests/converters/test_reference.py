@@ -10,26 +10,33 @@ from __future__ import annotations
 
 import pytest
 
-import edgekit
+from edgekit.artifact import read_manifest
 
 from helpers import gguf_differences, reference_convert
 
 OUTTYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "q8_0"}
+ARCHS = ["llama-smollm2", "llama-spm", "mistral", "phi3", "gemma2", "gemma3", "bert"]
+
+
+@pytest.fixture(scope="module")
+def references(tiny_checkpoint):
+    """llama.cpp's GGUF of every tiny checkpoint at every outtype, made in one process."""
+    return reference_convert([(tiny_checkpoint(arch), outtype) for arch in ARCHS
+                              for outtype in OUTTYPES.values()])
 
 
 @pytest.mark.parametrize("quant", list(OUTTYPES))
-@pytest.mark.parametrize("arch", ["llama-smollm2", "llama-spm", "mistral", "phi3", "gemma2", "gemma3",
-                                  "bert"])
-def test_tiny_matches_llama_cpp_converter(arch, quant, tiny_checkpoint, converted, tmp_path):
-    ref = reference_convert(tiny_checkpoint(arch), OUTTYPES[quant], tmp_path / "ref.gguf")
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_matches_llama_cpp_converter(arch, quant, tiny_checkpoint, converted, references):
+    ref = references[(tiny_checkpoint(arch), OUTTYPES[quant])]
     assert gguf_differences(converted(arch, quant), ref) == []
 
 
 @pytest.mark.real
 @pytest.mark.parametrize("model", ["smollm2-135m-instruct", "all-minilm-l6-v2"])
-def test_real_model_f16_matches_llama_cpp_converter(model, tmp_path):
+def test_real_model_f16_matches_llama_cpp_converter(model, real_artifact):
     from edgekit import bundled
 
-    result = edgekit.convert(f"bundled:{model}", to="gguf", quant="fp16", output=tmp_path / "ours")
-    ref = reference_convert(bundled.path(model), "f16", tmp_path / "ref.gguf")
-    assert gguf_differences(result.path / result.manifest["model_file"], ref) == []
+    ours = real_artifact(model, "gguf", "fp16")
+    (ref,) = reference_convert([(bundled.path(model), "f16")]).values()
+    assert gguf_differences(ours / read_manifest(ours)["model_file"], ref) == []

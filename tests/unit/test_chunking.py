@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.chunking import JOIN_TOKENS, plan_chunks, split_sentences
-from edgekit.documents import Block
-from edgekit.summarizer import (
+from edgekit.summaries.chunking import JOIN_TOKENS, plan_chunks, split_sentences
+from edgekit.summaries.documents import Block
+from edgekit.summaries.summarizer import (
     _groups,
     clean_output,
     copied_fraction,

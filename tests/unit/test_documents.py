@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).parents[1]))  # corpus.py
 
 import corpus  # noqa: E402
 
-from edgekit.documents import read_document  # noqa: E402
 from edgekit.errors import DocumentError, EdgekitError  # noqa: E402
+from edgekit.summaries.documents import read_document  # noqa: E402
 
 PARTS = corpus.sections("Volcanoes") + corpus.sections("Chess")
 

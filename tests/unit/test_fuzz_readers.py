@@ -159,7 +159,7 @@ def target_gguf(data: bytes) -> None:
 
 
 def target_onnx(data: bytes) -> None:
-    from edgekit.artifact import check_external_data
+    from edgekit.runtimes.onnx_preflight import check_external_data
 
     d = _write("model.onnx", data)
     (d / "model.onnx.data").write_bytes(bytes(16))

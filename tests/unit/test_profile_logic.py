@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgekit.metrics import LatencyBudget
-from edgekit.profiling import ProfileReport, VariantResult, _summarize, faithfulness
+from edgekit.quality.choice import faithfulness
+from edgekit.quality.profiling import ProfileReport, VariantResult, _summarize
 
 
 class _Runs:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edgekit.artifact import MANIFEST, check_external_data, read_manifest, safe_member, sha256_file
+from edgekit.artifact import MANIFEST, read_manifest, safe_member, sha256_file
 from edgekit.errors import ArtifactError, ManifestMismatch, UnsafePathError
+from edgekit.runtimes.onnx_preflight import check_external_data
 
 # ---- helpers ---------------------------------------------------------------------------------
 

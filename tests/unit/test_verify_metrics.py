@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgekit.errors import InvalidOptionError
-from edgekit.fidelity import (
+from edgekit.quality.fidelity import (
     GATES,
     FidelityReport,
     cosine_metrics,
@@ -111,7 +111,7 @@ def test_report_round_trip_and_rows():
 
 def test_the_evaluation_text_is_not_the_calibration_text(tmp_path):
     from edgekit.converters.onnx_calibration import CALIBRATION_TEXT
-    from edgekit.fidelity import _evaluation
+    from edgekit.quality.fidelity import _evaluation
 
     text, info = _evaluation(None)
     assert info["calibrated_on"] is False and info["name"] == "edgekit-eval-v1"

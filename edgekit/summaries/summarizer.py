@@ -22,9 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .chunking import Chunk, plan_chunks, split_sentences
-from .documents import SUFFIXES, Document, file_hash, read_document
-from .errors import (
+from edgekit.errors import (
     ContextOverflowError,
     DocumentError,
     EdgekitError,
@@ -32,6 +30,9 @@ from .errors import (
     OutputExistsError,
     SummarizationError,
 )
+from edgekit.progress import Progress
+from edgekit.summaries.chunking import Chunk, plan_chunks, split_sentences
+from edgekit.summaries.documents import SUFFIXES, Document, file_hash, read_document
 
 PROMPT_VERSION = "1"  # part of the resume fingerprint: bump when prompts or guards change
 STRATEGIES = ("map-reduce", "refine")
@@ -40,8 +41,6 @@ LOOP_NGRAM = 8  # a summary never repeats a run of this many words
 INDEX_NAME = ".edgekit-summaries.jsonl"  # the record of a folder run, in the output folder
 DEFAULT_MODEL = ("smollm2-135m-instruct", "onnx", "int4")
 _SYSTEM = "You write short, faithful summaries. Use only facts stated in the text."
-
-Progress = Callable[[int, int, str], None]  # (steps done, steps planned, what runs now)
 
 
 # ---- what small models get wrong, as pure functions ---------------------------------------------
@@ -237,16 +236,16 @@ class Summary:
 
 
 # ---- the engine ---------------------------------------------------------------------------------
-def default_model(progress: Callable[[str, int, int], None] | None = None) -> Path:
+def default_model(progress: Progress | None = None) -> Path:
     """The model summaries use unless told: the bundled SmolLM2-135M-Instruct as ONNX int4, converted
     once into edgekit's cache. ONNX Runtime prefills a long chunk about twice as fast as llama.cpp here,
     and a summary is mostly prefill (docs/measurements.md)."""
-    from .cache import cache_dir
+    from edgekit.cache import cache_dir
 
     name, fmt, quant = DEFAULT_MODEL
     out = cache_dir("models") / f"{name}-{fmt}-{quant}"
     if not (out / "edgekit.json").is_file():
-        from .conversion import convert
+        from edgekit.conversion.pipeline import convert
 
         try:
             convert(f"bundled:{name}", to=fmt, quant=quant, output=out, progress=progress)
@@ -257,7 +256,7 @@ def default_model(progress: Callable[[str, int, int], None] | None = None) -> Pa
 
 def _open(model, device: str, n_ctx: int | None, threads: int | None):
     """(engine, whether we opened it and must close it)."""
-    from .engine import Engine, load
+    from edgekit.engine import Engine, load
 
     if isinstance(model, Engine):
         return model, False
@@ -294,7 +293,7 @@ class _Run:
 
     def tick(self, what: str) -> None:
         if self.progress is not None:
-            self.progress(self.done, self.total, what)
+            self.progress(what, self.done, self.total)
 
     def ask(
         self,
@@ -424,8 +423,9 @@ def summarize(
     int4 (converted into the cache on first use). strategy: "map-reduce" (default; partial summaries
     combined, in rounds when they do not fit one prompt) or "refine" (one running summary updated chunk
     by chunk). chunk_tokens: largest chunk, in the model's tokens (less when the context window is
-    smaller); overlap: tokens of whole sentences repeated from one chunk into the next. progress(done,
-    total, what) follows the model calls; on_text(piece) receives the final summary as it is written.
+    smaller); overlap: tokens of whole sentences repeated from one chunk into the next. progress(stage,
+    done, total) follows the model calls (stage: the call running now, e.g. "map 3"); on_text(piece)
+    receives the final summary as it is written.
     """
     t0 = time.perf_counter()
     _check_options(words, strategy, chunk_tokens, overlap)
@@ -802,7 +802,7 @@ def summarize_many(
         return _distributed(executor, files, model, out_dir, resume, settings, progress, on_file)
     engine, owned = _open(model, device, n_ctx, threads)
     try:
-        from .engine import Engine
+        from edgekit.engine import Engine
 
         context = engine.context_length if isinstance(model, Engine) else n_ctx
         stamp = fingerprint(engine.manifest, context, words, strategy, chunk_tokens, overlap, fmt)
@@ -866,7 +866,7 @@ def _one_file(
             strategy=strategy,
             chunk_tokens=chunk_tokens,
             overlap=overlap,
-            progress=(lambda d, t, w: progress(d, t, f"{rel}: {w}")) if progress else None,
+            progress=(lambda stage, d, t: progress(f"{rel}: {stage}", d, t)) if progress else None,
         )
     except (DocumentError, SummarizationError) as exc:
         return FileRecord(
@@ -898,8 +898,8 @@ def _distributed(executor, files: list[tuple[Path, str]], model: Any, out_dir: P
                  settings: dict[str, Any], progress: Progress | None, on_file) -> SummaryRun:
     """summarize_many through an executor: the driver hashes, skips, schedules and writes; workers only
     summarize and hand the results back."""
-    from .artifact import read_manifest
-    from .engine import Engine
+    from edgekit.artifact import read_manifest
+    from edgekit.engine import Engine
 
     if out_dir is None:
         raise InvalidOptionError("a distributed run needs out= (--out): the driver writes each summary there")

@@ -10,14 +10,12 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .artifact import (
+from edgekit.artifact import (
     check_output,
     file_entry,
     output_lock,
@@ -25,7 +23,7 @@ from .artifact import (
     staged_output,
     write_manifest,
 )
-from .errors import (
+from edgekit.errors import (
     ArtifactError,
     ConversionError,
     EdgekitError,
@@ -33,7 +31,9 @@ from .errors import (
     TokenizerError,
     UnsupportedArchitectureError,
 )
-from .signals import signals_as_interrupt
+from edgekit.progress import Progress
+from edgekit.signals import signals_as_interrupt
+from edgekit.version import __version__
 
 FORMATS = ("gguf", "onnx")
 EXPORTERS = ("auto", "edgekit", "optimum")  # how the ONNX graph is made
@@ -41,8 +41,6 @@ EXPORTERS = ("auto", "edgekit", "optimum")  # how the ONNX graph is made
 _SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                "chat_template.jinja")
 BUNDLED_PREFIX = "bundled:"
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -82,7 +80,7 @@ def _parse_formats(to: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def _resolve_bundled(source: str | os.PathLike[str]) -> str | os.PathLike[str]:
     if isinstance(source, str) and source.startswith(BUNDLED_PREFIX):
-        from . import bundled
+        from edgekit import bundled
 
         return bundled.path(source[len(BUNDLED_PREFIX):] or bundled.DEFAULT)
     return source
@@ -136,7 +134,7 @@ def convert(
     stage = _Stage(progress)
     checking = None
     if verify:
-        from .fidelity import REFERENCE_KINDS, _evaluation, thresholds_for
+        from edgekit.quality.fidelity import REFERENCE_KINDS, _evaluation, thresholds_for
 
         if reference_kind not in REFERENCE_KINDS:
             raise ConversionError(f"unknown reference kind '{reference_kind}'; "
@@ -261,7 +259,7 @@ _STAGE_WORDS = {"inspect": "reading the checkpoint", "write": "writing tensors",
 def _report(data: dict[str, Any] | None, path: Path):
     if data is None:
         return None
-    from .fidelity import FidelityReport
+    from edgekit.quality.fidelity import FidelityReport
 
     return FidelityReport.from_dict({**data, "artifact": str(path.absolute())})
 
@@ -310,18 +308,20 @@ def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, 
 
 def _verify_staged(stage: Path, manifest: dict[str, Any], ckpt, checking: _Checking, progress: Progress,
                    unquantized: str | None) -> dict[str, Any]:
-    from .fidelity import FidelityGateFailed, _EdgekitReference, check, thresholds_for
+    from edgekit.errors import FidelityGateFailed
+    from edgekit.quality.fidelity import EdgekitReference, check, thresholds_for
 
     label = str(manifest["quantization"]["label"])
     limits = thresholds_for(label, checking.max_kl, checking.min_top1, checking.min_cosine)
     at_hand = None
     if unquantized:  # edgekit's own reference without building another: the file llama.cpp quantized
         kind = unquantized.split(".")[-2]
-        at_hand = lambda: _EdgekitReference.from_file(  # noqa: E731
+        at_hand = lambda: EdgekitReference.from_file(  # noqa: E731
             stage, manifest, unquantized,
             f"edgekit's own {kind} gguf build of {ckpt.path.name} (the file llama.cpp's quantizer read)")
     report = check(stage, manifest, ckpt, reference_kind=checking.reference_kind,
-                   eval_file=checking.eval_file, thresholds=limits, progress=progress, at_hand=at_hand)
+                   eval_file=checking.eval_file, thresholds=limits, progress=progress,
+                   build_reference=edgekit_reference, at_hand=at_hand)
     data = report.to_dict()
     data.pop("artifact")
     if not report.passed and not checking.keep_failed:
@@ -329,6 +329,20 @@ def _verify_staged(stage: Path, manifest: dict[str, Any], ckpt, checking: _Check
                                  f"fidelity gate ({'; '.join(report.failures)}); nothing was written. "
                                  "keep_failed=True (--keep-failed) keeps it, marked failed", report)
     return data
+
+
+def edgekit_reference(checkpoint: Path, manifest: dict[str, Any], workdir: Path, why: str):
+    """edgekit's own fp32 build of `checkpoint` in the artifact's format, in `workdir` and without a
+    verification of its own, opened on the CPU: the reference when torch is not at hand."""
+    from edgekit.engine import load
+    from edgekit.quality.fidelity import EdgekitReference
+
+    fmt = str(manifest.get("format"))
+    exporter = "optimum" if manifest.get("exporter") == "optimum-onnx" else "edgekit"
+    built = convert(str(checkpoint), to=fmt, quant="fp32", output=workdir / "reference",
+                    exporter=exporter if fmt == "onnx" else "auto", verify=False)
+    what = f"edgekit's own fp32 {fmt} build of {checkpoint.name}{why}"
+    return EdgekitReference(load(built.path, device="cpu"), what)
 
 
 def _source_id(source: str | os.PathLike[str]) -> str:

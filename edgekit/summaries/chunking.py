@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .documents import Block
+from edgekit.summaries.documents import Block
 
 JOIN_TOKENS = 2  # what "\n\n" between two pieces may add to the sum of their counts
 # A sentence ends at . ! ? (with closing quotes or brackets) before space and a capital, digit or quote.

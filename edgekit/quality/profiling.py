@@ -15,93 +15,36 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidOptionError
-from .metrics import LatencyBudget
-
-Progress = Callable[[int, int, str], None]  # (runs done, runs in all, what runs now)
-
-
-# ---- the child process -------------------------------------------------------------------------
-# A child is `python -m edgekit.profiling ARTIFACT DEVICE THREADS`: one JSON line out when loaded,
-# then one JSON line in and out per command ("run", n_prompt, n_gen, shift), ("rss",), ("stop",). A plain
-# process rather than multiprocessing: the caller's script is never imported again in the child.
-def _serve(path: str, device: str, threads: int | None) -> None:
-    def send(data: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
-
-    try:
-        from edgekit.engine import load
-        from edgekit.eval_text import TEXT
-        from edgekit.runtimes.base import GenerationOptions
-
-        start = time.perf_counter()
-        engine = load(path, device=device, threads=threads)
-        load_s = time.perf_counter() - start
-        backend = engine.backend
-        natural = backend.tokenize(TEXT * 64, True)  # long enough for any prompt and shift
-        send({"ok": True, "load_s": load_s, "device": engine.device, "backend": backend.name,
-              "context": backend.context_length})
-    except Exception as exc:  # everything the parent must hear about, as one line
-        send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-        return
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command[0] == "stop":
-            engine.close()
-            send({"ok": True})
-            return
-        if command[0] == "rss":
-            send({"ok": True, "peak_rss_mb": _peak_rss_mb()})
-            continue
-        _, n_prompt, n_gen, shift = command
-        try:
-            # each run its own prompt (the same length, shifted through the text): llama.cpp would
-            # otherwise reuse the cache of an identical prompt and skip most of the prefill
-            ids = natural[:1] + natural[1 + shift : n_prompt + shift]
-            options = GenerationOptions(max_tokens=n_gen, temperature=0.0, ignore_eos=True)
-            begin = time.perf_counter()
-            times = [time.perf_counter() for _ in backend.generate(ids, options)]
-            end = time.perf_counter()
-            send({"ok": True, "start": begin, "times": times, "end": end, "n_prompt": len(ids)})
-        except Exception as exc:
-            send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
-
-
-def _peak_rss_mb() -> float:
-    from .metrics import peak_rss_mb
-
-    return peak_rss_mb() or 0.0
+from edgekit.children import Child, ChildExited, ChildTimeout
+from edgekit.errors import InvalidOptionError
+from edgekit.metrics import LatencyBudget
+from edgekit.progress import Progress
 
 
 class _Variant:
-    """One artifact on one device, in its own process."""
+    """One artifact on one device, in its own process (edgekit.quality.profiler_child)."""
 
     def __init__(self, path: Path, device: str, threads: int | None) -> None:
-        import subprocess
-
         self.path, self.device_asked = path, device
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgekit.profiling", str(path), device, str(threads or 0)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.child = Child("edgekit.quality.profiler_child", [str(path), device, str(threads or 0)])
         self.info: dict[str, Any] = {}
         self.runs: list[dict[str, Any]] = []
         self.error: str | None = None
 
     def ready(self, timeout: float = 600) -> None:
-        self.info = self._receive(timeout)
+        self.info = self._answer(None, timeout)
         if not self.info.get("ok"):
             self.error = self.info.get("error", "the variant did not start")
 
     def run(self, n_prompt: int, n_gen: int, keep: bool = True) -> None:
         if self.error:
             return
-        reply = self._ask(["run", n_prompt, n_gen, 17 * len(self.runs) + (0 if keep else 400)], 600)
+        reply = self._answer(["run", n_prompt, n_gen, 17 * len(self.runs) + (0 if keep else 400)], 600)
         if not reply.get("ok"):
             self.error = reply.get("error")
         elif keep:
@@ -109,40 +52,21 @@ class _Variant:
 
     def finish(self) -> float | None:
         """Peak RSS of the child (MB), then stop it."""
-        peak = self._ask(["rss"], 60).get("peak_rss_mb") if self.error is None else None
-        if self.process.poll() is None:
-            self._ask(["stop"], 60)
-        try:
-            self.process.wait(timeout=10)
-        except Exception:  # subprocess.TimeoutExpired
-            self.process.kill()
-            self.process.wait()
+        peak = self._answer(["rss"], 60).get("peak_rss_mb") if self.error is None else None
+        if self.child.alive():
+            self._answer(["stop"], 60)
+        self.child.close(grace=10)
         return peak
 
-    def _ask(self, command: list[Any], timeout: float) -> dict[str, Any]:
+    def _answer(self, command: list[Any] | None, timeout: float) -> dict[str, Any]:
+        """The child's reply to command (None: its first line, once loaded), or {"ok": False, "error"}."""
         try:
-            self.process.stdin.write(json.dumps(command) + "\n")
-            self.process.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return self._died()
-        return self._receive(timeout)
-
-    def _receive(self, timeout: float) -> dict[str, Any]:
-        import selectors
-
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout):
-                self.process.kill()
-                return {"ok": False, "error": f"no answer within {timeout:.0f} s"}
-        line = self.process.stdout.readline()
-        if not line:
-            return self._died()
-        return json.loads(line)
-
-    def _died(self) -> dict[str, Any]:
-        code = self.process.wait()
-        return {"ok": False, "error": f"the process died (exit status {code})"}
+            return self.child.receive(timeout) if command is None else self.child.ask(command, timeout)
+        except ChildTimeout:
+            self.child.kill()
+            return {"ok": False, "error": f"no answer within {timeout:.0f} s"}
+        except ChildExited as exited:
+            return {"ok": False, "error": f"the process died (exit status {exited.code})"}
 
 
 # ---- the machine -------------------------------------------------------------------------------
@@ -161,7 +85,7 @@ def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
     return src.nbytes / best / 1e9
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     if sys.platform == "linux":
         try:
             for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -183,11 +107,12 @@ def hardware(cache: Path | None = None) -> dict[str, Any]:
     what each backend can run on, and the backend versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from .hardware import devices
+    from edgekit.hardware import devices
 
-    cpu = _cpu_model()
-    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    cache = cache or home / "edgekit" / "hardware.json"
+    cpu = cpu_model()
+    from edgekit.cache import cache_root
+
+    cache = cache or cache_root() / "hardware.json"
     key = f"copy-v1|{platform.node()}|{cpu}|{os.cpu_count()}"
     known: dict[str, Any] = {}
     try:
@@ -307,7 +232,7 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
     index.html showing both with the table; returns the page. Needs matplotlib (edgekit[report])."""
     import html
 
-    from .errors import require
+    from edgekit.errors import require
 
     require("matplotlib", "matplotlib", "report", "Writing the profile report's plot")
     import matplotlib
@@ -385,7 +310,7 @@ def _percentiles(values: Sequence[float]) -> dict[str, float]:
 
 def _summarize(variant: _Variant, result: VariantResult, n_gen: int, bandwidth: float | None,
                budget: LatencyBudget | None) -> None:
-    from .metrics import DecodeMetrics
+    from edgekit.metrics import DecodeMetrics
 
     metrics = [DecodeMetrics.from_times(r["start"], r["times"], r["end"], r["n_prompt"])
                for r in variant.runs]
@@ -419,8 +344,10 @@ def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget |
     """Measure every artifact on every device, interleaved round by round, and judge each against
     the budget ("ttft=300ms,tpot=25ms,rss=1GB" or a LatencyBudget). A warm-up run comes first;
     TTFT/TPOT/total are judged at their median over runs, ITL at p99 over every gap, memory at the
-    variant's peak RSS. A variant that cannot load or run is reported with its error."""
-    from .artifact import read_manifest
+    variant's peak RSS. A variant that cannot load or run is reported with its error.
+    progress(stage, done, total) follows the measured runs: stage names the variant about to run
+    ("ARTIFACT on DEVICE"), then "done"; done of total runs (variants x runs) are finished."""
+    from edgekit.artifact import read_manifest
 
     if isinstance(budget, str):
         budget = LatencyBudget.parse(budget)
@@ -461,11 +388,11 @@ def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget |
         for _ in range(runs):  # round by round: every variant once per round
             for variant, result in zip(variants, results, strict=True):
                 if progress:
-                    progress(done, total, f"{result.artifact} on {result.device}")
+                    progress(f"{result.artifact} on {result.device}", done, total)
                 variant.run(prompt_tokens, gen_tokens)
                 done += 1
         if progress:
-            progress(total, total, "done")
+            progress("done", total, total)
     finally:
         for variant, result in zip(variants, results, strict=True):
             result.peak_rss_mb = variant.finish()
@@ -475,126 +402,3 @@ def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget |
     return ProfileReport(machine, results, None if budget is None else str(budget),
                          {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "runs": runs,
                           "threads": threads, "devices": list(devices)})
-
-
-
-# ---- choosing a variant ------------------------------------------------------------------------
-# Expected mean KL per precision, for artifacts without a verify report (SmolLM2-135M's measured
-# figures, docs/measurements.md): the order they put variants in is what matters.
-EXPECTED_KL = {"fp32": 0.0, "fp16": 1e-4, "bf16": 1e-3, "int8": 0.006, "int6": 0.02, "int5": 0.04,
-               "int4": 0.09, "int3": 0.3, "int2": 1.0}
-# the brief measurement load() makes of each candidate
-CHOICE_SETTINGS = {"prompt_tokens": 128, "gen_tokens": 32, "runs": 2}
-
-
-@dataclass
-class Choice:
-    """What load() measured of each candidate and why it kept the one it did."""
-
-    picked: str
-    reason: str
-    candidates: list[dict[str, Any]]  # artifact, fidelity, measured, passed, cached, why (dropped)
-
-    def __str__(self) -> str:
-        lines = [f"picked {self.picked}: {self.reason}"]
-        lines += [f"  {c['artifact']}: {c['why']}" for c in self.candidates if c["artifact"] != self.picked]
-        return "\n".join(lines)
-
-
-def faithfulness(manifest: dict[str, Any]) -> tuple[int, float, str]:
-    """Sort key, most faithful first: a failed verify report last; then the measured mean KL (or
-    1 - cosine for embedders), else the precision's expected KL."""
-    report = manifest.get("fidelity") or {}
-    metrics = report.get("metrics") or {}
-    if report and report.get("passed") is False:
-        return (1, float("inf"), "failed its verify gate")
-    if "kl_mean" in metrics:
-        return (0, float(metrics["kl_mean"]), f"measured mean KL {metrics['kl_mean']:.4f}")
-    if "cosine_mean" in metrics:
-        return (0, 1 - float(metrics["cosine_mean"]), f"measured cosine {metrics['cosine_mean']:.4f}")
-    label = str((manifest.get("quantization") or {}).get("label"))
-    expected = EXPECTED_KL.get(label, 0.5)
-    return (0, expected, f"not verified; {label} ranks by precision")
-
-
-def _profile_cache() -> Path:
-    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return home / "edgekit" / "profiles.json"
-
-
-def _cache_key(manifest: dict[str, Any], device: str, threads: int | None, machine: str) -> str:
-    model = next((f.get("sha256") for f in manifest["files"] if f["name"] == manifest["model_file"]), "")
-    settings = ",".join(f"{k}={v}" for k, v in CHOICE_SETTINGS.items())
-    return f"{machine}|{model}|{device}|{threads}|{settings}"
-
-
-def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None, device: str = "auto",
-           threads: int | None = None) -> tuple[Path, Choice]:
-    """The most faithful artifact that meets the budget on this machine, measured briefly in child
-    processes (or from the profile cached for this machine and these artifact hashes)."""
-    from .artifact import read_manifest
-    from .errors import NoVariantFits
-
-    manifests = {str(p): read_manifest(p) for p in paths}
-    ranked = sorted(manifests, key=lambda p: faithfulness(manifests[p])[:2])
-    if budget is None:  # nothing to measure against: the most faithful
-        best = ranked[0]
-        return Path(best), Choice(best, faithfulness(manifests[best])[2] + "; no budget given, so nothing "
-                                  "was measured", [{"artifact": p, "fidelity": faithfulness(manifests[p])[2],
-                                                    "why": "less faithful"} for p in ranked])
-    machine = f"{platform.node()}|{_cpu_model()}|{os.cpu_count()}"
-    cache_path = _profile_cache()
-    try:
-        cache = json.loads(cache_path.read_text())
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        cache = {}
-    measured: dict[str, dict[str, Any]] = {}
-    cached: set[str] = set()
-    todo = []
-    for p in ranked:
-        key = _cache_key(manifests[p], device, threads, machine)
-        if isinstance(cache.get(key), dict):
-            measured[p] = cache[key]
-            cached.add(p)
-        else:
-            todo.append(p)
-    if todo:
-        report = profile(todo, None, devices=[device], threads=threads, **CHOICE_SETTINGS)
-        for p, result in zip(todo, report.variants, strict=True):
-            measured[p] = {"error": result.error, "ttft": result.ttft_ms.get("p50"),
-                           "tpot": result.tpot_ms.get("p50"), "itl_p99": result.itl_ms.get("p99"),
-                           "total": result.total_ms.get("p50"), "rss": result.peak_rss_mb,
-                           "decode_tok_s": result.decode.get("avg_ts")}
-            if result.error is None:
-                cache[_cache_key(manifests[p], device, threads, machine)] = measured[p]
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache))
-        except OSError:
-            pass  # a read-only home: measured again next time
-    candidates, picked = [], None
-    for p in ranked:
-        figures = measured[p]
-        fidelity = faithfulness(manifests[p])[2]
-        if figures.get("error"):
-            verdict, why = None, f"could not run: {figures['error']}"
-        else:
-            verdict = budget.judge_values(figures)
-            why = ("meets the budget but a more faithful one does too" if verdict.met
-                   else f"misses {', '.join(verdict.missed)}")
-        entry = {"artifact": p, "fidelity": fidelity, "measured": figures, "cached": p in cached,
-                 "passed": bool(verdict and verdict.met), "why": why}
-        candidates.append(entry)
-        if picked is None and verdict is not None and verdict.met and faithfulness(manifests[p])[0] == 0:
-            picked = p
-    if picked is None:
-        raise NoVariantFits("no variant meets the budget " + str(budget) + ": "
-                            + "; ".join(f"{c['artifact']} {c['why']}" for c in candidates))
-    reason = (f"the most faithful variant that meets {budget} ({faithfulness(manifests[picked])[2]}"
-              + (", from the cached profile" if picked in cached else "") + ")")
-    return Path(picked), Choice(picked, reason, candidates)
-
-
-if __name__ == "__main__":
-    _serve(sys.argv[1], sys.argv[2], int(sys.argv[3]) or None)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DocumentError, require
+from edgekit.errors import DocumentError, require
 
 MAX_FILE_BYTES = 512 * 1024 * 1024  # past this a "document" is almost surely not one
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgekitError, InvalidOptionError, MissingDependencyError
+from edgekit.errors import EdgekitError, InvalidOptionError, MissingDependencyError
+from edgekit.progress import Progress
 
 RAY_RANGE = ">=2.49,<2.61"  # the APIs used here, as tested; Ray moves them between releases
 DEATHS_ALLOWED = 1  # a file whose worker dies a second time is failed
@@ -29,7 +30,7 @@ DEATHS_ALLOWED = 1  # a file whose worker dies a second time is failed
 def _size(value: int | str | None) -> int | None:
     if value is None or isinstance(value, int):
         return value
-    from .metrics import LatencyBudget
+    from edgekit.metrics import LatencyBudget
 
     try:  # the same units as the budget's rss line: 2GB, 1500MB, 2GiB
         return int(LatencyBudget.parse(f"rss={value}").rss_mb * 1e6)
@@ -101,7 +102,7 @@ class RayExecutor:
         jobs: list[dict[str, Any]],
         settings: dict[str, Any],
         finished: Callable[..., None],
-        progress: Callable[[int, int, str], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         """Summarize jobs ({"path", "name", "size", ...}) and call finished(job, summary, error, attempts,
         seconds) for each, in the driver."""
@@ -135,7 +136,7 @@ class RayExecutor:
         model: Path,
         jobs: list[dict[str, Any]],
         finished: Callable[..., None],
-        progress,
+        progress: Progress | None,
     ) -> None:
         """One file in flight per actor, largest first, until every file is done or failed."""
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -149,7 +150,7 @@ class RayExecutor:
         def tick(what: str) -> None:
             if progress is not None:
                 running = len(inflight)
-                progress(done + failed, len(jobs), f"{done} done, {failed} failed, {running} running: {what}")
+                progress(f"{done} done, {failed} failed, {running} running: {what}", done + failed, len(jobs))
 
         def submit(i: int) -> None:
             if not pending:
@@ -275,8 +276,8 @@ class SummaryWorker:
     """What runs inside one Ray actor: the engine, opened once, and summarize() per file."""
 
     def __init__(self, model: str, config: dict[str, Any]) -> None:
-        from .engine import load
-        from .errors import ArtifactError
+        from edgekit.engine import load
+        from edgekit.errors import ArtifactError
 
         path = Path(model)
         if not (path / "edgekit.json").is_file():
@@ -299,7 +300,7 @@ class SummaryWorker:
         return {"intra_op_num_threads": int(options.intra_op_num_threads)}
 
     def summarize(self, path: str):
-        from .summarizer import summarize
+        from edgekit.summaries.summarizer import summarize
 
         c = self.config
         return summarize(

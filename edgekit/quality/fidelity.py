@@ -22,9 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from . import eval_text
-from .artifact import MANIFEST, read_manifest
-from .errors import EdgekitError, InvalidOptionError, SourceError
+from edgekit.artifact import MANIFEST
+from edgekit.errors import (
+    InvalidOptionError,
+    SourceError,
+    VerificationError,
+)
+from edgekit.progress import Progress, no_progress
+from edgekit.quality import eval_text
 
 # The gate's defaults per quantization label: mean KL at most; top-1 agreement at least where the
 # reference is confident (decoders); mean cosine at least (embedders). Measured on SmolLM2-135M and
@@ -49,20 +54,6 @@ REFERENCE_KINDS = ("auto", "transformers", "edgekit")
 CONFIDENT, MIN_CONFIDENT_POSITIONS = 0.5, 16
 MAX_TOKENS = 256  # evaluation tokens scored (fewer when the context window is smaller)
 GREEDY_PROMPT, GREEDY_TOKENS = 16, 16
-
-Progress = Callable[[str, int, int], None]
-
-
-class VerificationError(EdgekitError):
-    """The reference cannot be found or is not the model the artifact was converted from."""
-
-
-class FidelityGateFailed(EdgekitError):
-    """A conversion lost more than its gate allows; `report` says what was measured."""
-
-    def __init__(self, message: str, report: FidelityReport) -> None:
-        self.report = report
-        super().__init__(message)
 
 
 @dataclass
@@ -220,13 +211,27 @@ class _TransformersReference:
 
         self._torch, self._pooling = torch, pooling
         self.description = f"transformers {transformers.__version__} fp32 on {checkpoint.name}"
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
-        cls = transformers.AutoModel if task == "feature-extraction" else transformers.AutoModelForCausalLM
-        self.model = cls.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager")
-        self.model.eval()
+        self.tokenizer, self.model = self.load(checkpoint, task)
         import inspect
 
         self._inputs = set(inspect.signature(self.model.forward).parameters)
+
+    @staticmethod
+    def load(checkpoint: Path, task: str):
+        """(tokenizer, model in eval mode), with transformers' progress bars and notices kept off
+        the user's terminal."""
+        import torch
+        import transformers
+
+        from edgekit.quiet import quiet_third_party
+
+        with quiet_third_party():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
+            embedder = task == "feature-extraction"
+            auto = transformers.AutoModel if embedder else transformers.AutoModelForCausalLM
+            model = auto.from_pretrained(str(checkpoint), dtype=torch.float32, attn_implementation="eager")
+        model.eval()
+        return tokenizer, model
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -268,7 +273,7 @@ class _TransformersReference:
         self.model = None
 
 
-class _EdgekitReference:
+class EdgekitReference:
     """edgekit's own unquantized build of the source in the artifact's format, run by the same backend."""
 
     kind = "edgekit-fp32"
@@ -277,22 +282,9 @@ class _EdgekitReference:
         self.engine, self.description = engine, description
 
     @classmethod
-    def build(cls, checkpoint: Path, manifest: dict[str, Any], workdir: Path, why: str) -> _EdgekitReference:
-        """An fp32 build in `workdir`, without the verification of its own."""
-        from .conversion import convert
-        from .engine import load
-
-        fmt = str(manifest.get("format"))
-        exporter = "optimum" if manifest.get("exporter") == "optimum-onnx" else "edgekit"
-        built = convert(str(checkpoint), to=fmt, quant="fp32", output=workdir / "reference",
-                        exporter=exporter if fmt == "onnx" else "auto", verify=False)
-        what = f"edgekit's own fp32 {fmt} build of {checkpoint.name}{why}"
-        return cls(load(built.path, device="cpu"), what)
-
-    @classmethod
-    def from_file(cls, root: Path, manifest: dict[str, Any], model_file: str, what: str) -> _EdgekitReference:
+    def from_file(cls, root: Path, manifest: dict[str, Any], model_file: str, what: str) -> EdgekitReference:
         """An unquantized GGUF already at hand: the file a conversion handed to llama.cpp's quantizer."""
-        from .engine import open_checked
+        from edgekit.engine import open_checked
 
         return cls(open_checked(root, {**manifest, "model_file": model_file}, "cpu"), what)
 
@@ -325,8 +317,13 @@ def _torch_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 
 
+# (checkpoint, manifest, workdir, why) -> edgekit's own fp32 build of the checkpoint in the
+# artifact's format, opened; the conversion job supplies it (conversion.pipeline.edgekit_reference)
+BuildReference = Callable[[Path, dict[str, Any], Path, str], EdgekitReference]
+
+
 def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workdir: Path,
-                    at_hand: Callable[[], _EdgekitReference] | None = None):
+                    build: BuildReference, at_hand: Callable[[], EdgekitReference] | None = None):
     """The reference of this kind; at_hand opens an unquantized build the caller already has, used
     instead of building one when the reference is edgekit's own."""
     task = str(manifest.get("task", "text-generation"))
@@ -347,7 +344,7 @@ def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workd
         why = "" if kind == "edgekit" else " (torch and transformers are not installed)"
     if at_hand is not None:
         return at_hand()
-    return _EdgekitReference.build(checkpoint, manifest, workdir, why)
+    return build(checkpoint, manifest, workdir, why)
 
 
 # ---- finding the source ----------------------------------------------------------------------
@@ -363,7 +360,7 @@ def find_source(manifest: dict[str, Any], artifact: Path, reference: str | os.Pa
             raise VerificationError(f"{artifact}: {MANIFEST} names no source checkpoint; pass the checkpoint "
                                     "it was converted from (--reference DIR)")
         if str(sid).startswith("bundled:"):
-            from . import bundled
+            from edgekit import bundled
 
             reference = bundled.path(str(sid)[len("bundled:"):])
         else:
@@ -381,7 +378,7 @@ def find_source(manifest: dict[str, Any], artifact: Path, reference: str | os.Pa
 
 
 def _check_same_model(manifest: dict[str, Any], ckpt, artifact: Path) -> None:
-    from .artifact import sha256_file
+    from edgekit.artifact import sha256_file
 
     arch = manifest.get("architecture")
     if arch and ckpt.architecture != arch:
@@ -436,23 +433,24 @@ def _calibrated_on(text: str) -> bool:
 def check(path: Path, manifest: dict[str, Any], ckpt, *, reference_kind: str = "auto",
           eval_file: str | os.PathLike[str] | None = None, thresholds: dict[str, float] | None = None,
           device: str = "cpu", threads: int | None = None, progress: Progress | None = None,
-          at_hand: Callable[[], _EdgekitReference] | None = None) -> FidelityReport:
+          build_reference: BuildReference, at_hand: Callable[[], EdgekitReference] | None = None,
+          ) -> FidelityReport:
     """Measure an artifact directory (finished or still staging) against `ckpt`, its source.
     `manifest` must already be checked against the files (read_manifest, or just written)."""
-    from .engine import Engine, open_checked
+    from edgekit.engine import Engine, open_checked
 
     if reference_kind not in REFERENCE_KINDS:
         raise InvalidOptionError(f"unknown reference kind '{reference_kind}'; "
                                  f"use {', '.join(REFERENCE_KINDS)}")
     start = time.perf_counter()
-    tick = progress or (lambda stage, done, total: None)
+    tick = progress or no_progress
     task = str(manifest.get("task", "text-generation"))
     label = str((manifest.get("quantization") or {}).get("label") or "int4")
     limits = thresholds or thresholds_for(label)
     text, info = _evaluation(eval_file)
     tick("verify", 0, 4)
     with tempfile.TemporaryDirectory(prefix="edgekit-verify-") as tmp:
-        ref = _open_reference(reference_kind, ckpt.path, manifest, Path(tmp), at_hand)
+        ref = _open_reference(reference_kind, ckpt.path, manifest, Path(tmp), build_reference, at_hand)
         try:
             tick("verify", 1, 4)
             engine: Engine = open_checked(path, manifest, device, None, threads)
@@ -512,28 +510,3 @@ def record(path: Path, report: FidelityReport) -> None:
     tmp = manifest_path.with_name(f".{MANIFEST}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, manifest_path)
-
-
-def verify(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None, *,
-           reference_kind: str = "auto", eval_file: str | os.PathLike[str] | None = None,
-           max_kl: float | None = None, min_top1: float | None = None, min_cosine: float | None = None,
-           device: str = "cpu", threads: int | None = None, save: bool = True,
-           progress: Progress | None = None) -> FidelityReport:
-    """Measure what an artifact lost against its source checkpoint and grade it (see the module doc).
-
-    reference: the source checkpoint (directory or hub id); default: the one edgekit.json names.
-    reference_kind: "auto" (transformers when installed, else edgekit's own fp32 build),
-    "transformers" or "edgekit". eval_file: grade on your own text instead of edgekit's.
-    max_kl / min_top1 / min_cosine override the gate of the artifact's quantization level.
-    save: record the report in the artifact's edgekit.json (`edgekit info` shows it).
-    """
-    path = Path(artifact)
-    manifest = read_manifest(path)
-    label = str((manifest.get("quantization") or {}).get("label") or "int4")
-    limits = thresholds_for(label, max_kl, min_top1, min_cosine)
-    ckpt = find_source(manifest, path, reference)
-    report = check(path, manifest, ckpt, reference_kind=reference_kind, eval_file=eval_file,
-                   thresholds=limits, device=device, threads=threads, progress=progress)
-    if save:
-        record(path, report)
-    return report

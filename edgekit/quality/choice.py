@@ -1,0 +1,131 @@
+"""Which of several variants load() opens: the most faithful that meets the budget on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.metrics import LatencyBudget
+from edgekit.quality.profiling import cpu_model, profile
+
+# Expected mean KL per precision, for artifacts without a verify report (SmolLM2-135M's measured
+# figures, docs/measurements.md): the order they put variants in is what matters.
+EXPECTED_KL = {"fp32": 0.0, "fp16": 1e-4, "bf16": 1e-3, "int8": 0.006, "int6": 0.02, "int5": 0.04,
+               "int4": 0.09, "int3": 0.3, "int2": 1.0}
+# the brief measurement load() makes of each candidate
+CHOICE_SETTINGS = {"prompt_tokens": 128, "gen_tokens": 32, "runs": 2}
+
+
+@dataclass
+class Choice:
+    """What load() measured of each candidate and why it kept the one it did."""
+
+    picked: str
+    reason: str
+    candidates: list[dict[str, Any]]  # artifact, fidelity, measured, passed, cached, why (dropped)
+
+    def __str__(self) -> str:
+        lines = [f"picked {self.picked}: {self.reason}"]
+        lines += [f"  {c['artifact']}: {c['why']}" for c in self.candidates if c["artifact"] != self.picked]
+        return "\n".join(lines)
+
+
+def faithfulness(manifest: dict[str, Any]) -> tuple[int, float, str]:
+    """Sort key, most faithful first: a failed verify report last; then the measured mean KL (or
+    1 - cosine for embedders), else the precision's expected KL."""
+    report = manifest.get("fidelity") or {}
+    metrics = report.get("metrics") or {}
+    if report and report.get("passed") is False:
+        return (1, float("inf"), "failed its verify gate")
+    if "kl_mean" in metrics:
+        return (0, float(metrics["kl_mean"]), f"measured mean KL {metrics['kl_mean']:.4f}")
+    if "cosine_mean" in metrics:
+        return (0, 1 - float(metrics["cosine_mean"]), f"measured cosine {metrics['cosine_mean']:.4f}")
+    label = str((manifest.get("quantization") or {}).get("label"))
+    expected = EXPECTED_KL.get(label, 0.5)
+    return (0, expected, f"not verified; {label} ranks by precision")
+
+
+def _profile_cache() -> Path:
+    from edgekit.cache import cache_root
+
+    return cache_root() / "profiles.json"
+
+
+def _cache_key(manifest: dict[str, Any], device: str, threads: int | None, machine: str) -> str:
+    model = next((f.get("sha256") for f in manifest["files"] if f["name"] == manifest["model_file"]), "")
+    settings = ",".join(f"{k}={v}" for k, v in CHOICE_SETTINGS.items())
+    return f"{machine}|{model}|{device}|{threads}|{settings}"
+
+
+def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None, device: str = "auto",
+           threads: int | None = None) -> tuple[Path, Choice]:
+    """The most faithful artifact that meets the budget on this machine, measured briefly in child
+    processes (or from the profile cached for this machine and these artifact hashes)."""
+    from edgekit.artifact import read_manifest
+    from edgekit.errors import NoVariantFits
+
+    manifests = {str(p): read_manifest(p) for p in paths}
+    ranked = sorted(manifests, key=lambda p: faithfulness(manifests[p])[:2])
+    if budget is None:  # nothing to measure against: the most faithful
+        best = ranked[0]
+        return Path(best), Choice(best, faithfulness(manifests[best])[2] + "; no budget given, so nothing "
+                                  "was measured", [{"artifact": p, "fidelity": faithfulness(manifests[p])[2],
+                                                    "why": "less faithful"} for p in ranked])
+    machine = f"{platform.node()}|{cpu_model()}|{os.cpu_count()}"
+    cache_path = _profile_cache()
+    try:
+        cache = json.loads(cache_path.read_text())
+        cache = cache if isinstance(cache, dict) else {}
+    except (OSError, ValueError):
+        cache = {}
+    measured: dict[str, dict[str, Any]] = {}
+    cached: set[str] = set()
+    todo = []
+    for p in ranked:
+        key = _cache_key(manifests[p], device, threads, machine)
+        if isinstance(cache.get(key), dict):
+            measured[p] = cache[key]
+            cached.add(p)
+        else:
+            todo.append(p)
+    if todo:
+        report = profile(todo, None, devices=[device], threads=threads, **CHOICE_SETTINGS)
+        for p, result in zip(todo, report.variants, strict=True):
+            measured[p] = {"error": result.error, "ttft": result.ttft_ms.get("p50"),
+                           "tpot": result.tpot_ms.get("p50"), "itl_p99": result.itl_ms.get("p99"),
+                           "total": result.total_ms.get("p50"), "rss": result.peak_rss_mb,
+                           "decode_tok_s": result.decode.get("avg_ts")}
+            if result.error is None:
+                cache[_cache_key(manifests[p], device, threads, machine)] = measured[p]
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache))
+        except OSError:
+            pass  # a read-only home: measured again next time
+    candidates, picked = [], None
+    for p in ranked:
+        figures = measured[p]
+        fidelity = faithfulness(manifests[p])[2]
+        if figures.get("error"):
+            verdict, why = None, f"could not run: {figures['error']}"
+        else:
+            verdict = budget.judge_values(figures)
+            why = ("meets the budget but a more faithful one does too" if verdict.met
+                   else f"misses {', '.join(verdict.missed)}")
+        entry = {"artifact": p, "fidelity": fidelity, "measured": figures, "cached": p in cached,
+                 "passed": bool(verdict and verdict.met), "why": why}
+        candidates.append(entry)
+        if picked is None and verdict is not None and verdict.met and faithfulness(manifests[p])[0] == 0:
+            picked = p
+    if picked is None:
+        raise NoVariantFits("no variant meets the budget " + str(budget) + ": "
+                            + "; ".join(f"{c['artifact']} {c['why']}" for c in candidates))
+    reason = (f"the most faithful variant that meets {budget} ({faithfulness(manifests[picked])[2]}"
+              + (", from the cached profile" if picked in cached else "") + ")")
+    return Path(picked), Choice(picked, reason, candidates)

@@ -1,0 +1,233 @@
+"""Who is let in, and when each request gets its engine: the Host, API key and body-size checks, one
+queue per served engine (in arrival order, 429 with Retry-After past `max_queue` waiting), and a
+streamed generation that is cancelled, freeing the engine, when its client goes away."""
+
+import asyncio
+import hmac
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from edgekit.server.wire import ApiError, check_model
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class Limits(Protocol):
+    """What admission reads from the server's configuration (app.ServerConfig), when each request comes."""
+
+    api_key: str | None
+    max_queue: int
+    max_body_bytes: int
+    allowed_hosts: Sequence[str]
+
+
+def host_name(header: str | None) -> str:
+    """The name in a Host header, without its port ("[::1]:8080" -> "[::1]")."""
+    header = (header or "").strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0]
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, f"the body is larger than {limit} bytes", code="body_too_large")
+
+
+class Guard:
+    """Plain ASGI middleware (no per-chunk cost on streams): the Host header, the API key and the
+    declared body size, checked before the app sees the request."""
+
+    def __init__(self, app: Any, config: Limits) -> None:
+        self.app, self.config = app, config
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            error = self.check(scope)
+            if error is not None:
+                from starlette.responses import JSONResponse
+
+                await JSONResponse(error.body(), error.status, headers=error.headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, scope: Mapping[str, Any]) -> ApiError | None:
+        config = self.config
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        # without a key, only names of this machine: a web page's DNS rebinding cannot reach the models
+        if not config.api_key and host_name(headers.get("host")) not in (*LOOPBACK, *config.allowed_hosts):
+            return ApiError(
+                403,
+                f"Host '{headers.get('host')}' is not this machine's loopback; requests must "
+                "name localhost or 127.0.0.1",
+                code="host_not_allowed",
+            )
+        if config.api_key and scope.get("path") != "/health":
+            given = headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+                return ApiError(
+                    401,
+                    "missing or wrong API key (Authorization: Bearer KEY)",
+                    kind="authentication_error",
+                    code="invalid_api_key",
+                )
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
+            return too_large(config.max_body_bytes)
+        return None
+
+
+async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
+    """A request's body, counted as it arrives (chunked bodies declare no length): 413 past `limit`."""
+    raw = bytearray()
+    async for piece in chunks:
+        raw += piece
+        if len(raw) > limit:
+            raise too_large(limit)
+    return bytes(raw)
+
+
+@dataclass
+class Slot:
+    """One served engine: its name, the asyncio lock requests queue on, and how many wait."""
+
+    name: str
+    engine: Any
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
+    seconds: float = 1.0  # a running average of request time, for Retry-After
+
+    @property
+    def task(self) -> str:
+        return str(self.engine.manifest.get("task", "text-generation"))
+
+
+class Ticket:
+    """A place in one engine's queue: entered when the engine is free, left when the answer is done."""
+
+    def __init__(self, slot: Slot) -> None:
+        self.slot, self.start, self.left = slot, 0.0, False
+
+    def leave(self) -> None:
+        """Give up the place (once): a request that ends, or never got to start its stream."""
+        if not self.left:
+            self.left = True
+            self.slot.waiting -= 1
+
+    async def __aenter__(self) -> "Ticket":
+        try:
+            await self.slot.lock.acquire()
+        except BaseException:
+            self.leave()
+            raise
+        self.start = time.perf_counter()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        took = time.perf_counter() - self.start
+        self.slot.seconds = 0.8 * self.slot.seconds + 0.2 * took
+        self.leave()
+        self.slot.lock.release()
+
+
+class Queues:
+    """The served engines (name -> Engine), each behind its own queue."""
+
+    def __init__(self, engines: Mapping[str, Any], config: Limits) -> None:
+        self.engines, self.config = engines, config
+        self.slots: dict[str, Slot] = {}
+
+    def slot(self, name: Any, task: str) -> Slot:
+        """The engine a request names, which must do `task` (404 or 400 otherwise)."""
+        if not self.slots:  # made inside the server's event loop (asyncio.Lock binds to it)
+            for n, e in self.engines.items():
+                self.slots[n] = Slot(n, e)
+        name = check_model(name, {n: s.task for n, s in self.slots.items()}, task)
+        return self.slots[name]
+
+    def admit(self, slot: Slot) -> Ticket:
+        """A place in `slot`'s queue, to enter with `async with`; 429 when `max_queue` already wait."""
+        max_queue = self.config.max_queue
+        if slot.waiting >= max_queue:
+            retry = max(1, round(slot.seconds * slot.waiting))
+            raise ApiError(
+                429,
+                f"'{slot.name}' has {slot.waiting} requests queued (the limit is {max_queue}); "
+                f"retry in about {retry} s",
+                kind="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(retry)},
+            )
+        slot.waiting += 1
+        return Ticket(slot)
+
+
+def event_stream(events: AsyncIterator[dict[str, str]], ticket: Ticket) -> Any:
+    """An SSE response over `events` (pinging every 15 s) that gives up `ticket`'s place however it
+    ends: a client gone before the stream began never enters the ticket at all."""
+    from sse_starlette import EventSourceResponse
+
+    class Queued(EventSourceResponse):
+        async def __call__(self, scope, receive, send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                ticket.leave()
+
+    return Queued(events, ping=15)
+
+
+async def run_stream(start: Callable[[], Any]) -> AsyncIterator[tuple[str, Any]]:
+    """Run the Stream that start() opens in a worker thread: ("piece", text) for each piece, then
+    ("done", result) or ("error", exception). Closing this early (the client went away) cancels the
+    generation, so the engine is free for the next request: close it with contextlib.aclosing."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+    holder: dict[str, Any] = {}
+
+    def push(item: tuple[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def work() -> None:
+        try:
+            s = start()
+            holder["stream"] = s
+            if cancel.is_set():  # the client left while the prompt was being prepared
+                s.cancel()
+            for piece in s:
+                push(("piece", piece))
+                if cancel.is_set():
+                    s.close()
+                    break
+            push(("done", s.result))
+        except BaseException as exc:  # noqa: BLE001 (handed to the event loop, which reports it)
+            push(("error", exc))
+
+    try:
+        worker = loop.run_in_executor(None, work)
+        while True:
+            what, value = await queue.get()
+            yield what, value
+            if what != "piece":
+                break
+        await worker
+    finally:  # the client went away (or the stream ended): stop generating, free the engine
+        cancel.set()
+        s = holder.get("stream")
+        if s is not None:
+            s.cancel()

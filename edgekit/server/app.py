@@ -1,0 +1,196 @@
+"""`edgekit serve`: an OpenAI-compatible HTTP server over local artifacts (FastAPI + uvicorn).
+
+/v1/chat/completions and /v1/completions (JSON or SSE streaming), /v1/embeddings, /v1/models,
+/health. Each artifact is served under a name; requests to one engine wait their turn in arrival
+order (answers never interleave), and past `max_queue` waiting requests the server answers 429 with
+Retry-After. Safe by default: it binds 127.0.0.1; any other address needs an API key; without a key
+the Host header must name this machine's loopback (DNS rebinding); bodies are bounded; a bad request
+is a 400 in OpenAI's error shape, naming what is wrong; a client that disconnects mid-stream cancels
+its generation and frees the engine for the next request.
+
+Here: the configuration, serve() and the routes. wire.py translates OpenAI's requests and answers;
+admission.py decides who gets in and when each request gets its engine.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import InvalidOptionError, require
+from edgekit.server import admission, wire
+from edgekit.server.wire import ApiError
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    max_queue: int = 64  # requests waiting for one engine before 429
+    max_body_bytes: int = 4 * 1024 * 1024
+    allowed_hosts: Sequence[str] = ()  # Host header names accepted besides loopback (without a key)
+
+    def check(self) -> None:
+        self.allowed_hosts = tuple(h.strip().lower() for h in self.allowed_hosts)  # as Host is compared
+        if not admission.is_loopback(self.host) and not self.api_key:
+            raise InvalidOptionError(
+                f"binding {self.host} exposes the models to the network: give an API key "
+                "(--api-key, or EDGEKIT_API_KEY), or bind 127.0.0.1"
+            )
+        for name, value in (
+            ("port", self.port),
+            ("max_queue", self.max_queue),
+            ("max_body_bytes", self.max_body_bytes),
+        ):
+            if type(value) is not int or value < (0 if name == "port" else 1):
+                raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
+
+
+def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
+    """NAME=PATH or PATH (named after its folder) -> {name: path}; two of one name are refused."""
+    named: dict[str, Path] = {}
+    for item in map(str, paths):
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        path_ = Path(path)
+        name = name or path_.resolve().name
+        if name in named:
+            raise InvalidOptionError(f"two models named '{name}'; name them: NAME=PATH")
+        named[name] = path_
+    return named
+
+
+def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
+    """The FastAPI app serving these engines (name -> Engine). The caller owns the engines."""
+    require("fastapi", "fastapi", "serve", "edgekit serve")
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+
+    config = config or ServerConfig()
+    queues = admission.Queues(engines, config)
+    app = FastAPI(title="edgekit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(admission.Guard, config=config)
+    created = int(time.time())
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request, exc: ApiError):
+        return JSONResponse(exc.body(), exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request, exc: RequestValidationError):
+        return JSONResponse(wire.validation_error(exc.errors()).body(), 400)
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        return wire.parse_body(await admission.read_body(request.stream(), config.max_body_bytes))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "models": list(engines)}
+
+    @app.get("/v1/models")
+    async def models():
+        return wire.models_list(list(engines), created)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await body_of(request)
+        slot = queues.slot(body.get("model"), "text-generation")
+        return await _answer(queues, slot, body, "chat", wire.chat_messages(body))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await body_of(request)
+        slot = queues.slot(body.get("model"), "text-generation")
+        return await _answer(queues, slot, body, "completion", wire.completion_prompt(body))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = await body_of(request)
+        slot = queues.slot(body.get("model"), "feature-extraction")
+        texts, fmt = wire.embedding_input(body)
+        async with queues.admit(slot):
+            vectors = await asyncio.to_thread(wire.call, slot.engine.embed, texts)
+            tokens = sum(slot.engine.count_tokens(t) for t in texts)
+        return wire.embeddings(vectors, fmt, slot.name, tokens)
+
+    return app
+
+
+async def _answer(
+    queues: admission.Queues, slot: admission.Slot, body: dict[str, Any], kind: str, payload: Any
+) -> Any:
+    """A chat or completion request's answer: whole, or (stream true) a response streaming its events."""
+    options = wire.generation_options(body, slot.engine.generation_defaults())
+    stream, usage_in_stream = wire.streaming(body)
+    ident = wire.completion_id(kind)
+    if not stream:
+        async with queues.admit(slot):
+            result = await asyncio.to_thread(
+                wire.call, wire.generate, slot.engine, kind, payload, options, False
+            )
+        return wire.whole(kind, ident, slot.name, result)
+    ticket = queues.admit(slot)  # 429 now, before the stream starts, when the queue is full
+    events = _events(slot, kind, payload, options, ident, usage_in_stream, ticket)
+    return admission.event_stream(events, ticket)
+
+
+async def _events(
+    slot: admission.Slot,
+    kind: str,
+    payload: Any,
+    options: dict[str, Any],
+    ident: str,
+    usage_in_stream: bool,
+    ticket: admission.Ticket,
+) -> AsyncIterator[dict[str, str]]:
+    """The SSE events of one streamed answer, generated once the engine is this request's."""
+    async with ticket:
+        for data in wire.stream_opening(kind, ident, slot.name):
+            yield {"data": data}
+        generation = admission.run_stream(lambda: wire.generate(slot.engine, kind, payload, options, True))
+        async with aclosing(generation) as events:  # closed at once when the client goes away
+            async for what, value in events:
+                for data in wire.stream_event(kind, ident, slot.name, what, value, usage_in_stream):
+                    yield {"data": data}
+
+
+def serve(
+    models: Sequence[str | Path],
+    config: ServerConfig | None = None,
+    device: str = "auto",
+    n_ctx: int | None = None,
+    threads: int | None = None,
+    ready=None,
+) -> None:
+    """Load the artifacts (NAME=PATH or PATH) and serve them until Ctrl-C or SIGTERM."""
+    config = config or ServerConfig()
+    config.check()
+    uvicorn = require("uvicorn", "uvicorn", "serve", "edgekit serve")
+    from edgekit.engine import load
+
+    named = model_names(models)
+    engines: dict[str, Any] = {}
+    try:
+        for name, path in named.items():
+            engines[name] = load(path, device=device, n_ctx=n_ctx, threads=threads)
+        app = create_app(engines, config)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.port,
+                log_level="warning",
+                access_log=False,
+                server_header=False,
+            )
+        )
+        if ready is not None:
+            ready(engines)
+        server.run()
+    finally:
+        for engine in engines.values():
+            engine.close()

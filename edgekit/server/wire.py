@@ -1,0 +1,309 @@
+"""OpenAI's wire format, translated both ways: request bodies checked and turned into edgekit calls
+(a bad one is an ApiError naming what is wrong), results turned into OpenAI's response objects and
+stream chunks. Plain functions over dicts: no web framework here, so each is testable on its own."""
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from edgekit.errors import ContextOverflowError, EdgekitError, InvalidOptionError
+
+DEFAULT_MAX_TOKENS = 256  # when a request sets none (OpenAI's own default runs to the context's end)
+
+# OpenAI's sampling fields -> edgekit's generation options
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty",
+    "seed": "seed",
+}
+
+
+class ApiError(Exception):
+    """An HTTP error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """Any exception as the HTTP error to answer with: edgekit's option and context errors are the
+    client's (400), the rest the server's (500)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, ContextOverflowError):
+        return ApiError(400, str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, InvalidOptionError):
+        return ApiError(400, str(exc))
+    if isinstance(exc, EdgekitError):
+        return ApiError(500, str(exc), kind="server_error")
+    return ApiError(500, f"{type(exc).__name__}: {exc}", kind="server_error")
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) (in a worker thread), edgekit's errors turned into HTTP errors."""
+    try:
+        return fn(*args)
+    except EdgekitError as exc:
+        raise api_error(exc) from None
+
+
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """FastAPI's request validation errors as one 400 naming the first."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+    return ApiError(400, f"{where}: {first.get('msg', 'invalid')}", param=where or None)
+
+
+# requests
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body, which must be a JSON object."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def check_model(name: Any, tasks: Mapping[str, str], task: str) -> str:
+    """The served model a request names (tasks: name -> its task), which must do what `task` asks."""
+    if not isinstance(name, str) or name not in tasks:
+        raise ApiError(
+            404,
+            f"no model named {name!r}; this server has {', '.join(tasks)}",
+            param="model",
+            code="model_not_found",
+        )
+    if tasks[name] != task:
+        embedder = tasks[name] == "feature-extraction"
+        raise ApiError(
+            400,
+            f"'{name}' is {'an embedding model' if embedder else 'a text generator'}; use "
+            f"{'/v1/embeddings' if embedder else '/v1/chat/completions'}",
+            param="model",
+        )
+    return name
+
+
+def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    """/v1/chat/completions' messages as edgekit's [{"role", "content"}] (developer is system)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list", param="messages")
+    return [_message(m, i) for i, m in enumerate(messages)]
+
+
+def _message(m: Any, i: int) -> dict[str, str]:
+    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+        raise ApiError(
+            400,
+            f"messages[{i}] must be an object with role system, user or assistant",
+            param=f"messages[{i}]",
+        )
+    content = m.get("content")
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]: the text parts joined
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
+            raise ApiError(
+                400, f"messages[{i}].content: only text parts are supported", param=f"messages[{i}]"
+            )
+        content = "".join(parts)
+    if not isinstance(content, str):
+        raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
+    role = "system" if m["role"] == "developer" else m["role"]
+    return {"role": role, "content": content}
+
+
+def completion_prompt(body: dict[str, Any]) -> str:
+    """/v1/completions' prompt: one string (or a list of exactly one)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise ApiError(400, "prompt must be a string (one prompt per request)", param="prompt")
+    return prompt
+
+
+def embedding_input(body: dict[str, Any]) -> tuple[list[str], str]:
+    """/v1/embeddings' texts and encoding format (float or base64)."""
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise ApiError(400, "input must be a string or a non-empty list of strings", param="input")
+    fmt = body.get("encoding_format") or "float"
+    if fmt not in ("float", "base64"):
+        raise ApiError(400, "encoding_format must be float or base64", param="encoding_format")
+    return texts, fmt
+
+
+def generation_options(body: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Generation options from an OpenAI body, over the model's own sampling defaults; checked here so
+    that a bad value is a 400 before anything queues."""
+    from edgekit.runtimes.base import GenerationOptions
+
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "n must be 1: one answer per request", param="n")
+    options: dict[str, Any] = dict(defaults)
+    for theirs, ours in _SAMPLING.items():
+        if body.get(theirs) is not None:
+            value = body[theirs]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or (ours in ("top_k", "seed") and not isinstance(value, int))
+            ):
+                raise ApiError(400, f"{theirs} must be a number, not {value!r}", param=theirs)
+            options[ours] = value
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ApiError(400, f"max_tokens must be a whole number >= 1, not {max_tokens!r}", param="max_tokens")
+    options["max_tokens"] = max_tokens
+    stop = body.get("stop")
+    stop = [stop] if isinstance(stop, str) else (stop or [])
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
+        raise ApiError(400, "stop must be a string or a list of up to 4 strings", param="stop")
+    options["stop"] = stop
+    try:
+        GenerationOptions(**{k: v for k, v in options.items() if k != "stop"})
+    except InvalidOptionError as exc:
+        raise ApiError(400, str(exc)) from None
+    return options
+
+
+def streaming(body: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether to answer as a stream, and whether that stream ends with a usage chunk."""
+    stream = body.get("stream") is True
+    usage_in_stream = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
+    return stream, usage_in_stream
+
+
+def generate(engine: Any, kind: str, payload: Any, options: dict[str, Any], stream: bool) -> Any:
+    """The edgekit call for a chat (kind "chat") or a completion: a GenerationResult, or a Stream;
+    chats drop their oldest turns to fit the context."""
+    if kind == "chat":
+        return engine.chat(payload, stream=stream, truncate="oldest", **options)
+    return engine.generate(payload, stream=stream, **options)
+
+
+# responses
+
+
+def completion_id(kind: str) -> str:
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+def models_list(names: Sequence[str], created: int) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"id": n, "object": "model", "created": created, "owned_by": "edgekit"} for n in names],
+    }
+
+
+def _finish(result: Any) -> str:
+    return "length" if result.finish_reason == "length" else "stop"
+
+
+def _usage(result: Any) -> dict[str, int]:
+    return {
+        "prompt_tokens": result.tokens_in,
+        "completion_tokens": result.tokens_out,
+        "total_tokens": result.tokens_in + result.tokens_out,
+    }
+
+
+def whole(kind: str, ident: str, model: str, result: Any) -> dict[str, Any]:
+    """A whole (not streamed) chat.completion or text_completion."""
+    base = {"id": ident, "created": int(time.time()), "model": model, "usage": _usage(result)}
+    if kind == "chat":
+        return {
+            **base,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": result.text},
+                    "finish_reason": _finish(result),
+                }
+            ],
+        }
+    return {
+        **base,
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": result.text, "finish_reason": _finish(result), "logprobs": None}],
+    }
+
+
+def _chunk(kind: str, ident: str, model: str, delta: Any, finish: str | None = None) -> dict[str, Any]:
+    """One stream chunk; delta None gives a chunk with no choices (the usage chunk's base)."""
+    base = {"id": ident, "created": int(time.time()), "model": model}
+    if kind == "chat":
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return {**base, "object": "chat.completion.chunk", "choices": choices}
+    choices = (
+        [] if delta is None else [{"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}]
+    )
+    return {**base, "object": "text_completion", "choices": choices}
+
+
+def stream_opening(kind: str, ident: str, model: str) -> list[str]:
+    """The SSE data sent before the first token: a chat stream names the assistant's role first."""
+    if kind != "chat":
+        return []
+    return [json.dumps(_chunk(kind, ident, model, {"role": "assistant", "content": ""}))]
+
+
+def stream_event(
+    kind: str, ident: str, model: str, what: str, value: Any, usage_in_stream: bool
+) -> Iterator[str]:
+    """The SSE data for one event of a generation: ("piece", text), ("error", exception), or
+    ("done", result), which ends the stream (finish reason, the usage if asked for, [DONE])."""
+    if what == "piece":
+        delta = {"content": value} if kind == "chat" else value
+        yield json.dumps(_chunk(kind, ident, model, delta))
+    elif what == "error":
+        yield json.dumps(api_error(value).body())
+    else:
+        yield json.dumps(_chunk(kind, ident, model, {} if kind == "chat" else "", _finish(value)))
+        if usage_in_stream:
+            yield json.dumps({**_chunk(kind, ident, model, None), "choices": [], "usage": _usage(value)})
+        yield "[DONE]"
+
+
+def embeddings(vectors: Sequence[Any], fmt: str, model: str, tokens: int) -> dict[str, Any]:
+    """The /v1/embeddings answer: little-endian float32 vectors, as floats or base64."""
+    import numpy as np
+
+    data = []
+    for i, v in enumerate(vectors):
+        vec = np.asarray(v, dtype="<f4")
+        value = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else [float(x) for x in vec]
+        data.append({"object": "embedding", "index": i, "embedding": value})
+    return {
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
