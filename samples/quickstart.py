@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
             result = edgekit.convert("bundled:smollm2-135m-instruct", to=fmt, quant="int4", output=out,
                                      reference_kind="edgekit")
             print(f"converted in {result.seconds:.1f} s -> {result.path} "
-                  f"({result.quant}, {result.size_bytes / 1e6:.0f} MB, "
+                  f"({result.label}: {result.size_bytes / 1e6:.0f} MB, "
                   f"{result.bits_per_weight:.2f} bits/weight)")
             print(result.fidelity.summary())  # checked against the source before it was kept
         with edgekit.load(out, device="auto") as engine:
