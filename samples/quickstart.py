@@ -14,6 +14,21 @@ from pathlib import Path
 import edgekit
 
 
+class Progress:
+    """One line that follows the conversion's stages (calibrate, quantize, write, verify ...)."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        line = f"  {stage} {done}/{total}" if total else f"  {stage}"
+        print("\r" + line.ljust(self.width), end="", flush=True)
+        self.width = len(line)
+
+    def end(self) -> None:
+        print("\r" + " " * self.width + "\r", end="", flush=True)
+
+
 def main(argv: list[str]) -> int:
     fmt = "gguf" if argv[:1] == ["--gguf"] else "onnx"
     question = " ".join(argv[1:] if fmt == "gguf" else argv) or "Name three colors."
@@ -24,8 +39,12 @@ def main(argv: list[str]) -> int:
         else:
             print(f"converting the bundled SmolLM2-135M-Instruct to {fmt} int4 ...", flush=True)
             # reference_kind="edgekit": graded against edgekit's own fp32 build, so no torch is needed
-            result = edgekit.convert("bundled:smollm2-135m-instruct", to=fmt, quant="int4", output=out,
-                                     reference_kind="edgekit")
+            progress = Progress()
+            try:
+                result = edgekit.convert("bundled:smollm2-135m-instruct", to=fmt, quant="int4", output=out,
+                                         reference_kind="edgekit", progress=progress)
+            finally:
+                progress.end()
             print(f"converted in {result.seconds:.1f} s -> {result.path} "
                   f"({result.label}: {result.size_bytes / 1e6:.0f} MB, "
                   f"{result.bits_per_weight:.2f} bits/weight)")
