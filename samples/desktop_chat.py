@@ -1,7 +1,7 @@
 """A desktop chat window over a local model: the answer streams in as it is written, a Stop button
 ends it, and the status line shows TTFT and tok/s.
 
-    python samples/desktop_chat.py --model out/smollm2-q4 [--system "Be brief."]
+    python samples/desktop_chat.py --model out/smollm2-onnx-int4 [--system "Be brief."]
 
 Tk, because it ships with Python: the sample needs nothing beyond edgekit. The window's thread never
 calls the engine. A worker thread runs each reply and hands the pieces over a queue that the window
@@ -169,7 +169,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="A desktop chat window over a local edgekit artifact.")
     ap.add_argument(
         "--model",
-        default="out/smollm2-q4",
+        default="out/smollm2-onnx-int4",
         help="artifact directory (default: what samples/quickstart.py converts)",
     )
     ap.add_argument("--system", default=None, help="a system message")
