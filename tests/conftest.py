@@ -52,20 +52,32 @@ def tiny_checkpoint(tmp_path_factory, smollm2_dir, minilm_dir):
 
 
 @pytest.fixture(scope="session")
-def converted(tiny_checkpoint, tmp_path_factory):
-    """Factory: the GGUF file of a tiny checkpoint at a quantization, converted once per session."""
+def tiny_artifact(tiny_checkpoint, tmp_path_factory):
+    """Factory: a tiny checkpoint converted once per session (verified, as convert does by default),
+    for the tests that only read it: tiny_artifact(arch, fmt, quant) is the artifact's folder."""
     import edgekit
 
-    done: dict[tuple[str, str], Path] = {}
-    root = tmp_path_factory.mktemp("gguf")
+    done: dict[tuple[str, str, str], Path] = {}
+    root = tmp_path_factory.mktemp("tiny-artifacts")
+
+    def make(arch: str, fmt: str, quant: str) -> Path:
+        key = (arch, fmt, quant)
+        if key not in done:
+            done[key] = edgekit.convert(str(tiny_checkpoint(arch)), to=fmt, quant=quant,
+                                        output=root / "-".join(key)).path
+        return done[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def converted(tiny_artifact):
+    """Factory: the GGUF file of a tiny checkpoint at a quantization, converted once per session."""
+    from edgekit.artifact import read_manifest
 
     def make(arch: str, quant: str) -> Path:
-        key = (arch, quant)
-        if key not in done:
-            result = edgekit.convert(str(tiny_checkpoint(arch)), to="gguf", quant=quant,
-                                     output=root / f"{arch}-{quant}")
-            done[key] = result.path / result.manifest["model_file"]
-        return done[key]
+        path = tiny_artifact(arch, "gguf", quant)
+        return path / read_manifest(path, verify=False)["model_file"]
 
     return make
 

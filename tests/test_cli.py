@@ -227,8 +227,7 @@ def test_default_output_names_have_one_shape(tiny_checkpoint, tmp_path):
     ckpt = str(tiny_checkpoint("qwen2"))
     for args in (["--to", "gguf", "-q", "int8"], ["--to", "onnx", "-q", "int8"],
                  ["--to", "gguf", "-q", "Q5_K_M"], ["--to", "onnx,gguf", "-q", "fp16"]):
-        p = subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", ckpt, *args, "--json"],
-                           capture_output=True, text=True, cwd=tmp_path)
+        p = _cli("convert", ckpt, *args, "--json", cwd=tmp_path)
         assert p.returncode == 0, p.stderr
     made = sorted(str(p.parent.relative_to(tmp_path)) for p in tmp_path.rglob("edgekit.json"))
     assert made == ["qwen2-fp16/gguf", "qwen2-fp16/onnx", "qwen2-gguf-int8", "qwen2-gguf-q5_k_m",

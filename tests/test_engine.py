@@ -12,26 +12,25 @@ import pytest
 import edgekit
 from edgekit.errors import ContextOverflowError, DeviceUnavailableError
 
-from helpers import hf_tokenizer
+from helpers import checkpoint_key, hf_model, hf_tokenizer, memo
 
 
 @pytest.fixture(scope="module", params=["gguf", "onnx"])
-def fp32_artifact(request, tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eng") / f"qwen2-{request.param}"
-    return edgekit.convert(str(tiny_checkpoint("qwen2")), to=request.param, quant="fp32", output=out).path
+def fp32_artifact(request, tiny_artifact):
+    return tiny_artifact("qwen2", request.param, "fp32")
 
 
 def test_greedy_tokens_equal_transformers(fp32_artifact, tiny_checkpoint):
     import torch
-    import transformers
 
     ckpt = tiny_checkpoint("qwen2")
     tok = hf_tokenizer(ckpt)
     prompt = "Hello world, this is"
     ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    with torch.no_grad():
-        ref = model.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
+    _, model = hf_model(ckpt)
+    with torch.no_grad():  # both formats compare with one generation
+        ref = memo(("generate", checkpoint_key(ckpt), prompt), lambda: model.generate(
+            ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0))
     expected = tok.decode(ref[0, ids.shape[1]:])
     with edgekit.load(fp32_artifact, device="cpu") as engine:
         result = engine.generate(prompt, max_tokens=32, temperature=0)
@@ -67,7 +66,7 @@ def test_absent_gpu_is_an_error_not_a_fallback(fp32_artifact, monkeypatch):
 
 
 @pytest.mark.parametrize("plat,machine,expected", [("linux", "x86_64", "cuda"), ("darwin", "arm64", "apple")])
-def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, tiny_checkpoint, tmp_path,
+def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, tiny_artifact,
                                                      monkeypatch):
     """Faked detection: CI has no GPU, the branch still runs (llama.cpp ignores offload on a CPU build)."""
     import platform
@@ -75,8 +74,7 @@ def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, ti
 
     from edgekit.runtimes import llamacpp
 
-    artifact = edgekit.convert(str(tiny_checkpoint("qwen2")), to="gguf", quant="fp32",
-                               output=tmp_path / "a").path
+    artifact = tiny_artifact("qwen2", "gguf", "fp32")
     monkeypatch.setattr(llamacpp, "gpu_offload_supported", lambda: True)
     monkeypatch.setattr(sys, "platform", plat)
     monkeypatch.setattr(platform, "machine", lambda: machine)
@@ -87,13 +85,12 @@ def test_auto_picks_the_gpu_llama_cpp_can_offload_to(plat, machine, expected, ti
         assert engine.device == "cpu"
 
 
-def test_onnx_auto_prefers_cuda_when_onnxruntime_has_it(tiny_checkpoint, tmp_path, monkeypatch):
+def test_onnx_auto_prefers_cuda_when_onnxruntime_has_it(tiny_artifact, monkeypatch):
     """Faked detection picks CUDA; the session creation then fails for real on this CPU-only build."""
     from edgekit.errors import BackendError
     from edgekit.runtimes import onnxrt
 
-    artifact = edgekit.convert(str(tiny_checkpoint("qwen2")), to="onnx", quant="fp32",
-                               output=tmp_path / "a").path
+    artifact = tiny_artifact("qwen2", "onnx", "fp32")
     monkeypatch.setattr(onnxrt, "available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     with pytest.raises(BackendError):  # chosen "cuda": onnxruntime (CPU build) cannot create it
@@ -242,9 +239,8 @@ HANGING_TEMPLATE = "{% for i in range(100000) %}{% for j in range(100000) %}{% e
 
 
 @pytest.fixture(scope="module", params=["gguf", "onnx"])
-def embedding_artifact(request, tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("emb") / f"bert-{request.param}"
-    return edgekit.convert(str(tiny_checkpoint("bert")), to=request.param, quant="fp32", output=out).path
+def embedding_artifact(request, tiny_artifact):
+    return tiny_artifact("bert", request.param, "fp32")
 
 
 def test_chat_renders_the_artifacts_template(fp32_artifact):

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 import edgekit
+from edgekit.artifact import read_manifest
 from edgekit.converters.onnx_calibration import CALIBRATION_TEXT
 from edgekit.converters.onnx_decoder import DECODERS
 from edgekit.converters.onnx_encoder import ENCODERS
 
 import tiny
-from helpers import hf_logits, hf_tokenizer, mean_kl, onnx_logits, rel_error
+from helpers import hf_logits, hf_model, hf_tokenizer, mean_kl, onnx_logits, rel_error
 
 ARCHS = {"llama-smollm2": "LlamaForCausalLM", "llama3": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
          "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM",
@@ -40,16 +41,15 @@ def test_every_onnx_family_has_a_tiny_model():
 
 @pytest.mark.parametrize("quant,min_cos",
                          [("fp32", 0.99999), ("fp16", 0.999), ("int8", 0.995), ("int4", 0.95)])
-def test_onnx_encoder_embeddings_match_transformers(quant, min_cos, tiny_checkpoint, tmp_path):
+def test_onnx_encoder_embeddings_match_transformers(quant, min_cos, tiny_checkpoint, tiny_artifact):
     import torch
-    import transformers
 
     ckpt = tiny_checkpoint("bert")
-    artifact = edgekit.convert(str(ckpt), to="onnx", quant=quant, output=tmp_path / quant).path
+    artifact = tiny_artifact("bert", "onnx", quant)
     sentences = ["A cat sat on the mat.", "Quantum tunnelling in semiconductors", "short",
                  tiny.PROBE_TEXT[:120]]
     tok = hf_tokenizer(ckpt)
-    model = transformers.AutoModel.from_pretrained(ckpt).eval()
+    _, model = hf_model(ckpt, "feature-extraction")
     batch = tok(sentences, return_tensors="pt", padding=True)
     with torch.no_grad():
         hidden = model(**batch).last_hidden_state
@@ -102,16 +102,10 @@ def test_encoder_calibration(tiny_checkpoint, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tiny_checkpoint, tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx")
-    built = {}
-
+def onnx_model(tiny_artifact):
     def make(arch: str, quant: str):
-        if (arch, quant) not in built:
-            result = edgekit.convert(str(tiny_checkpoint(arch)), to="onnx", quant=quant,
-                                     output=root / f"{arch}-{quant}")
-            built[(arch, quant)] = result.path / result.manifest["model_file"]
-        return built[(arch, quant)]
+        path = tiny_artifact(arch, "onnx", quant)
+        return path / read_manifest(path, verify=False)["model_file"]
 
     return make
 
@@ -215,13 +209,13 @@ def test_greedy_tokens_equal_transformers(arch, tiny_checkpoint, onnx_model):
     assert ours[len(ids):] == ref
 
 
-def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
+def test_onnx_int4_quantizes_the_tied_head(tiny_artifact):
     """No float copy of a tied embedding is left in an int4 model (the 113 MB trap)."""
     import onnx
 
-    result = edgekit.convert(str(tiny_checkpoint("llama-smollm2")), to="onnx", quant="int4",
-                             output=tmp_path / "o")
-    model = onnx.load(str(result.path / "model.onnx"))
+    artifact = tiny_artifact("llama-smollm2", "onnx", "int4")
+    manifest = read_manifest(artifact, verify=False)
+    model = onnx.load(str(artifact / manifest["model_file"]))
     floats = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2
               and not t.name.endswith(".scales")]
     assert not [t.name for t in floats if max(t.dims) >= 49152]
@@ -229,7 +223,7 @@ def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
     assert {"GatherBlockQuantized", "MatMulNBits", "GroupQueryAttention",
             "SkipSimplifiedLayerNormalization"} <= ops
     # 8-bit head + 4/8-bit layers, no fp32 copy
-    assert result.manifest["quantization"]["bits_per_weight"] < 12
+    assert manifest["quantization"]["bits_per_weight"] < 12
     # 4-bit tensors and the embedding take float16 scales (half the scale bytes), 8-bit layer tensors
     # float32; 8-bit tensors store no zero points (symmetric); I/O stays float32
     scale_types = {t.name: t.data_type for t in model.graph.initializer}
@@ -242,7 +236,7 @@ def test_onnx_int4_quantizes_the_tied_head(tiny_checkpoint, tmp_path):
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     # projections of one input stored alike run as one kernel: k+v, gate+up
     assert (sum(n.op_type == "MatMulNBits" for n in model.graph.node)
-            == 5 * result.manifest["onnx"]["num_layers"] + 1)
+            == 5 * manifest["onnx"]["num_layers"] + 1)
     # the rotary tables are computed in the graph, not stored (2 MB of an 8192-position model)
     assert not {"cos_cache", "sin_cache"} & {t.name for t in model.graph.initializer}
 

@@ -1,0 +1,101 @@
+"""The server's OpenAI wire translation, without a server: request bodies in, edgekit calls and
+response objects out (edgekit/server/wire.py imports no web framework)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from edgekit.server import wire
+from edgekit.server.wire import ApiError
+
+
+def test_the_wire_module_needs_no_web_framework():
+    import subprocess
+
+    code = ("import sys, edgekit.server.wire, edgekit.server.admission; print(sorted(m for m in "
+            "('fastapi', 'starlette', 'uvicorn', 'sse_starlette') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("raw,message", [(b"{", "not JSON"), (b"[1]", "JSON object"), (b"\xff", "not JSON")])
+def test_a_body_must_be_a_json_object(raw, message):
+    with pytest.raises(ApiError, match=message) as caught:
+        wire.parse_body(raw)
+    assert caught.value.status == 400 and caught.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_chat_messages_join_text_parts_and_map_developer_to_system():
+    body = {"messages": [{"role": "developer", "content": "Be brief."},
+                         {"role": "user", "content": [{"type": "text", "text": "Hel"},
+                                                      {"type": "text", "text": "lo"}]}]}
+    assert wire.chat_messages(body) == [{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Hello"}]
+
+
+@pytest.mark.parametrize("messages,param", [
+    ([], "messages"), ([{"role": "tool", "content": "x"}], "messages[0]"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages[0]"),
+    ([{"role": "user", "content": 3}], "messages[0].content")])
+def test_bad_messages_name_the_field(messages, param):
+    with pytest.raises(ApiError) as caught:
+        wire.chat_messages({"messages": messages})
+    assert caught.value.param == param
+
+
+def test_generation_options_over_the_models_defaults():
+    options = wire.generation_options({"temperature": 0.5, "max_completion_tokens": 7, "stop": "END"},
+                                      {"temperature": 0.2, "top_p": 0.9})
+    assert options == {"temperature": 0.5, "top_p": 0.9, "max_tokens": 7, "stop": ["END"]}
+    assert wire.generation_options({}, {})["max_tokens"] == wire.DEFAULT_MAX_TOKENS
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"n": 2}, "n"), ({"temperature": "hot"}, "temperature"), ({"top_k": 1.5}, "top_k"),
+    ({"seed": True}, "seed"), ({"max_tokens": 0}, "max_tokens"), ({"stop": ["a"] * 5}, "stop")])
+def test_bad_options_are_400s_naming_the_field(body, param):
+    with pytest.raises(ApiError) as caught:
+        wire.generation_options(body, {})
+    assert caught.value.status == 400 and caught.value.param == param
+
+
+def test_an_option_out_of_range_is_a_400_with_edgekits_words():
+    with pytest.raises(ApiError, match="top_p must be in") as caught:
+        wire.generation_options({"top_p": 1.5}, {})
+    assert caught.value.status == 400
+
+
+def test_models_and_the_model_check():
+    assert wire.models_list(["a"], 5)["data"] == [{"id": "a", "object": "model", "created": 5,
+                                                   "owned_by": "edgekit"}]
+    tasks = {"chat": "text-generation", "emb": "feature-extraction"}
+    assert wire.check_model("chat", tasks, "text-generation") == "chat"
+    with pytest.raises(ApiError) as missing:
+        wire.check_model("nope", tasks, "text-generation")
+    assert missing.value.status == 404 and missing.value.code == "model_not_found"
+    with pytest.raises(ApiError, match="/v1/embeddings"):
+        wire.check_model("emb", tasks, "text-generation")
+
+
+def test_embeddings_as_floats_and_base64():
+    texts, fmt = wire.embedding_input({"input": "one", "encoding_format": "base64"})
+    assert (texts, fmt) == (["one"], "base64")
+    vector = np.array([0.5, -1.25, 3.0], np.float32)
+    data = wire.embeddings([vector], fmt, "emb", 2)
+    decoded = np.frombuffer(base64.b64decode(data["data"][0]["embedding"]), "<f4")
+    assert decoded.tolist() == [0.5, -1.25, 3.0] and data["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
+    assert wire.embeddings([vector], "float", "emb", 2)["data"][0]["embedding"] == [0.5, -1.25, 3.0]
+    with pytest.raises(ApiError):
+        wire.embedding_input({"input": []})
+
+
+def test_streaming_flags_and_the_end_of_a_stream():
+    assert wire.streaming({"stream": True, "stream_options": {"include_usage": True}}) == (True, True)
+    assert wire.streaming({"stream": "yes"}) == (False, False)
+    opening = [json.loads(x) for x in wire.stream_opening("chat", "id-1", "m")]
+    assert opening[0]["choices"][0]["delta"]["role"] == "assistant" and opening[0]["id"] == "id-1"
