@@ -206,13 +206,14 @@ class _TransformersReference:
     kind = "transformers"
 
     def __init__(self, checkpoint: Path, task: str, pooling: dict[str, Any]) -> None:
+        self.tokenizer, self.model = self.load(checkpoint, task)  # imports torch and transformers
+        import inspect
+
         import torch
         import transformers
 
         self._torch, self._pooling = torch, pooling
         self.description = f"transformers {transformers.__version__} fp32 on {checkpoint.name}"
-        self.tokenizer, self.model = self.load(checkpoint, task)
-        import inspect
 
         self._inputs = set(inspect.signature(self.model.forward).parameters)
 
@@ -220,12 +221,12 @@ class _TransformersReference:
     def load(checkpoint: Path, task: str):
         """(tokenizer, model in eval mode), with transformers' progress bars and notices kept off
         the user's terminal."""
-        import torch
-        import transformers
-
         from edgekit.quiet import quiet_third_party
 
-        with quiet_third_party():
+        with quiet_third_party():  # their import-time notices too
+            import torch
+            import transformers
+
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(checkpoint))
             embedder = task == "feature-extraction"
             auto = transformers.AutoModel if embedder else transformers.AutoModelForCausalLM
