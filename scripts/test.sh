@@ -2,13 +2,14 @@
 # Set up everything the tests need (including llama.cpp's own converter, the reference our GGUFs
 # are compared with) and run the whole suite: what CI runs.
 #   bash scripts/test.sh            the whole suite
-#   bash scripts/test.sh --fast     unit and tiny-model tests only (-m "not real"), while developing
+#   bash scripts/test.sh --fast     unit and tiny-model tests while developing: not the real models
+#                                   nor the whole-system tests (-m "not real and not system")
 #   bash scripts/test.sh ARGS       any other arguments go to pytest (-k, a file, -x ...)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 args=()
 for arg in "$@"; do
-  if [[ $arg == --fast ]]; then args+=(-m "not real"); else args+=("$arg"); fi
+  if [[ $arg == --fast ]]; then args+=(-m "not real and not system"); else args+=("$arg"); fi
 done
 set -- "${args[@]+"${args[@]}"}"
 bash scripts/setup.sh all,optimum,test

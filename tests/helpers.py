@@ -147,13 +147,17 @@ def gguf_differences(ours: Path, ref: Path) -> list[str]:
     a, b = gguf.GGUFReader(ours), gguf.GGUFReader(ref)
 
     def kv(reader):
-        return {k: f.contents() for k, f in reader.fields.items()
+        return {k: f for k, f in reader.fields.items()
                 if not k.startswith("GGUF.") and (not k.startswith("general.") or k in _FUNCTIONAL_GENERAL)}
+
+    def same(x, y) -> bool:  # equal bytes as stored settle it at once (a whole vocabulary); else values
+        return b"".join(p.tobytes() for p in x.parts) == b"".join(p.tobytes() for p in y.parts) or (
+            x.contents() == y.contents())
 
     ka, kb = kv(a), kv(b)
     diffs = [f"key {k}: only in {'ours' if k in ka else 'reference'}" for k in sorted(set(ka) ^ set(kb))]
-    diffs += [f"key {k}: {str(ka[k])[:80]!r} != {str(kb[k])[:80]!r}"
-              for k in sorted(set(ka) & set(kb)) if ka[k] != kb[k]]
+    diffs += [f"key {k}: {str(ka[k].contents())[:80]!r} != {str(kb[k].contents())[:80]!r}"
+              for k in sorted(set(ka) & set(kb)) if not same(ka[k], kb[k])]
     ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
     diffs += [f"tensor {n}: only in {'ours' if n in ta else 'reference'}" for n in sorted(set(ta) ^ set(tb))]
     for n in sorted(set(ta) & set(tb)):

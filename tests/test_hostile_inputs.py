@@ -110,6 +110,7 @@ def test_folder_created_during_conversion_is_left_alone(ckpt, tmp_path):
     assert leftovers(out) == ["out"]
 
 
+@pytest.mark.system
 def test_two_conversions_to_one_output_exactly_one_wins(ckpt, tmp_path):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "edgekit.cli", "convert", str(ckpt), "--quant", "int4", "-o", str(out),
@@ -135,6 +136,7 @@ def test_conversion_to_an_output_another_one_holds_fails_at_once(ckpt, tmp_path)
     assert leftovers(out) == []
 
 
+@pytest.mark.system
 def test_sigterm_before_writing_names_the_stage(ckpt, tmp_path):
     """Signals are honoured from the first step: here while the chat template is checked."""
     tc = json.loads((ckpt / "tokenizer_config.json").read_text())
@@ -157,6 +159,7 @@ def test_output_under_a_file_is_one_line(ckpt, tmp_path):
     assert "could not write" in _one_line(p)
 
 
+@pytest.mark.system
 def test_sigkill_leftovers_removed_by_the_next_conversion(ckpt, tmp_path):
     out = tmp_path / "out"
     code = textwrap.dedent(f"""
@@ -302,6 +305,7 @@ def _cmdline(proc) -> list[str]:
         return []
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_during_llama_cpp_quantize(ckpt, tmp_path, sig, code):
     """The quantizer runs in a child process: the signal is honoured at once, not after it."""
@@ -329,6 +333,7 @@ def test_signal_during_llama_cpp_quantize(ckpt, tmp_path, sig, code):
     assert not alive, [(k.status(), k.ppid(), _cmdline(k)) for k in alive]
 
 
+@pytest.mark.system
 def test_sigterm_while_writing_tensors(ckpt, tmp_path):
     out = tmp_path / "out"
     code = textwrap.dedent(f"""

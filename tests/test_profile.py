@@ -14,6 +14,8 @@ import edgekit
 
 from helpers import cli as _cli
 
+pytestmark = pytest.mark.system  # a child process per variant, and the report in a real browser
+
 
 @pytest.fixture(scope="module")
 def variants(tiny_checkpoint, tmp_path_factory):

@@ -24,6 +24,7 @@ import edgekit
 from edgekit.summaries.summarizer import INDEX_NAME, read_index
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.system  # a local Ray runtime and a driver killed for real
 
 FAULTS = """
 import os, time

@@ -18,6 +18,8 @@ import pytest
 
 import edgekit
 
+pytestmark = pytest.mark.system  # edgekit serve as a real process
+
 openai = pytest.importorskip("openai")  # in the test extra; importorskip only names it
 
 
