@@ -208,13 +208,9 @@ def test_one_document_streams_its_summary_and_reports_json(tiny_model, tmp_path)
 def test_bad_requests_exit_with_a_message(args, code, says, tiny_model, tmp_path):
     corpus.write(tmp_path / "doc.md", corpus.sections("Coffee"))
     (tmp_path / "data.xyz").write_text("text", encoding="utf-8")
-    p = subprocess.run(
-        [sys.executable, "-m", "edgekit.cli", "summarize", *args, "-m", str(tiny_model)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
+    from helpers import cli
+
+    p = cli("summarize", *args, "-m", str(tiny_model), cwd=tmp_path)
     assert p.returncode == code and says in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
