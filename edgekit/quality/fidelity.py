@@ -305,6 +305,94 @@ class EdgekitReference:
         self.engine.close()
 
 
+class StoredReference:
+    """The transformers reference's answers kept under the cache root (`references/`), by the source
+    checkpoint's file hashes, the library versions and the question asked. The next artifact of the
+    same checkpoint (another format or precision, a later `edgekit verify`) is graded without
+    importing torch or loading the model, which opens only for a question not answered before."""
+
+    kind = "transformers"
+
+    def __init__(self, folder: Path, description: str, opener: Callable[[], Any]) -> None:
+        self.folder, self.description, self._opener = folder, description, opener
+        self._opened: Any = None
+
+    @classmethod
+    def for_source(cls, checkpoint: Path, manifest: dict[str, Any], task: str,
+                   pooling: dict[str, Any]) -> StoredReference | None:
+        """None when the checkpoint cannot be named exactly: no file hashes in the manifest, or a
+        hashed file missing from the folder given as the reference."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        files = (manifest.get("source") or {}).get("files") or {}
+        if not files or not all((checkpoint / name).is_file() for name in files):
+            return None
+        try:
+            versions = {name: version(name) for name in ("transformers", "torch")}
+        except PackageNotFoundError:
+            return None
+        extra = {p.name: _small_file_hash(p) for p in sorted(checkpoint.glob("*.json"))
+                 if p.name not in files}  # special_tokens_map.json and the like: small, read by transformers
+        identity = json.dumps({"files": files, "extra": extra, "versions": versions, "task": task,
+                               "pooling": pooling}, sort_keys=True)
+        from edgekit.cache import cache_root
+
+        folder = cache_root() / "references" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+        description = f"transformers {versions['transformers']} fp32 on {checkpoint.name}"
+        return cls(folder, description, lambda: _TransformersReference(checkpoint, task, pooling))
+
+    def seen(self) -> bool:
+        return (self.folder / "opened").is_file()
+
+    def holding(self, opened: Any) -> StoredReference:
+        """This store over a reference already opened (its first answers are computed, then kept)."""
+        self._opened, self.description = opened, opened.description
+        self._write("opened", np.zeros(0))
+        return self
+
+    def _answer(self, question: str, compute: Callable[[Any], Any]) -> np.ndarray:
+        name = hashlib.sha256(question.encode()).hexdigest()[:32]
+        try:
+            return np.load(self.folder / f"{name}.npy", allow_pickle=False)
+        except (OSError, ValueError):
+            pass
+        if self._opened is None:
+            self.holding(self._opener())
+        value = np.asarray(compute(self._opened))
+        self._write(name, value)
+        return value
+
+    def _write(self, name: str, value: np.ndarray) -> None:
+        try:  # a full or read-only disk only costs the next run its speed
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = self.folder / f".{name}.{os.getpid()}.npy"
+            np.save(partial, value, allow_pickle=False)
+            os.replace(partial, self.folder / (name if name == "opened" else f"{name}.npy"))
+        except OSError:
+            pass
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._answer(f"tokenize|{text}", lambda r: np.array(r.tokenize(text), np.int64)).tolist()
+
+    def score(self, ids: Sequence[int]) -> np.ndarray:
+        return self._answer(f"score|{list(ids)}", lambda r: r.score(ids))
+
+    def greedy(self, ids: Sequence[int], n: int) -> list[int]:
+        answer = self._answer(f"greedy|{n}|{list(ids)}", lambda r: np.array(r.greedy(ids, n), np.int64))
+        return answer.tolist()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self._answer(f"embed|{json.dumps(list(texts))}", lambda r: r.embed(texts))
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()
+
+
+def _small_file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.stat().st_size < 1 << 24 else "large"
+
+
 def _greedy(backend, ids: Sequence[int], n: int) -> list[int]:
     from edgekit.runtimes.base import GenerationOptions
 
@@ -330,8 +418,12 @@ def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workd
     task = str(manifest.get("task", "text-generation"))
     pooling = manifest.get("pooling") or (manifest.get("onnx") or {}).get("pooling") or {}
     if kind == "transformers" or (kind == "auto" and _torch_available()):
+        stored = StoredReference.for_source(checkpoint, manifest, task, pooling)
+        if stored is not None and stored.seen():  # answered before: the model opens only if asked more
+            return stored
         try:
-            return _TransformersReference(checkpoint, task, pooling)
+            opened = _TransformersReference(checkpoint, task, pooling)
+            return stored.holding(opened) if stored is not None else opened
         except ImportError as exc:
             if kind == "transformers":
                 raise VerificationError(f"reference 'transformers' asked for, but {exc}; install "
