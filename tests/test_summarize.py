@@ -81,6 +81,7 @@ _PEAK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.system  # peak RSS of real processes
 def test_memory_stays_flat_from_one_context_to_twenty(tiny_model, tmp_path):
     """Peak RSS of a process summarizing a document of one context window and one of 20+: the same
     within 10%."""
@@ -234,6 +235,7 @@ _NO_NETWORK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.system  # a real process with its sockets guarded
 def test_nothing_touches_the_network(tiny_model, tmp_path):
     import os
 

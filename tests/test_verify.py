@@ -86,8 +86,9 @@ def test_a_tensor_scaled_by_one_and_a_half_fails(tiny_checkpoint, tmp_path):
 
 
 def test_q_and_k_rows_permuted_wrongly_fail(tiny_checkpoint, tmp_path):
-    """The classic GGUF bug: the rotary permutation of q/k applied a second time."""
-    ckpt = tiny_checkpoint("llama-smollm2")
+    """The classic GGUF bug: the rotary permutation of q/k applied a second time (a Llama-3 layout:
+    the same permutation as SmolLM2's, with a vocabulary small enough to rewrite in a moment)."""
+    ckpt = tiny_checkpoint("llama3")
     artifact = _convert(ckpt, tmp_path / "a", "gguf", "fp32")
     model = artifact / edgekit.read_manifest(artifact)["model_file"]
     config = json.loads((ckpt / "config.json").read_text())
