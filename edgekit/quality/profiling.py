@@ -249,8 +249,11 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
         names = [f"{i + 1}. {name}" for i, name in enumerate(names)]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     if measured:
-        left.boxplot([v.itl_samples_ms for v in measured], positions=range(len(measured)), vert=False,
-                     showfliers=True)
+        # matplotlib 3.10 names it orientation; vert= is deprecated from there on
+        horizontal = ({"orientation": "horizontal"} if matplotlib.__version_info__ >= (3, 10)
+                      else {"vert": False})
+        left.boxplot([v.itl_samples_ms for v in measured], positions=range(len(measured)), showfliers=True,
+                     **horizontal)
         left.set_yticks(range(len(measured)), names)
         speeds = [v.decode["avg_ts"] for v in measured]
         errors = [v.decode["stddev_ts"] for v in measured]
