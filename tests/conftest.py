@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -8,6 +9,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))  # tiny.py, helpers.py
 
 import tiny  # noqa: E402
+
+# Started with SIGINT ignored (a background job of a non-interactive shell), every process the tests
+# start would inherit it, and the tests that press Ctrl-C could not: take Python's usual handler back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
