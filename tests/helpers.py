@@ -304,15 +304,20 @@ def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None,
     interpreter start (and without importing torch again for each one). A crash is rendered as its
     traceback on stderr, as a real process would print it, so "no Traceback" checks still hold.
     The tests of exit codes by signal, ttys and native aborts keep real processes."""
-    import contextlib
+    import os
     import traceback
 
     from typer.testing import CliRunner
 
     from edgekit.cli import app
 
-    with contextlib.chdir(cwd) if cwd else contextlib.nullcontext():
+    here = os.getcwd()  # contextlib.chdir is Python 3.11+; edgekit supports 3.10
+    try:
+        if cwd:
+            os.chdir(cwd)
         result = CliRunner().invoke(app, list(args), input=input, env=env, prog_name="edgekit")
+    finally:
+        os.chdir(here)
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception))
