@@ -89,23 +89,43 @@ def converted(tiny_artifact):
     return make
 
 
-@pytest.fixture(scope="session")
-def real_artifact(tmp_path_factory):
-    """Factory: a bundled real model converted once per session (verified, as convert does by
-    default), for the tests that only read the artifact: real_artifact(model, fmt, quant)."""
-    import edgekit
+class RealArtifacts:
+    """real_artifact(model, fmt, quant, exporter): a bundled real model converted once per session
+    (verified, as convert does by default), for the tests that only read it. adopt() takes an
+    artifact that another test already made the same way (the README's examples convert the same
+    models through the CLI and the API), so it is not converted again."""
 
-    done: dict[tuple[str, str, str, str], Path] = {}
-    root = tmp_path_factory.mktemp("real")
+    def __init__(self, root: Path) -> None:
+        self.root, self.done = root, {}
 
-    def make(model: str, fmt: str, quant: str, exporter: str = "auto") -> Path:
+    def __call__(self, model: str, fmt: str, quant: str, exporter: str = "auto") -> Path:
+        import edgekit
+
         key = (model, fmt, quant, exporter)
-        if key not in done:
-            done[key] = edgekit.convert(f"bundled:{model}", to=fmt, quant=quant, exporter=exporter,
-                                        output=root / "-".join(key)).path
-        return done[key]
+        if key not in self.done:
+            self.done[key] = edgekit.convert(f"bundled:{model}", to=fmt, quant=quant, exporter=exporter,
+                                             output=self.root / "-".join(key)).path
+        return self.done[key]
 
-    return make
+    def adopt(self, path: Path) -> None:
+        """Share a finished, passing conversion of a bundled model; anything else is left alone."""
+        from edgekit.artifact import MANIFEST
+
+        try:
+            m = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return
+        source = m.get("source", {}).get("id", "")
+        if not (source.startswith("bundled:") and m.get("fidelity", {}).get("passed")):
+            return
+        exporter = "optimum" if m.get("exporter") == "optimum" else "auto"
+        key = (source.removeprefix("bundled:"), m["format"], m["quantization"]["label"], exporter)
+        self.done.setdefault(key, path)
+
+
+@pytest.fixture(scope="session")
+def real_artifact(tmp_path_factory) -> RealArtifacts:
+    return RealArtifacts(tmp_path_factory.mktemp("real"))
 
 
 @pytest.fixture

@@ -270,7 +270,10 @@ def test_bad_messages_are_invalid_option_errors(messages, match):
     template.close()
 
 
-def test_check_template():
+def test_check_template(monkeypatch):
+    from edgekit.runtimes import chat_template
+
+    monkeypatch.setattr(chat_template, "DEFAULT_TIMEOUT_S", 1.0)  # 5 s in use: the same path, sooner
     check_template(CHATML)
     # refusing a system message is fine: the sample conversation has none
     check_template("{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}"

@@ -283,7 +283,10 @@ def test_absurd_vocab_size_refused_fast(ckpt, tmp_path):
     assert time.perf_counter() - start < 60
 
 
-def test_hanging_chat_template_refused_at_convert(ckpt, tmp_path):
+def test_hanging_chat_template_refused_at_convert(ckpt, tmp_path, monkeypatch):
+    from edgekit.runtimes import chat_template
+
+    monkeypatch.setattr(chat_template, "DEFAULT_TIMEOUT_S", 1.0)  # 5 s in use: the same path, sooner
     tc = json.loads((ckpt / "tokenizer_config.json").read_text())
     tc["chat_template"] = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     (ckpt / "tokenizer_config.json").write_text(json.dumps(tc))

@@ -1,14 +1,19 @@
 """Every example in README.md runs exactly as written, so the README cannot drift from the code.
 
 The examples run in one folder, in order (the CLI lines use what the Python block made), where the
-placeholders they name exist: `./my-student` and the other students are tiny random checkpoints, and
-the hub id resolves offline from a huggingface_hub cache holding the bundled SmolLM2.
+placeholders they name exist: `./my-student` and the other students are tiny random checkpoints, the
+documents are short, and the hub id resolves offline from a huggingface_hub cache holding the
+bundled SmolLM2. The Python block runs as a script of its own; the CLI lines run through the CLI in
+this process (the same command line, without a cold interpreter for each), and two of them as real
+`edgekit` processes, the console script a user's shell finds. The real models they convert are shared
+with the tests that only read such artifacts (`real_artifact.adopt`).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +25,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 # lines a chat example reads from its terminal: one question, then the empty line that ends the chat
 CHAT_INPUT = "Name three colors.\n\n"
+# the CLI lines that run as real processes of the installed console script
+AS_PROCESSES = ("edgekit devices --json", "edgekit --version")
 
 pytestmark = pytest.mark.real
 
@@ -56,7 +63,8 @@ def sandbox(tmp_path_factory, tiny_checkpoint, smollm2_dir) -> tuple[Path, dict[
         shutil.copytree(tiny_checkpoint(arch), work / name)
     import corpus  # the documents the summarize examples read
 
-    corpus.write(work / "report.pdf", corpus.long_sections(2), "Field notes")  # two chunks and their merge
+    corpus.write(work / "report.pdf", corpus.sections("Honeybees"), "Field notes")  # one chunk: the
+    # chunking and merging of long documents by the real model is tests/test_summarize_real.py's
     for i, topic in enumerate(("Lighthouses", "Roman aqueducts", "Solar panels")):
         corpus.write(work / "contracts" / ("old" if i else "") / f"{i}{('.docx', '.md', '.html')[i]}",
                      corpus.sections(topic), topic)
@@ -70,7 +78,7 @@ def sandbox(tmp_path_factory, tiny_checkpoint, smollm2_dir) -> tuple[Path, dict[
     return work, env
 
 
-def test_the_python_example(sandbox):
+def test_the_python_example(sandbox, real_artifact):
     work, env = sandbox
     (code,) = [body for lang, body in _blocks() if lang == "python"]
     p = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True,
@@ -78,23 +86,39 @@ def test_the_python_example(sandbox):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "Q4_K_M" in p.stdout and "rows of 576 values" in p.stdout  # r.note explains the 6.2 bits
     assert "latency budget missed: total" in p.stdout  # the raise-mode example: cut short, text kept
+    for made in ("out/smol/onnx", "out/smol/gguf", "out/minilm"):
+        real_artifact.adopt(work / made)
 
 
-def test_the_cli_examples(sandbox):
+def test_the_cli_examples(sandbox, real_artifact, monkeypatch):
     """After the Python example (the CLI lines use out/minilm from it)."""
+    from huggingface_hub import constants
+
+    from helpers import cli
+
     work, env = sandbox
     if not (work / "out" / "minilm" / "edgekit.json").exists():
         pytest.skip("needs the Python example's artifacts (run the whole module)")
     (body,) = [body for lang, body in _blocks() if lang == "console"]
     commands = _commands(body)
     assert len(commands) >= 15 and all(c.startswith("edgekit ") for c in commands)
+    assert set(AS_PROCESSES) <= set(commands)
+    # huggingface_hub read HF_HOME when it was imported: the in-process lines name the cache directly
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(env["HF_HOME"]) / "hub"))
     for command in commands:
-        p = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
-                           input=CHAT_INPUT if command.startswith("edgekit chat") else None, timeout=900)
+        stdin = CHAT_INPUT if command.startswith("edgekit chat") else None
+        if command in AS_PROCESSES:
+            p = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True,
+                               input=stdin, timeout=900)
+        else:
+            p = cli(*shlex.split(command, comments=True)[1:], input=stdin, cwd=work,
+                    env={"HF_HOME": env["HF_HOME"], "HF_HUB_OFFLINE": "1"})
         # --budget exits 1 on a miss, as documented: on a machine busy elsewhere that is a right answer
         missed = "--budget" in command and p.returncode == 1 and "latency budget missed" in p.stderr
         assert p.returncode == 0 or missed, f"{command}\n{p.stderr[-3000:]}"
         assert "Traceback" not in p.stderr, command
+    for made in ("smollm2-135m-instruct-int4/onnx", "smollm2-135m-instruct-int4/gguf"):
+        real_artifact.adopt(work / made)
 
 
 def test_the_fresh_machine_commands_exist_and_the_demo_runs():

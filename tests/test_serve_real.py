@@ -10,7 +10,7 @@ import pytest
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.real
-CLIENTS, ROUNDS, TOKENS = 32, 2, 16  # a leak of one request would show 32 times a round
+CLIENTS, ROUNDS, TOKENS = 32, 2, 8  # a leak of one request would show 32 times a round
 
 
 def _rss_mb(pid: int) -> float:
