@@ -788,7 +788,8 @@ def serve(
     max_body: Annotated[int, typer.Option("--max-body", help="largest request body in bytes")
                         ] = 4 * 1024 * 1024,
     allow_host: Annotated[list[str] | None, typer.Option(
-        "--allow-host", help="a Host header name accepted besides localhost (repeatable)")] = None,
+        "--allow-host",
+        help="a host name accepted besides localhost in the Host and Origin headers (repeatable)")] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     ctx_size: CtxOpt = None,

@@ -32,6 +32,9 @@ from edgekit.metrics import BudgetVerdict, DecodeMetrics, LatencyBudget, peak_rs
 DEVICES = ("auto", "cpu", "cuda", "apple")
 # Sampling where neither the caller nor the checkpoint's generation_config sets a value: llama.cpp's
 # interactive defaults, which keep small instruct models from rambling (the CLI's run and chat use them)
+# chat(truncate="oldest") drops, before rendering, the turns past this many characters a token
+# from the end: no tokenizer packs more into one token, so they could never fit the window
+FIT_CHARS_PER_TOKEN = 64
 SAMPLING_FALLBACK = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 
 
@@ -272,9 +275,10 @@ class Engine:
             self._rendering.add(cancel)
         dropped = 0
         try:
-            prompt = self.render_chat(messages)
             if truncate == "oldest" and type(max_tokens) is int:
-                prompt, dropped = self._fit(messages, prompt, max_tokens)
+                prompt, dropped = self._fit(messages, max_tokens)
+            else:
+                prompt = self.render_chat(messages)
         except RenderCancelled:
             self._check_open()  # closed while rendering: say so
             cancel.set()
@@ -297,16 +301,30 @@ class Engine:
         return self._generate(prompt, cancel, "chat", max_tokens=max_tokens, temperature=temperature,
                               stream=stream, add_special=False, dropped=dropped, **kwargs)
 
-    def _fit(self, messages: list[dict[str, Any]], prompt: str, max_tokens: int) -> tuple[str, int]:
+    def _fit(self, messages: list[dict[str, Any]], max_tokens: int) -> tuple[str, int]:
         """The prompt of the fewest oldest turns dropped that leaves room for max_tokens; (prompt, how
-        many messages were dropped). The last turn alone too long: ContextOverflowError."""
+        many messages were dropped). The last turn alone too long: ContextOverflowError.
+
+        The work is bounded by the context window, not by the conversation: turns that cannot fit
+        (more messages than the window has tokens, or more text than it holds at FIT_CHARS_PER_TOKEN)
+        leave before anything is rendered or counted."""
         limit = self.context_length
-        if self.count_tokens(prompt) + max_tokens <= limit:
-            return prompt, 0
-        lead = next((i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+        lead = next((i for i, m in enumerate(messages) if _role(m) != "system"), len(messages))
         system, rest = messages[:lead], messages[lead:]  # the system prompt at the start always stays
+        keep, size = 0, 0  # how many of the latest messages could fit at all
+        for m in reversed(rest):
+            content = m.get("content") if isinstance(m, dict) else None
+            size += len(content) if isinstance(content, str) else 0
+            if keep and (keep >= limit or size > limit * FIT_CHARS_PER_TOKEN):
+                break
+            keep += 1
+        cut = len(rest) - keep
+        if cut == 0:
+            prompt = self.render_chat(messages)
+            if self._count_capped(prompt, limit) + max_tokens <= limit:
+                return prompt, 0
         # each candidate keeps rest[start:], a start at each user message (a turn), the last one kept
-        starts = sorted({i for i, m in enumerate(rest) if m.get("role") == "user" and i > 0}
+        starts = sorted({i for i, m in enumerate(rest) if i >= cut and i > 0 and _role(m) == "user"}
                         | {max(0, len(rest) - 1)})
         best: tuple[str, int] | None = None
         shortest = 0
@@ -314,7 +332,7 @@ class Engine:
         while lo <= hi:  # the earliest start (fewest dropped) whose prompt fits
             mid = (lo + hi) // 2
             candidate = self.render_chat(system + rest[starts[mid]:])
-            n = self.count_tokens(candidate)
+            n = self._count_capped(candidate, limit)
             if n + max_tokens <= limit:
                 best, hi = (candidate, starts[mid]), mid - 1
             else:
@@ -322,6 +340,16 @@ class Engine:
         if best is None:  # even the last message alone leaves no room
             raise ContextOverflowError(shortest, max_tokens, limit)
         return best
+
+    def _count_capped(self, text: str, cap: int) -> int:
+        """The tokens of `text`, or, once it is certainly over `cap`, a count over `cap` taken from a
+        prefix: a megabyte prompt is refused after tokenizing what the window could hold, not all."""
+        head = cap * 8 + 64
+        if len(text) > 2 * head:
+            n = len(self.backend.tokenize(text[:head], False)) - 16  # margin: a token cut at the end
+            if n > cap:
+                return n
+        return len(self.backend.tokenize(text, False)) if text else 0
 
     def cancel(self) -> None:
         """Stop the generation running now (from another thread); it ends with finish_reason "cancelled".
@@ -422,10 +450,13 @@ class Engine:
         """state: kept up to date with the text, token times and ids, so that a Stream closed from
         outside (or ended by Ctrl-C) still has a result."""
         start = time.perf_counter()
+        limit = self.backend.context_length
+        over = self._count_capped(prompt, limit)  # a huge prompt costs what the window holds, not more
+        if over > limit:
+            raise ContextOverflowError(over, options.max_tokens, limit)
         ids = self.backend.tokenize(prompt, add_special)
         if not ids:
             raise InvalidOptionError(_empty_prompt_message(source))
-        limit = self.backend.context_length
         if len(ids) + options.max_tokens > limit:
             raise ContextOverflowError(len(ids), options.max_tokens, limit)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -559,3 +590,7 @@ def _max_partial(text: str, stops: Sequence[str]) -> int:
                 best = max(best, n)
                 break
     return best
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, dict) else None

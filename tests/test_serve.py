@@ -183,7 +183,7 @@ def test_bad_bodies_and_foreign_hosts(server):
         timeout=30,
         headers={"content-type": "application/json"},
     )
-    assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     big = {"model": "chat", "messages": [{"role": "user", "content": "x" * 30000}]}
     r = httpx.post(f"{server.url}/v1/chat/completions", json=big, timeout=30)
     assert r.status_code == 413 and "20000 bytes" in r.json()["error"]["message"]
@@ -191,7 +191,8 @@ def test_bad_bodies_and_foreign_hosts(server):
     def chunked():  # no Content-Length: counted as it arrives
         yield json.dumps(big).encode()
 
-    r = httpx.post(f"{server.url}/v1/chat/completions", content=chunked(), timeout=30)
+    r = httpx.post(f"{server.url}/v1/chat/completions", content=chunked(), timeout=30,
+                   headers={"content-type": "application/json"})
     assert r.status_code == 413
     r = httpx.get(f"{server.url}/v1/models", headers={"host": "attacker.example:8080"}, timeout=30)
     assert r.status_code == 403 and "loopback" in r.json()["error"]["message"]  # DNS rebinding
@@ -292,3 +293,116 @@ def test_concurrent_clients_get_their_own_answers(server, artifacts):
         return await asyncio.gather(*(ask(client, p) for p in prompts))
 
     assert asyncio.run(go()) == alone
+
+
+def test_drive_by_requests_from_web_pages_are_refused(server):
+    """A page in the user's browser may POST here without a preflight (text/plain, a form, a typeless
+    Blob) and may send any Origin: only JSON bodies, and only pages of this machine."""
+    body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    url = f"{server.url}/v1/chat/completions"
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        headers = {"content-type": kind} if kind else {}
+        r = httpx.post(url, content=body.encode(), headers=headers, timeout=30)
+        assert r.status_code == 415 and "application/json" in r.json()["error"]["message"], kind
+    for origin in ("https://evil.example", "null", "http://attacker.example:8080", "file://"):
+        r = httpx.post(url, content=body.encode(), timeout=30,
+                       headers={"content-type": "application/json", "origin": origin})
+        assert r.status_code == 403 and "web page" in r.json()["error"]["message"], origin
+        assert httpx.get(f"{server.url}/v1/models", headers={"origin": origin}, timeout=30).status_code == 403
+    for origin in ("http://localhost:5173", f"http://127.0.0.1:{server.port}", "http://[::1]:3000"):
+        r = httpx.post(url, content=body.encode(), timeout=60,
+                       headers={"content-type": "application/json; charset=utf-8", "origin": origin})
+        assert r.status_code == 200, (origin, r.text)
+
+
+def test_malformed_bodies_are_400s_and_the_next_request_is_answered(server):
+    url = f"{server.url}/v1/chat/completions"
+    ok = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    cases = [
+        (b'{"model": "chat", "x": ' + b"[" * 9000 + b"]" * 9000 + b"}", "too deep"),
+        (json.dumps(ok)[:-1].encode() + b', "seed": ' + b"9" * 5000 + b"}", "5000 digits"),
+        (json.dumps(ok)[:-1].encode() + b', "temperature": NaN}', "NaN"),
+        (json.dumps({**ok, "stream": True, "stream_options": "include_usage"}).encode(), "stream_options"),
+        (json.dumps({**ok, "stream": True, "stream_options": ["include_usage"]}).encode(), "stream_options"),
+        (json.dumps({**ok, "stream": "yes"}).encode(), "stream must be true or false"),
+    ]
+    for raw, says in cases:
+        r = httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], (raw[:60], r.text[:300])
+    assert httpx.post(url, json=ok, timeout=30).status_code == 200
+
+
+def test_a_conversation_of_100001_messages_costs_what_the_window_holds(slow_server):
+    """3.7 MB of one-character turns (under the body limit): the oldest leave before anything is
+    rendered or counted, so the answer comes in seconds (it took minutes when every fit re-rendered
+    the whole conversation), and so does the next request."""
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "x"} for i in range(100_001)]
+    start = time.monotonic()
+    r = httpx.post(f"{slow_server.url}/v1/chat/completions", timeout=120,
+                   json={"model": "chat", "messages": messages, "max_tokens": 2, "temperature": 0})
+    took = time.monotonic() - start
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] <= 256, r.text[:300]
+    assert took < 30, took
+    start = time.monotonic()
+    c = slow_server.client()
+    assert c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
+                                     max_tokens=2).usage.completion_tokens == 2
+    assert time.monotonic() - start < 5
+
+
+def test_a_client_that_drops_a_whole_answer_frees_the_engine(slow_server):
+    """Not streamed: the client gives up after a second (200 tokens would take 10 s); the server
+    notices, cancels the generation, and the next request is answered at once."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": "Tell a long story"}],
+            "max_tokens": 200, "temperature": 0}
+    start = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{slow_server.url}/v1/chat/completions", json=body, timeout=1.0)
+    reply = slow_server.client().chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert reply.usage.completion_tokens == 3 and time.monotonic() - start < 5
+
+
+def test_sigterm_stops_the_server_while_it_generates(artifacts, tmp_path_factory):
+    import threading
+
+    from helpers import slow_tokens_env
+
+    s = Server([str(artifacts["gguf"])], env=slow_tokens_env(tmp_path_factory.mktemp("slow"), 0.05))
+    answers: list[int] = []
+
+    def ask() -> None:  # 400 tokens: 20 s, while the client stays connected
+        try:
+            answers.append(httpx.post(f"{s.url}/v1/chat/completions", timeout=60, json={
+                "model": "chat", "messages": [{"role": "user", "content": "Tell a long story"}],
+                "max_tokens": 400}).status_code)
+        except httpx.HTTPError:
+            answers.append(0)
+
+    worker = threading.Thread(target=ask)
+    worker.start()
+    time.sleep(1.5)
+    start = time.monotonic()
+    s.proc.terminate()
+    try:
+        s.proc.wait(timeout=15)
+    finally:
+        s.proc.kill()
+        worker.join(timeout=60)
+    assert time.monotonic() - start < 5 and s.proc.returncode is not None
+    assert "Traceback" not in s.proc.stderr.read()
+
+
+def test_a_port_that_cannot_be_used_is_refused_before_any_model_loads(artifacts):
+    from helpers import cli
+
+    p = cli("serve", str(artifacts["gguf"]), "--port", "70000")
+    assert p.returncode == 1 and "port must be between 0 and 65535" in p.stderr
+    assert "Traceback" not in p.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        p = cli("serve", "/nonexistent/model", "--port", str(port))  # the port is named, not the model
+        assert p.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr

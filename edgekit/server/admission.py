@@ -47,6 +47,21 @@ def too_large(limit: int) -> ApiError:
     return ApiError(413, f"the body is larger than {limit} bytes", code="body_too_large")
 
 
+def shutting_down() -> ApiError:
+    return ApiError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+
+
+def origin_host(origin: str) -> str:
+    """The host name in an Origin header ("http://localhost:5173" -> "localhost"); "" for "null"."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(origin.strip()).hostname or ""
+    except ValueError:
+        return ""
+    return f"[{host}]" if ":" in host else host
+
+
 class Guard:
     """Plain ASGI middleware (no per-chunk cost on streams): the Host header, the API key and the
     declared body size, checked before the app sees the request."""
@@ -85,10 +100,33 @@ class Guard:
                     kind="authentication_error",
                     code="invalid_api_key",
                 )
+        # a web page the user opens may POST here without asking ("simple" requests: text/plain, forms,
+        # no preflight): only pages of this machine, and only JSON bodies, which browsers preflight
+        origin = headers.get("origin")
+        if origin is not None and not _allowed(origin_host(origin), config):
+            return ApiError(
+                403,
+                f"requests from the web page at {origin} are refused: only pages served from this "
+                "machine may call this server",
+                code="origin_not_allowed",
+            )
+        if scope.get("method") in ("POST", "PUT", "PATCH"):
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return ApiError(
+                    415,
+                    f"Content-Type must be application/json, not {kind or 'none'} "
+                    "(curl: -H 'Content-Type: application/json')",
+                    code="unsupported_media_type",
+                )
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
             return too_large(config.max_body_bytes)
         return None
+
+
+def _allowed(host: str, config: Limits) -> bool:
+    return bool(host) and (is_loopback(host) or host in config.allowed_hosts)
 
 
 async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
@@ -110,6 +148,7 @@ class Slot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
     seconds: float = 1.0  # a running average of request time, for Retry-After
+    closed: bool = False  # the server is stopping
 
     @property
     def task(self) -> str:
@@ -134,6 +173,10 @@ class Ticket:
         except BaseException:
             self.leave()
             raise
+        if self.slot.closed:  # the server is stopping: what waited does not start
+            self.leave()
+            self.slot.lock.release()
+            raise shutting_down()
         self.start = time.perf_counter()
         return self
 
@@ -150,17 +193,26 @@ class Queues:
     def __init__(self, engines: Mapping[str, Any], config: Limits) -> None:
         self.engines, self.config = engines, config
         self.slots: dict[str, Slot] = {}
+        self.closed = False
 
     def slot(self, name: Any, task: str) -> Slot:
         """The engine a request names, which must do `task` (404 or 400 otherwise)."""
         if not self.slots:  # made inside the server's event loop (asyncio.Lock binds to it)
             for n, e in self.engines.items():
-                self.slots[n] = Slot(n, e)
+                self.slots[n] = Slot(n, e, closed=self.closed)
         name = check_model(name, {n: s.task for n, s in self.slots.items()}, task)
         return self.slots[name]
 
+    def close(self) -> None:
+        """The server is stopping: requests still waiting are answered 503, new ones too."""
+        self.closed = True
+        for slot in self.slots.values():
+            slot.closed = True
+
     def admit(self, slot: Slot) -> Ticket:
         """A place in `slot`'s queue, to enter with `async with`; 429 when `max_queue` already wait."""
+        if slot.closed:
+            raise shutting_down()
         max_queue = self.config.max_queue
         if slot.waiting >= max_queue:
             retry = max(1, round(slot.seconds * slot.waiting))

@@ -24,6 +24,8 @@ from edgekit.errors import InvalidOptionError, require
 from edgekit.server import admission, wire
 from edgekit.server.wire import ApiError
 
+SHUTDOWN_S = 3  # after SIGTERM, connections still open are closed after this many seconds
+
 
 @dataclass
 class ServerConfig:
@@ -48,6 +50,8 @@ class ServerConfig:
         ):
             if type(value) is not int or value < (0 if name == "port" else 1):
                 raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
+        if not self.port <= 65535:
+            raise InvalidOptionError(f"port must be between 0 and 65535, not {self.port}")
 
 
 def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
@@ -67,12 +71,12 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
     """The FastAPI app serving these engines (name -> Engine). The caller owns the engines."""
     require("fastapi", "fastapi", "serve", "edgekit serve")
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     config = config or ServerConfig()
     queues = admission.Queues(engines, config)
     app = FastAPI(title="edgekit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.queues = queues  # serve() closes them on SIGTERM
     app.add_middleware(admission.Guard, config=config)
     created = int(time.time())
 
@@ -80,9 +84,9 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
     async def api_error(_request, exc: ApiError):
         return JSONResponse(exc.body(), exc.status, headers=exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request, exc: RequestValidationError):
-        return JSONResponse(wire.validation_error(exc.errors()).body(), 400)
+    @app.exception_handler(Exception)
+    async def unexpected(_request, exc: Exception):  # a bug of ours: still OpenAI's shape, never text
+        return JSONResponse(wire.api_error(exc).body(), 500)
 
     async def body_of(request: Request) -> dict[str, Any]:
         return wire.parse_body(await admission.read_body(request.stream(), config.max_body_bytes))
@@ -99,13 +103,13 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
     async def chat_completions(request: Request):
         body = await body_of(request)
         slot = queues.slot(body.get("model"), "text-generation")
-        return await _answer(queues, slot, body, "chat", wire.chat_messages(body))
+        return await _answer(request, queues, slot, body, "chat", wire.chat_messages(body))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await body_of(request)
         slot = queues.slot(body.get("model"), "text-generation")
-        return await _answer(queues, slot, body, "completion", wire.completion_prompt(body))
+        return await _answer(request, queues, slot, body, "completion", wire.completion_prompt(body))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -113,6 +117,7 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
         slot = queues.slot(body.get("model"), "feature-extraction")
         texts, fmt = wire.embedding_input(body)
         async with queues.admit(slot):
+            await _gone_already(request)
             vectors = await asyncio.to_thread(wire.call, slot.engine.embed, texts)
             tokens = sum(slot.engine.count_tokens(t) for t in texts)
         return wire.embeddings(vectors, fmt, slot.name, tokens)
@@ -121,7 +126,8 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
 
 
 async def _answer(
-    queues: admission.Queues, slot: admission.Slot, body: dict[str, Any], kind: str, payload: Any
+    request: Any, queues: admission.Queues, slot: admission.Slot, body: dict[str, Any], kind: str,
+    payload: Any,
 ) -> Any:
     """A chat or completion request's answer: whole, or (stream true) a response streaming its events."""
     options = wire.generation_options(body, slot.engine.generation_defaults())
@@ -129,9 +135,15 @@ async def _answer(
     ident = wire.completion_id(kind)
     if not stream:
         async with queues.admit(slot):
-            result = await asyncio.to_thread(
-                wire.call, wire.generate, slot.engine, kind, payload, options, False
-            )
+            await _gone_already(request)
+            # the engine is this request's alone: a client that hangs up cancels what it runs
+            watcher = asyncio.create_task(_cancel_when_gone(request, slot.engine))
+            try:
+                result = await asyncio.to_thread(
+                    wire.call, wire.generate, slot.engine, kind, payload, options, False
+                )
+            finally:
+                watcher.cancel()
         return wire.whole(kind, ident, slot.name, result)
     ticket = queues.admit(slot)  # 429 now, before the stream starts, when the queue is full
     events = _events(slot, kind, payload, options, ident, usage_in_stream, ticket)
@@ -158,6 +170,39 @@ async def _events(
                     yield {"data": data}
 
 
+async def _gone_already(request: Any) -> None:
+    """A client that hung up while its request waited in the queue gets nothing run for it."""
+    if await request.is_disconnected():
+        raise ApiError(499, "the client closed the connection", code="client_closed_request")
+
+
+async def _cancel_when_gone(request: Any, engine: Any) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.2)
+    engine.cancel()
+
+
+def listen(host: str, port: int):
+    """The server's listening socket, bound before any model loads: a port in use or an address
+    this machine does not have is an error at once, naming it."""
+    import socket
+
+    name = host.strip("[]")
+    try:
+        family = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise InvalidOptionError(f"cannot listen on {host}:{port}: {exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((name, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise InvalidOptionError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
 def serve(
     models: Sequence[str | Path],
     config: ServerConfig | None = None,
@@ -173,24 +218,34 @@ def serve(
     from edgekit.engine import load
 
     named = model_names(models)
+    sock = listen(config.host, config.port)
     engines: dict[str, Any] = {}
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            """SIGTERM or Ctrl-C: nothing new starts, what runs is cancelled, the answers end now."""
+            super().handle_exit(sig, frame)
+            app.state.queues.close()
+            for engine in engines.values():
+                engine.cancel()
+
     try:
         for name, path in named.items():
             engines[name] = load(path, device=device, n_ctx=n_ctx, threads=threads)
         app = create_app(engines, config)
-        server = uvicorn.Server(
+        server = Server(
             uvicorn.Config(
                 app,
-                host=config.host,
-                port=config.port,
                 log_level="warning",
                 access_log=False,
                 server_header=False,
+                timeout_graceful_shutdown=SHUTDOWN_S,
             )
         )
         if ready is not None:
             ready(engines)
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         for engine in engines.values():
             engine.close()

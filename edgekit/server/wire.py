@@ -66,25 +66,57 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
         raise api_error(exc) from None
 
 
-def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
-    """FastAPI's request validation errors as one 400 naming the first."""
-    first = errors[0] if errors else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return ApiError(400, f"{where}: {first.get('msg', 'invalid')}", param=where or None)
-
-
 # requests
+
+MAX_DEPTH = 32  # objects and lists inside each other: OpenAI's bodies need 5 or 6
+MAX_INT_DIGITS = 18  # larger integers are no count, seed or limit anyone means
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """A request body, which must be a JSON object."""
+    """A request body, which must be a JSON object of bounded depth, with finite numbers and no
+    integer longer than MAX_INT_DIGITS digits: anything else is a 400 naming the problem."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"the body is not JSON ({exc})") from None
+        data = json.loads(raw, parse_int=_small_int, parse_float=_finite, parse_constant=_no_constant)
+    except RecursionError:  # the parser's own stack: thousands of brackets inside each other
+        raise ApiError(400, f"the body nests lists and objects too deep (at most {MAX_DEPTH})") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ApiError(400, f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
+    if _depth(data) > MAX_DEPTH:
+        raise ApiError(400, f"the body nests lists and objects too deep (at most {MAX_DEPTH})")
     return data
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in a parsed body (without recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                break
+            todo.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _small_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        digits = len(text.lstrip("-"))
+        raise ValueError(f"an integer of {digits} digits; at most {MAX_INT_DIGITS} are allowed")
+    return int(text)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def check_model(name: Any, tasks: Mapping[str, str], task: str) -> str:
@@ -195,9 +227,20 @@ def generation_options(body: dict[str, Any], defaults: Mapping[str, Any]) -> dic
 
 def streaming(body: dict[str, Any]) -> tuple[bool, bool]:
     """Whether to answer as a stream, and whether that stream ends with a usage chunk."""
-    stream = body.get("stream") is True
-    usage_in_stream = bool((body.get("stream_options") or {}).get("include_usage")) if stream else False
-    return stream, usage_in_stream
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, f"stream must be true or false, not {stream!r}", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise ApiError(400, "stream_options must be an object such as {\"include_usage\": true}",
+                       param="stream_options")
+    usage = (options or {}).get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise ApiError(400, "stream_options.include_usage must be true or false",
+                       param="stream_options.include_usage")
+    if options is not None and not stream:
+        raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options")
+    return bool(stream), bool(stream and usage)
 
 
 def generate(engine: Any, kind: str, payload: Any, options: dict[str, Any], stream: bool) -> Any:

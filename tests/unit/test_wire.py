@@ -23,11 +23,25 @@ def test_the_wire_module_needs_no_web_framework():
     assert out.strip() == "[]"
 
 
-@pytest.mark.parametrize("raw,message", [(b"{", "not JSON"), (b"[1]", "JSON object"), (b"\xff", "not JSON")])
+@pytest.mark.parametrize("raw,message", [
+    (b"{", "not valid JSON"), (b"[1]", "JSON object"), (b"\xff", "not valid JSON"),
+    # the parser's limits, each a 400 and never a 500: depth, long integers, non-finite numbers
+    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "too deep"),
+    (b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}", "too deep"),
+    (b'{"messages": [{"role": "user", "content": "x"}], "seed": ' + b"7" * 5000 + b"}", "5000 digits"),
+    (b'{"max_tokens": -' + b"1" * 19 + b"}", "19 digits"),
+    (b'{"temperature": NaN}', "NaN is not a JSON number"), (b'{"top_p": -Infinity}', "-Infinity"),
+    (b'{"temperature": 1e999}', "too large"),
+])
 def test_a_body_must_be_a_json_object(raw, message):
     with pytest.raises(ApiError, match=message) as caught:
         wire.parse_body(raw)
     assert caught.value.status == 400 and caught.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_what_the_parser_limits_leave_alone():
+    body = wire.parse_body(b'{"a": ' + b"[" * 31 + b"]" * 31 + b', "seed": 123456789012345678, "t": 0.5}')
+    assert body["seed"] == 123456789012345678 and body["t"] == 0.5
 
 
 def test_chat_messages_join_text_parts_and_map_developer_to_system():
@@ -96,6 +110,15 @@ def test_embeddings_as_floats_and_base64():
 
 def test_streaming_flags_and_the_end_of_a_stream():
     assert wire.streaming({"stream": True, "stream_options": {"include_usage": True}}) == (True, True)
-    assert wire.streaming({"stream": "yes"}) == (False, False)
+    assert wire.streaming({"stream": False}) == wire.streaming({}) == (False, False)
+    for bad, param in [({"stream": "yes"}, "stream"), ({"stream": 1}, "stream"),
+                       ({"stream": True, "stream_options": "include_usage"}, "stream_options"),
+                       ({"stream": True, "stream_options": ["include_usage"]}, "stream_options"),
+                       ({"stream": True, "stream_options": {"include_usage": "yes"}},
+                        "stream_options.include_usage"),
+                       ({"stream_options": {"include_usage": True}}, "stream_options")]:
+        with pytest.raises(ApiError) as caught:
+            wire.streaming(bad)
+        assert caught.value.status == 400 and caught.value.param == param, bad
     opening = [json.loads(x) for x in wire.stream_opening("chat", "id-1", "m")]
     assert opening[0]["choices"][0]["delta"]["role"] == "assistant" and opening[0]["id"] == "id-1"
