@@ -85,8 +85,9 @@ def check_output(final: Path, overwrite: bool, source: Path | None = None) -> No
 
 
 @contextlib.contextmanager
-def output_lock(final: Path) -> Iterator[None]:
-    """Hold the output path for one conversion; a second one to the same path fails at once.
+def output_lock(final: Path, what: str = "conversion") -> Iterator[None]:
+    """Hold the output path for one conversion (or another job: `what`); a second one to the same
+    path fails at once.
 
     An flock on a hidden sibling file: the kernel drops it when the holder dies, so a killed run
     never leaves a lock that blocks the next one.
@@ -106,7 +107,7 @@ def output_lock(final: Path) -> Iterator[None]:
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise OutputExistsError(f"{final}: another conversion (pid {holder}) is writing this output now; "
+            raise OutputExistsError(f"{final}: another {what} (pid {holder}) is writing this output now; "
                                     "wait for it to finish or choose another path") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino  # not a lock file its last holder just removed
@@ -309,6 +310,9 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+MAX_MANIFEST_BYTES = 16 * 2**20
+
+
 def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
     """Load edgekit.json; with verify, check every listed file's size and sha256 first.
 
@@ -322,10 +326,16 @@ def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
         hint = (f"; it holds artifacts: {', '.join(inside)} (pass one of them)" if inside
                 else " (convert one with `edgekit convert`)")
         raise ArtifactError(f"{root}: no {MANIFEST}; not an edgekit artifact{hint}")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path}: {size} bytes is no manifest (edgekit writes a few kilobytes; "
+                            f"at most {MAX_MANIFEST_BYTES >> 20} MB are read)")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from exc
+    except RecursionError:
+        raise ArtifactError(f"{path}: unreadable manifest (nested thousands deep)") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # bad JSON, or an integer of thousands of digits
+        raise ArtifactError(f"{path}: unreadable manifest ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         raise ArtifactError(f"{path}: unsupported manifest schema (expected version {SCHEMA_VERSION})")
     _check_fields(manifest, path)

@@ -503,6 +503,10 @@ def profile(
     limits = _budget(budget)
     devices = [d.strip() for d in device.split(",") if d.strip()]
     try:
+        if report_dir is not None:  # checked before the measuring, which it would otherwise lose
+            from edgekit.paths import writable_folder
+
+            writable_folder(report_dir, "--report")
         with _RunProgress(enabled=not (as_json or as_csv or as_markdown) and sys.stderr.isatty()) as progress:
             report = run_profile(artifacts, limits, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
                                  runs=runs, devices=devices, threads=threads, progress=progress)
@@ -630,6 +634,8 @@ def summarize(
         "--out", "-o", help="folder for the summaries, one per document (NAME.EXT.FORMAT); a rerun skips "
                             "documents already summarized the same way")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="look into subfolders")] = False,
+    follow_links: Annotated[bool, typer.Option(
+        "--follow-links", help="follow links inside a folder that lead out of it")] = False,
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume", help="skip documents already summarized the same way in --out")] = True,
     strategy: Annotated[str, typer.Option(
@@ -671,7 +677,11 @@ def summarize(
         if fmt not in FORMATS:
             raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
         bars = not as_json and sys.stderr.isatty()
-        files = collect(inputs, recursive)
+        ignored: list[tuple[str, str]] = []
+        files = collect(inputs, recursive, out, follow_links, ignored)
+        if not as_json:
+            for name, why in ignored:
+                typer.secho(f"not read: {name}: {why}", err=True, fg=typer.colors.YELLOW)
         distributed = ray or ray_address is not None
         single = out is None and len(files) == 1 and not inputs[0].is_dir() and not distributed
         if model is None:
@@ -694,7 +704,7 @@ def summarize(
                 run = summarize_many(inputs, model, out, words, recursive=recursive, resume=resume, fmt=fmt,
                                      strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap,
                                      device=device, n_ctx=ctx_size, threads=threads, progress=progress,
-                                     on_file=on_file, executor=executor)
+                                     on_file=on_file, executor=executor, follow_links=follow_links)
         else:
             as_json = as_json or fmt == "json"
             with load(model, device=device, n_ctx=ctx_size, threads=threads) as engine, \

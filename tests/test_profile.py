@@ -151,3 +151,29 @@ def test_run_chooses_among_variants_on_the_command_line(variants, tmp_path, monk
     assert human.returncode == 0 and f"picked {variants[1]}" in human.stderr
     none = _cli("run", both, "Hi", "-n", "2", "--device", "cpu", "--budget", "tpot=0.001ms")
     assert none.returncode == 1 and "no variant meets the budget" in none.stderr
+
+
+def test_the_report_folder_is_checked_first_and_never_written_through_links(variants, tmp_path):
+    """--report naming a file fails before any measuring; in a shared folder where someone planted
+    links named profile.json, profile.png and index.html, the report replaces the links and the
+    files they point to are untouched."""
+    import time
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not touch", encoding="utf-8")
+    start = time.monotonic()
+    p = _cli("profile", str(variants[0]), "-p", "16", "-n", "4", "-r", "1", "--report", str(victim))
+    assert p.returncode == 1 and "exists and is not a folder" in p.stderr and "Traceback" not in p.stderr
+    assert time.monotonic() - start < 5 and victim.read_text() == "do not touch"  # nothing was measured
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("profile.json", "profile.png", "index.html"):
+        (shared / name).symlink_to(victim)
+    p = _cli("profile", str(variants[0]), "-p", "16", "-n", "4", "-r", "1", "--device", "cpu",
+             "--report", str(shared))
+    assert p.returncode == 0, p.stderr
+    assert victim.read_text() == "do not touch"
+    for name in ("profile.json", "profile.png", "index.html"):
+        assert not (shared / name).is_symlink() and (shared / name).stat().st_size > 0
+    assert json.loads((shared / "profile.json").read_text())["variants"]
+    assert not [p for p in shared.iterdir() if p.name.endswith(".partial")]

@@ -259,3 +259,54 @@ def test_summaries_inside_the_folder_are_not_read_as_documents(tiny_model, tmp_p
         assert _cli(*args).returncode == 0
     written = sorted(p.name for p in (docs / "summaries").iterdir())
     assert written == [INDEX_NAME, "a.md.md"]  # no summary of a summary
+
+
+def test_a_folder_is_not_left_through_links_and_odd_entries_are_named(tiny_model, tmp_path):
+    """A link to a file outside the folder (/etc/passwd renamed as a document), a link to a folder
+    outside it, a dangling link and a FIFO: none is opened (a FIFO would block the run); each is
+    named with its reason, in the report and on the terminal. --follow-links follows the first two."""
+    import os
+
+    outside = tmp_path / "outside"
+    corpus.write(outside / "secret.txt", corpus.sections("Volcanoes"))
+    corpus.write(outside / "more" / "notes.md", corpus.sections("Chess"))
+    docs = tmp_path / "docs"
+    corpus.write(docs / "a.md", corpus.sections("Coffee"))
+    corpus.write(docs / "inner" / "b.txt", corpus.sections("Jazz"))
+    (docs / "passwd.txt").symlink_to(outside / "secret.txt")
+    (docs / "linked").symlink_to(outside / "more", target_is_directory=True)
+    (docs / "gone.txt").symlink_to(tmp_path / "nothing.txt")
+    (docs / "inside.txt").symlink_to(docs / "inner" / "b.txt")  # stays inside: read
+    os.mkfifo(docs / "pipe.txt")
+    args = [str(docs), "-r", "-m", str(tiny_model), "-c", str(CTX), "-w", "12", "--chunk-tokens", "150"]
+    p = _cli(*args, "--json")
+    assert p.returncode == 0, p.stderr
+    run = json.loads(p.stdout)["run"]
+    assert sorted(f["name"] for f in run["files"]) == ["a.md", "inner/b.txt", "inside.txt"]
+    why = {i["name"]: i["why"] for i in run["ignored"]}
+    assert set(why) == {"passwd.txt", "linked", "gone.txt", "pipe.txt"}, why
+    assert "outside the folder" in why["passwd.txt"] and "outside the folder" in why["linked"]
+    assert why["gone.txt"] == "a link to nothing" and "FIFO" in why["pipe.txt"]
+    human = _cli(*args)
+    assert human.returncode == 0 and "not read: passwd.txt: a link to" in human.stderr
+    followed = json.loads(_cli(*args, "--follow-links", "--json").stdout)["run"]
+    assert sorted(f["name"] for f in followed["files"]) == [
+        "a.md", "inner/b.txt", "inside.txt", "linked/notes.md", "passwd.txt"]
+
+
+def test_two_runs_into_one_folder_cannot_both_work(tiny_model, tmp_path):
+    """The second run into an -o folder that a run holds stops at once, naming the holder; the
+    folder's index is the first run's alone."""
+    from edgekit.artifact import output_lock
+
+    docs = tmp_path / "docs"
+    corpus.write(docs / "a.md", corpus.sections("Coffee"))
+    out = tmp_path / "summaries"
+    out.mkdir()
+    with output_lock(out / INDEX_NAME, "summarize run"):  # a run holding the folder now
+        p = _cli(str(docs), "-m", str(tiny_model), "-c", str(CTX), "-w", "12", "-o", str(out))
+        assert p.returncode == 1 and "another summarize run" in p.stderr and "Traceback" not in p.stderr
+        with pytest.raises(edgekit.OutputExistsError):
+            edgekit.summarize_many([docs], tiny_model, out, 12, n_ctx=CTX)
+    assert not (out / INDEX_NAME).exists()
+    assert _cli(str(docs), "-m", str(tiny_model), "-c", str(CTX), "-w", "12", "-o", str(out)).returncode == 0

@@ -231,6 +231,7 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
     """profile.json, profile.png (latency per variant; decode tok/s against the bandwidth limit) and an
     index.html showing both with the table; returns the page. Needs matplotlib (edgekit[report])."""
     import html
+    import io
 
     from edgekit.errors import require
 
@@ -240,9 +241,10 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
     matplotlib.use("Agg")  # files only, no screen
     import matplotlib.pyplot as plt
 
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "profile.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    from edgekit.paths import replace_file, writable_folder
+
+    out = writable_folder(folder, "the report")  # each file renamed into place: no link is followed
+    replace_file(out / "profile.json", (json.dumps(report.to_dict(), indent=2) + "\n").encode())
     measured = [v for v in report.variants if v.error is None and v.itl_samples_ms]
     names = [f"{v.format} {v.quant}, {v.device}" for v in measured]
     if len(set(names)) < len(names):  # the same kind twice: number them as the table does
@@ -270,8 +272,10 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
     right.set_xlabel("tokens per second")
     right.set_title("Decode speed against the memory limit")
     fig.tight_layout()
-    fig.savefig(out / "profile.png", dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    replace_file(out / "profile.png", png.getvalue())
     rows = report.rows()
     keys = [k for k in (rows[0] if rows else {}) if any(r[k] is not None for r in rows)]
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
@@ -290,7 +294,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%
 <table><tr>{head}</tr>{body}</table>
 <p>Raw figures: <a href="profile.json">profile.json</a>.</p></body></html>
 """
-    (out / "index.html").write_text(page, encoding="utf-8")
+    replace_file(out / "index.html", page.encode())
     return out / "index.html"
 
 

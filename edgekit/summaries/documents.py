@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekit.errors import DocumentError, require
 
-MAX_FILE_BYTES = 512 * 1024 * 1024  # past this a "document" is almost surely not one
+# past these sizes a "document" is almost surely not one: the markup formats are parsed whole in
+# memory (a few times their size), so their caps are lower than those of the paged formats
+MAX_FILE_BYTES = {"text": 64 * 2**20, "markdown": 64 * 2**20, "html": 32 * 2**20, "pdf": 512 * 2**20,
+                  "docx": 512 * 2**20}
+# elements nested deeper than this refuse an HTML file before it is parsed (the parse of deep
+# nesting is quadratic); pages written by people or tools nest a few dozen deep
+MAX_HTML_DEPTH = 256
+# a DOCX is a zip: what its members inflate to is capped, absolutely and against the file's size
+# (Word's XML packs 5 to 20 times; a bomb packs a thousand)
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
+MAX_INFLATE_RATIO = 100
 
 
 @dataclass(frozen=True)
@@ -65,13 +76,14 @@ def read_document(path: str | Path) -> Document:
     size = path.stat().st_size
     if size == 0:
         raise DocumentError(path, "the file is empty: nothing to summarize")
-    if size > MAX_FILE_BYTES:
+    kind, read = reader
+    limit = MAX_FILE_BYTES.get(kind, MAX_FILE_BYTES["pdf"])
+    if size > limit:
         raise DocumentError(
             path,
-            f"{size / 2**20:.0f} MB is more than the {MAX_FILE_BYTES >> 20} MB "
-            "edgekit reads as one document; split it",
+            f"{size / 2**20:.0f} MB is more than the {limit >> 20} MB edgekit reads as one {kind} "
+            "document; split it",
         )
-    kind, read = reader
     meta: dict[str, int] = {}
     try:
         blocks = list(read(path, meta))
@@ -143,13 +155,13 @@ def _read_text(path: Path, meta: dict[str, int]) -> Iterator[Block]:
 
 _MD_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 _MD_SETEXT = re.compile(r"^\s{0,3}(=+|-+)\s*$")
-_MD_INLINE = [
-    (re.compile(r"!\[([^\]]*)\]\([^)]*\)"), r"\1"),  # images: their alt text
-    (re.compile(r"\[([^\]]+)\]\([^)]*\)"), r"\1"),  # links: their text
-    (re.compile(r"(\*\*|__)(.+?)\1"), r"\2"),
-    (re.compile(r"(?<!\w)[*_](\S.*?\S|\S)[*_](?!\w)"), r"\1"),
-    (re.compile(r"`([^`]+)`"), r"\1"),
-    (re.compile(r"<[^>\n]+>"), ""),
+_MD_INLINE = [  # each span bounded, so that a line of unclosed markup costs linear time, not quadratic
+    (re.compile(r"!\[([^\]\n]{0,500})\]\([^)\n]{0,2000}\)"), r"\1"),  # images: their alt text
+    (re.compile(r"\[([^\]\n]{1,500})\]\([^)\n]{0,2000}\)"), r"\1"),  # links: their text
+    (re.compile(r"(\*\*|__)(.{1,200}?)\1"), r"\2"),
+    (re.compile(r"(?<!\w)[*_](\S.{0,200}?\S|\S)[*_](?!\w)"), r"\1"),
+    (re.compile(r"`([^`]{1,2000})`"), r"\1"),
+    (re.compile(r"<[^>\n]{1,500}>"), ""),
 ]
 
 
@@ -242,7 +254,11 @@ _HTML_BLOCK = {
 
 def _read_html(path: Path, meta: dict[str, int]) -> Iterator[Block]:
     lexbor = require("selectolax.lexbor", "selectolax", "docs", "Reading HTML")
-    tree = lexbor.LexborHTMLParser(decode_text(path, path.read_bytes()))
+    text = decode_text(path, path.read_bytes())
+    depth = html_depth(text)
+    if depth > MAX_HTML_DEPTH:
+        raise DocumentError(path, f"nests its elements {depth} deep (at most {MAX_HTML_DEPTH} are read)")
+    tree = lexbor.LexborHTMLParser(text)
     root = tree.body or tree.root
     if root is None:
         return
@@ -279,6 +295,28 @@ def _read_html(path: Path, meta: dict[str, int]) -> Iterator[Block]:
     walk(root)
     flush()
     yield from out
+
+
+_HTML_TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]{0,40})[^<>]{0,2000}?(/?)>|<!--.*?-->", re.S)
+# elements that never nest (void) or whose end tag is optional (closed by what follows)
+_HTML_FLAT = frozenset("area base br col embed hr img input link meta source track wbr p li dt dd tr td th "
+                       "option optgroup thead tbody tfoot colgroup rb rt rp html head body".split())
+
+
+def html_depth(text: str) -> int:
+    """How deep elements nest, counted from the tags in one linear pass (an upper bound: an element
+    whose end tag is missing counts as open)."""
+    depth = deepest = 0
+    for match in _HTML_TAG.finditer(text):
+        closing, name, self_closing = match.group(1), match.group(2), match.group(3)
+        if name is None or self_closing or name.lower() in _HTML_FLAT:
+            continue
+        if closing:
+            depth = max(0, depth - 1)
+        else:
+            depth += 1
+            deepest = max(deepest, depth)
+    return deepest
 
 
 # ---- PDF ------------------------------------------------------------------------------------------
@@ -325,6 +363,7 @@ def _read_docx(path: Path, meta: dict[str, int]) -> Iterator[Block]:
 
     try:
         with zipfile.ZipFile(path) as archive:
+            _check_inflated(path, archive)
             broken = archive.testzip()  # CRC of every member: a damaged archive fails here, not later
         if broken is not None:
             raise DocumentError(path, f"is a damaged DOCX (member {broken} fails its checksum)")
@@ -348,13 +387,26 @@ def _read_docx(path: Path, meta: dict[str, int]) -> Iterator[Block]:
                     blocks.append(Block(" | ".join(dict.fromkeys(c for c in cells if c))))
     except DocumentError:
         raise
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, TypeError, AttributeError,
+            IndexError) as exc:
         raise DocumentError(path, f"is not a valid DOCX (a damaged or foreign file: {exc})") from None
     except Exception as exc:  # python-docx's PackageNotFoundError and lxml's XMLSyntaxError
         if type(exc).__name__ in ("PackageNotFoundError", "XMLSyntaxError", "InvalidXmlError"):
             raise DocumentError(path, f"is not a valid DOCX ({type(exc).__name__}: {exc})") from None
         raise
     yield from blocks
+
+
+def _check_inflated(path: Path, archive) -> None:
+    """Refuse a zip bomb before anything inflates: the members' sizes as the archive declares them
+    (zipfile never reads past a declared size) against an absolute cap and a ratio to the file."""
+    inflated = sum(max(0, info.file_size) for info in archive.infolist())
+    packed = max(1, path.stat().st_size)
+    if inflated > MAX_INFLATED_BYTES or (inflated > 8 * 2**20 and inflated > MAX_INFLATE_RATIO * packed):
+        raise DocumentError(
+            path, f"inflates from {packed / 2**20:.1f} MB to {inflated / 2**20:.0f} MB (at most "
+            f"{MAX_INFLATED_BYTES >> 20} MB, or {MAX_INFLATE_RATIO} times the file, are read): "
+            "a compression bomb, or a document too large to summarize")
 
 
 def _docx_heading_level(style: str) -> int:

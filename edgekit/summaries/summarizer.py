@@ -12,12 +12,13 @@ instruction is removed, an empty answer is asked again with the prompt laid out 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,6 +652,7 @@ class SummaryRun:
     files: list[FileRecord]
     out: str | None
     model: dict[str, Any]
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (name, why) of entries not read
 
     @property
     def failed(self) -> list[FileRecord]:
@@ -667,30 +669,33 @@ class SummaryRun:
             "model": self.model,
             "counts": counts,
             "files": [f.to_dict() for f in self.files],
+            "ignored": [{"name": name, "why": why} for name, why in self.ignored],
         }
 
 
-def collect(paths: Sequence[str | Path], recursive: bool = False,
-            exclude: Path | None = None) -> list[tuple[Path, str]]:
+def collect(paths: Sequence[str | Path], recursive: bool = False, exclude: Path | None = None,
+            follow_links: bool = False, ignored: list[tuple[str, str]] | None = None,
+            ) -> list[tuple[Path, str]]:
     """(file, name relative to what was given) for each document: files as given (any extension, so
-    that a wrong one is reported), folders' .txt/.md/.html/.pdf/.docx files (hidden ones left out)."""
+    that a wrong one is reported), folders' .txt/.md/.html/.pdf/.docx files (hidden ones left out).
+
+    Inside a folder, links that lead out of it are not followed unless follow_links, and links to
+    nothing, FIFOs, sockets and devices are not opened: each such entry goes into `ignored` as
+    (name, why), for the caller to show."""
     found: list[tuple[Path, str]] = []
+    skip = exclude.resolve() if exclude is not None else None
     for given in map(Path, paths):
-        if given.is_dir():
-            pattern = given.rglob("*") if recursive else given.glob("*")
-            skip = exclude.resolve() if exclude is not None else None
-            for f in sorted(pattern):
-                rel = f.relative_to(given)
-                if skip is not None and (f.resolve() == skip or skip in f.resolve().parents):
-                    continue  # the summaries of an earlier run are not documents of this one
-                if (
-                    f.is_file()
-                    and f.suffix.lower() in SUFFIXES
-                    and not any(p.startswith(".") for p in rel.parts)
-                ):
-                    found.append((f, rel.as_posix()))
-        else:
+        if not given.is_dir():
             found.append((given, given.name))
+            continue
+        for f, rel, why in _walk(given, recursive, follow_links):
+            if skip is not None and (f.resolve() == skip or skip in f.resolve().parents):
+                continue  # the summaries of an earlier run are not documents of this one
+            if why is not None:
+                if ignored is not None:
+                    ignored.append((rel, why))
+            elif f.suffix.lower() in SUFFIXES:
+                found.append((f, rel))
     names = [rel for _, rel in found]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -772,6 +777,7 @@ def summarize_many(
     progress: Progress | None = None,
     on_file: Callable[[FileRecord, int, int], None] | None = None,
     executor: Any = None,
+    follow_links: bool = False,
 ) -> SummaryRun:
     """Summarize files and folders (recursive: their subfolders too) with one engine.
 
@@ -781,11 +787,15 @@ def summarize_many(
     `failed` lists them. on_file(record, i, n) is called as each file ends.
     executor: None runs here, in this process; an edgekit.RayExecutor spreads the files over Ray
     workers (model must then be an artifact path every worker can read, and out is required).
+    Two runs into one `out` at once: the second fails at its start (the folder is locked). Links
+    out of a folder are followed only with follow_links; what was not read is in the run's
+    `ignored`, with the reason.
     """
     _check_options(words, strategy, chunk_tokens, overlap)
     if fmt not in FORMATS:
         raise InvalidOptionError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    files = collect(paths, recursive, Path(out) if out is not None else None)
+    ignored: list[tuple[str, str]] = []
+    files = collect(paths, recursive, Path(out) if out is not None else None, follow_links, ignored)
     if not files:
         raise InvalidOptionError(
             f"no documents ({', '.join(SUFFIXES)}) in {', '.join(map(str, paths))}"
@@ -796,10 +806,27 @@ def summarize_many(
         if out_dir.exists() and not out_dir.is_dir():
             raise InvalidOptionError(f"{out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
-    if executor is not None:
-        settings = {"words": words, "strategy": strategy, "chunk_tokens": chunk_tokens, "overlap": overlap,
-                    "fmt": fmt, "device": device, "n_ctx": n_ctx}
-        return _distributed(executor, files, model, out_dir, resume, settings, progress, on_file)
+    with contextlib.ExitStack() as held:
+        if out_dir is not None:  # one run per folder at a time: two would both work and both record
+            from edgekit.artifact import output_lock
+
+            held.enter_context(output_lock(out_dir / INDEX_NAME, "summarize run"))
+        if executor is not None:
+            settings = {"words": words, "strategy": strategy, "chunk_tokens": chunk_tokens,
+                        "overlap": overlap, "fmt": fmt, "device": device, "n_ctx": n_ctx}
+            run = _distributed(executor, files, model, out_dir, resume, settings, progress, on_file)
+        else:
+            run = _local(files, model, out_dir, resume, words, fmt, strategy, chunk_tokens, overlap,
+                         device, n_ctx, threads, progress, on_file)
+    run.ignored = ignored
+    return run
+
+
+def _local(files: list[tuple[Path, str]], model: Any, out_dir: Path | None, resume: bool, words: int,
+           fmt: str, strategy: str, chunk_tokens: int, overlap: int, device: str, n_ctx: int | None,
+           threads: int | None, progress: Progress | None,
+           on_file: Callable[[FileRecord, int, int], None] | None) -> SummaryRun:
+    """summarize_many's files, one after the other, in this process."""
     engine, owned = _open(model, device, n_ctx, threads)
     try:
         from edgekit.engine import Engine
@@ -892,6 +919,40 @@ def _one_file(
     return FileRecord(
         str(path), shown, "ok", digest, stamp, seconds=round(time.perf_counter() - start, 3), summary=summary
     )
+
+
+def _walk(root: Path, recursive: bool, follow_links: bool) -> Iterator[tuple[Path, str, str | None]]:
+    """(path, name under root, why it is not read or None) for each regular file or odd entry under
+    root (hidden names left out), in sorted order, without leaving root through a link unless asked."""
+    top = root.resolve()
+    seen: set[Path] = {top}
+    todo: list[tuple[Path, str]] = [(root, "")]
+    while todo:
+        folder, prefix = todo.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError as exc:
+            yield folder, prefix.rstrip("/") or ".", f"cannot be listed ({exc.strerror or exc})"
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path, rel = Path(entry.path), prefix + entry.name
+            why = None
+            if entry.is_symlink():
+                target = path.resolve()
+                if not target.exists():
+                    why = "a link to nothing"
+                elif not follow_links and top not in target.parents:
+                    why = f"a link to {target}, outside the folder (--follow-links follows it)"
+            if why is None and path.is_dir():
+                if recursive and path.resolve() not in seen:
+                    seen.add(path.resolve())
+                    todo.append((path, rel + "/"))
+                continue
+            if why is None and not path.is_file():
+                why = "not a regular file (a FIFO, socket or device)"
+            yield path, rel, why
 
 
 def _distributed(executor, files: list[tuple[Path, str]], model: Any, out_dir: Path | None, resume: bool,

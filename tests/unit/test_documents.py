@@ -109,6 +109,10 @@ def _bad(kind: str, tmp_path: Path) -> Path:
             "text-docx": "letter.docx",
             "blank-md": "blank.md",
             "deep-html": "deep.html",
+            "deep-inline-html": "inline.html",
+            "bomb-docx": "bomb.docx",
+            "bomb-ratio-docx": "ratio.docx",
+            "huge-html": "huge.html",
         }[kind]
     )
     if kind == "empty":
@@ -137,6 +141,21 @@ def _bad(kind: str, tmp_path: Path) -> Path:
         p.write_text("Dear Sir, this is plain text with the wrong name.", encoding="utf-8")
     elif kind == "deep-html":
         p.write_text("<html><body>" + "<div>" * 20000 + "deep" + "</div>" * 20000 + "</body></html>")
+    elif kind == "deep-inline-html":  # never closed: counted as open all the same
+        p.write_text("<p>" + "<span><b>" * 3000 + "text")
+    elif kind in ("bomb-docx", "bomb-ratio-docx"):  # a real document whose body inflates far past it
+        size = 65 * 2**20 if kind == "bomb-docx" else 9 * 2**20
+        whole = corpus.write(tmp_path / "whole.docx", PARTS)
+        with zipfile.ZipFile(whole) as src, zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename == "word/document.xml":
+                    data = data.replace(b"</w:body>", b"<!--" + b" " * size + b"--></w:body>")
+                dst.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    elif kind == "huge-html":  # sparse: 33 MB on disk costs nothing to make
+        with open(p, "wb") as f:
+            f.write(b"<p>hi</p>")
+            f.truncate(33 * 2**20)
     elif kind == "blank-md":
         p.write_text("\n\n   \n\t\n", encoding="utf-8")
     return p
@@ -158,7 +177,11 @@ def _bad(kind: str, tmp_path: Path) -> Path:
         ("zip-docx", "not a valid DOCX"),
         ("text-docx", "not a valid DOCX"),
         ("blank-md", "no text"),
-        ("deep-html", "nested too deeply"),
+        ("deep-html", "nests its elements 20000 deep"),
+        ("deep-inline-html", "nests its elements 6000 deep"),
+        ("bomb-docx", "inflates from"),
+        ("bomb-ratio-docx", "a compression bomb"),
+        ("huge-html", "more than the 32 MB edgekit reads as one html document"),
     ],
 )
 def test_what_is_not_a_readable_document_says_so(kind, says, tmp_path):
@@ -185,3 +208,18 @@ def test_a_pdf_with_an_empty_password_opens(tmp_path):
     with open(tmp_path / "restricted.pdf", "wb") as f:
         writer.write(f)
     assert "Mount St. Helens" in read_document(tmp_path / "restricted.pdf").text
+
+
+@pytest.mark.parametrize("line", ["*a*a " * 16000, "_a_a " * 16000, "**a " * 20000, "[a " * 30000,
+                                  "![a " * 20000, "<a " * 30000])
+def test_unclosed_markdown_markup_is_read_in_linear_time(line, tmp_path):
+    """80 KB of markup that never closes: each span is bounded, so a line costs linear time (the
+    first case took 40 s when a span could run to the end of the line). The bound below only tells
+    a regression (tens of seconds) from the fix (a fraction of a second)."""
+    import time
+
+    path = tmp_path / "line.md"
+    path.write_text(line, encoding="utf-8")
+    start = time.perf_counter()
+    assert read_document(path).text
+    assert time.perf_counter() - start < 10

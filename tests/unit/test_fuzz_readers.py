@@ -1,5 +1,6 @@
-"""Property-based fuzzing (hypothesis) of every reader that sees user files before native code:
-safetensors headers, config.json, tokenizer.json, edgekit.json, GGUF headers, ONNX metadata.
+"""Property-based fuzzing (hypothesis) of every reader that sees user input: safetensors headers,
+config.json, tokenizer.json, edgekit.json, GGUF headers, ONNX metadata (before native code), the
+server's request bodies, and the Markdown, HTML and DOCX documents summaries read.
 
 Each target takes raw bytes (mutations of a valid seed file, or random bytes) and must either
 accept the file or raise an EdgekitError: any other exception is a bug, and a crash would take
@@ -98,6 +99,35 @@ def seed_onnx() -> bytes:
     return helper.make_model(graph).SerializeToString()
 
 
+def seed_request() -> bytes:
+    return json.dumps({"model": "m", "messages": [{"role": "system", "content": "Be brief."},
+                                                  {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                       "max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "stop": ["."], "seed": 3,
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
+
+
+def seed_markdown() -> bytes:
+    return b"# Title\n\nSome *emphasis* and **strong** text, `code` and a [link](http://x).\n\n- item\n"
+
+
+def seed_html() -> bytes:
+    return (b"<!doctype html><html><head><title>T</title><script>x()</script></head><body><h1>Head</h1>"
+            b"<p>One <b>bold</b> paragraph.</p><div><p>Two &amp; more</p></div></body></html>")
+
+
+def seed_docx() -> bytes:
+    import io
+
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Title", level=1)
+    document.add_paragraph("A paragraph of text.")
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
 # ---- targets: bytes in, accepted or EdgekitError out ---------------------------------------------
 
 def _write(name: str, data: bytes) -> Path:
@@ -166,6 +196,30 @@ def target_onnx(data: bytes) -> None:
     check_external_data(d, "model.onnx", {"model.onnx", "model.onnx.data"})
 
 
+def target_request(data: bytes) -> None:
+    """What the server does with a body before any engine: a 4xx ApiError is its refusal."""
+    from edgekit.server import wire
+
+    try:
+        body = wire.parse_body(data)
+        wire.chat_messages(body)
+        wire.generation_options(body, {})
+        wire.streaming(body)
+    except wire.ApiError as exc:
+        if not 400 <= exc.status < 500:
+            raise
+        raise EdgekitError(exc.message) from None
+
+
+def _document(suffix: str) -> Callable[[bytes], None]:
+    def target(data: bytes) -> None:
+        from edgekit.summaries.documents import read_document
+
+        read_document(_write(f"doc{suffix}", data) / f"doc{suffix}")
+
+    return target
+
+
 TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], bytes]]] = {
     "safetensors header": (target_safetensors, seed_safetensors),
     "config.json": (target_config, seed_config),
@@ -173,6 +227,10 @@ TARGETS: dict[str, tuple[Callable[[bytes], None], Callable[[], bytes]]] = {
     "edgekit.json manifest": (target_manifest, seed_manifest),
     "GGUF header": (target_gguf, seed_gguf),
     "ONNX metadata": (target_onnx, seed_onnx),
+    "request body": (target_request, seed_request),
+    "Markdown document": (_document(".md"), seed_markdown),
+    "HTML document": (_document(".html"), seed_html),
+    "DOCX document": (_document(".docx"), seed_docx),
 }
 
 
@@ -254,5 +312,5 @@ def test_reader_survives_fuzzing(name):
 
 def test_valid_seeds_are_accepted():
     for name in ("safetensors header", "config.json", "edgekit.json manifest", "GGUF header",
-                 "ONNX metadata"):
+                 "ONNX metadata", "request body", "Markdown document", "HTML document", "DOCX document"):
         assert run_one(name, TARGETS[name][1]()) == "accepted", name

@@ -51,3 +51,39 @@ def test_onnx_decoder_facts_are_whole_numbers(tmp_path):
     facts = {"num_layers": 2, "num_kv_heads": 1, "head_dim": 16, "vocab_size": 10, "context_length": "long"}
     with pytest.raises(ArtifactError, match=r"onnx.context_length is \"long\""):
         read_manifest(_artifact(tmp_path, format="onnx", onnx=facts))
+
+
+@pytest.mark.parametrize("text,says", [
+    ('{"schema_version": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested thousands deep"),
+    ('{"schema_version": 1, "x": ' + "7" * 5000 + "}", "unreadable manifest"),
+    ('{"schema_version": ' + "[" * 500 + "]" * 500 + "}", "unsupported manifest schema"),
+])
+def test_hostile_manifests_are_refused_by_info_and_listed_by_list(tmp_path, text, says):
+    """A JSON bomb or a 5,000-digit number in one edgekit.json: `info` says so in one line, and
+    `list` still lists every other artifact under the folder, that one with its error."""
+    from helpers import cli
+
+    (tmp_path / "good").mkdir()
+    _artifact(tmp_path / "good")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "edgekit.json").write_text(text)
+    with pytest.raises(ArtifactError, match=says):
+        read_manifest(bad)
+    p = cli("info", str(bad))
+    assert p.returncode == 1 and says in p.stderr and "Traceback" not in p.stderr
+    p = cli("list", str(tmp_path), "--json")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    listed = {Path(a["path"]).name: a for a in json.loads(p.stdout)["artifacts"]}
+    assert set(listed) == {"good", "bad"} and says in listed["bad"]["error"] and "error" not in listed["good"]
+
+
+def test_a_manifest_of_gigabytes_is_not_read(tmp_path):
+    from edgekit.artifact import MAX_MANIFEST_BYTES
+
+    path = tmp_path / "edgekit.json"
+    with open(path, "wb") as f:  # sparse: costs nothing to make
+        f.write(b"{")
+        f.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(ArtifactError, match="is no manifest"):
+        read_manifest(tmp_path)
