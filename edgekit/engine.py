@@ -30,11 +30,11 @@ from edgekit.errors import (
 from edgekit.metrics import BudgetVerdict, DecodeMetrics, LatencyBudget, peak_rss_mb
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
-# Sampling where neither the caller nor the checkpoint's generation_config sets a value: llama.cpp's
-# interactive defaults, which keep small instruct models from rambling (the CLI's run and chat use them)
 # chat(truncate="oldest") drops, before rendering, the turns past this many characters a token
 # from the end: no tokenizer packs more into one token, so they could never fit the window
 FIT_CHARS_PER_TOKEN = 64
+# Sampling where neither the caller nor the checkpoint's generation_config sets a value: llama.cpp's
+# interactive defaults, which keep small instruct models from rambling (the CLI's run and chat use them)
 SAMPLING_FALLBACK = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05}
 
 
@@ -321,35 +321,43 @@ class Engine:
         cut = len(rest) - keep
         if cut == 0:
             prompt = self.render_chat(messages)
-            if self._count_capped(prompt, limit) + max_tokens <= limit:
+            if self._count_capped(prompt, limit)[0] + max_tokens <= limit:
                 return prompt, 0
         # each candidate keeps rest[start:], a start at each user message (a turn), the last one kept
         starts = sorted({i for i, m in enumerate(rest) if i >= cut and i > 0 and _role(m) == "user"}
                         | {max(0, len(rest) - 1)})
         best: tuple[str, int] | None = None
-        shortest = 0
+        shortest, at_least = 0, False
         lo, hi = 0, len(starts) - 1
         while lo <= hi:  # the earliest start (fewest dropped) whose prompt fits
             mid = (lo + hi) // 2
             candidate = self.render_chat(system + rest[starts[mid]:])
-            n = self._count_capped(candidate, limit)
+            n, bound = self._count_capped(candidate, limit)
             if n + max_tokens <= limit:
                 best, hi = (candidate, starts[mid]), mid - 1
             else:
-                lo, shortest = mid + 1, n
+                lo, shortest, at_least = mid + 1, n, bound
         if best is None:  # even the last message alone leaves no room
-            raise ContextOverflowError(shortest, max_tokens, limit)
+            raise ContextOverflowError(shortest, max_tokens, limit, at_least)
         return best
 
-    def _count_capped(self, text: str, cap: int) -> int:
-        """The tokens of `text`, or, once it is certainly over `cap`, a count over `cap` taken from a
-        prefix: a megabyte prompt is refused after tokenizing what the window could hold, not all."""
+    def _count_capped(self, text: str, cap: int) -> tuple[int, bool]:
+        """(tokens of `text`, False), or, when it is certainly over `cap`, (a count over `cap` taken
+        from a prefix, True): a megabyte prompt is refused after tokenizing what the window could
+        hold, not all of it."""
+        over = self._over(text, cap)
+        if over is not None:
+            return over, True
+        return (len(self.backend.tokenize(text, False)) if text else 0), False
+
+    def _over(self, text: str, cap: int) -> int | None:
+        """A token count over `cap` from a prefix of a text far longer than `cap` tokens could be
+        written in plainly (8 characters a token); None when the prefix does not settle it."""
         head = cap * 8 + 64
-        if len(text) > 2 * head:
-            n = len(self.backend.tokenize(text[:head], False)) - 16  # margin: a token cut at the end
-            if n > cap:
-                return n
-        return len(self.backend.tokenize(text, False)) if text else 0
+        if len(text) <= 2 * head:
+            return None
+        n = len(self.backend.tokenize(text[:head], False)) - 16  # margin: a token cut at the end
+        return n if n > cap else None
 
     def cancel(self) -> None:
         """Stop the generation running now (from another thread); it ends with finish_reason "cancelled".
@@ -451,9 +459,9 @@ class Engine:
         outside (or ended by Ctrl-C) still has a result."""
         start = time.perf_counter()
         limit = self.backend.context_length
-        over = self._count_capped(prompt, limit)  # a huge prompt costs what the window holds, not more
-        if over > limit:
-            raise ContextOverflowError(over, options.max_tokens, limit)
+        over = self._over(prompt, limit)  # a huge prompt costs what the window holds, not more
+        if over is not None:
+            raise ContextOverflowError(over, options.max_tokens, limit, at_least=True)
         ids = self.backend.tokenize(prompt, add_special)
         if not ids:
             raise InvalidOptionError(_empty_prompt_message(source))

@@ -113,11 +113,13 @@ class DeviceUnavailableError(BackendError):
 
 
 class ContextOverflowError(BackendError):
-    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int) -> None:
+    def __init__(self, prompt_tokens: int, max_tokens: int, context_length: int,
+                 at_least: bool = False) -> None:
         self.prompt_tokens, self.max_tokens, self.context_length = prompt_tokens, max_tokens, context_length
         super().__init__(
-            f"prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}, but the context window is "
-            f"{context_length}; shorten the prompt or lower max_tokens"
+            f"prompt is {'at least ' if at_least else ''}{prompt_tokens} tokens and max_tokens is "
+            f"{max_tokens}, but the context window is {context_length}; shorten the prompt or lower "
+            "max_tokens"
         )
 
 

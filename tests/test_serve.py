@@ -343,6 +343,9 @@ def test_a_conversation_of_100001_messages_costs_what_the_window_holds(slow_serv
     took = time.monotonic() - start
     assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] <= 256, r.text[:300]
     assert took < 30, took
+    r = httpx.post(f"{slow_server.url}/v1/completions", timeout=120,  # 3.5 MB in one prompt
+                   json={"model": "chat", "prompt": "word " * 700_000, "max_tokens": 2})
+    assert r.status_code == 400 and "prompt is at least" in r.json()["error"]["message"], r.text[:300]
     start = time.monotonic()
     c = slow_server.client()
     assert c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],

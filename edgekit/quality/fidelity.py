@@ -10,6 +10,7 @@ cosine of each sentence's vector against the reference's. The tokenizers must ag
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -306,40 +307,50 @@ class EdgekitReference:
 
 
 class StoredReference:
-    """The transformers reference's answers kept under the cache root (`references/`), by the source
-    checkpoint's file hashes, the library versions and the question asked. The next artifact of the
-    same checkpoint (another format or precision, a later `edgekit verify`) is graded without
-    importing torch or loading the model, which opens only for a question not answered before."""
+    """A reference's answers kept under the cache root (`references/`), by the source checkpoint's file
+    hashes, what computes them (transformers and torch, or edgekit's own fp32 build: its format, code
+    and runtime) and the question asked. The next artifact of the same checkpoint (another format or
+    precision, a later `edgekit verify`) is graded without importing torch or building the reference,
+    which opens only for a question not answered before."""
 
-    kind = "transformers"
-
-    def __init__(self, folder: Path, description: str, opener: Callable[[], Any]) -> None:
-        self.folder, self.description, self._opener = folder, description, opener
+    def __init__(self, folder: Path, description: str, opener: Callable[[], Any],
+                 kind: str = "transformers") -> None:
+        self.folder, self.description, self._opener, self.kind = folder, description, opener, kind
         self._opened: Any = None
 
     @classmethod
     def for_source(cls, checkpoint: Path, manifest: dict[str, Any], task: str,
                    pooling: dict[str, Any]) -> StoredReference | None:
-        """None when the checkpoint cannot be named exactly: no file hashes in the manifest, or a
-        hashed file missing from the folder given as the reference."""
+        """The transformers reference's store. None when the checkpoint cannot be named exactly: no
+        file hashes in the manifest, or a hashed file missing from the folder given as the reference."""
         from importlib.metadata import PackageNotFoundError, version
 
-        files = (manifest.get("source") or {}).get("files") or {}
-        if not files or not all((checkpoint / name).is_file() for name in files):
-            return None
         try:
             versions = {name: version(name) for name in ("transformers", "torch")}
         except PackageNotFoundError:
             return None
-        extra = {p.name: _small_file_hash(p) for p in sorted(checkpoint.glob("*.json"))
-                 if p.name not in files}  # special_tokens_map.json and the like: small, read by transformers
-        identity = json.dumps({"files": files, "extra": extra, "versions": versions, "task": task,
-                               "pooling": pooling}, sort_keys=True)
-        from edgekit.cache import cache_root
-
-        folder = cache_root() / "references" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+        folder = _store_folder(checkpoint, manifest, {"versions": versions, "task": task, "pooling": pooling})
+        if folder is None:
+            return None
         description = f"transformers {versions['transformers']} fp32 on {checkpoint.name}"
         return cls(folder, description, lambda: _TransformersReference(checkpoint, task, pooling))
+
+    @classmethod
+    def for_edgekit(cls, checkpoint: Path, manifest: dict[str, Any], task: str, pooling: dict[str, Any],
+                    description: str, opener: Callable[[], Any]) -> StoredReference | None:
+        """The store of edgekit's own fp32 build in the artifact's format: named by the code that
+        builds and runs it too, so that a changed converter or runtime never answers from the past."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        fmt = str(manifest.get("format"))
+        try:
+            runtime = version("onnxruntime" if fmt == "onnx" else "llama_cpp_python")
+        except PackageNotFoundError:
+            runtime = "?"
+        facts = {"kind": "edgekit-fp32", "format": fmt, "exporter": manifest.get("exporter"),
+                 "code": _code_hash(), "runtime": runtime, "task": task, "pooling": pooling}
+        folder = _store_folder(checkpoint, manifest, facts)
+        return None if folder is None else cls(folder, description, opener, kind="edgekit-fp32")
 
     def seen(self) -> bool:
         return (self.folder / "opened").is_file()
@@ -389,6 +400,32 @@ class StoredReference:
             self._opened.close()
 
 
+def _store_folder(checkpoint: Path, manifest: dict[str, Any], facts: dict[str, Any]) -> Path | None:
+    files = (manifest.get("source") or {}).get("files") or {}
+    if not files or not all((checkpoint / name).is_file() for name in files):
+        return None
+    extra = {p.name: _small_file_hash(p) for p in sorted(checkpoint.glob("*.json"))
+             if p.name not in files}  # special_tokens_map.json and the like: small, read by transformers
+    identity = json.dumps({"files": files, "extra": extra, **facts}, sort_keys=True)
+    from edgekit.cache import cache_root
+
+    return cache_root() / "references" / hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=1)
+def _code_hash() -> str:
+    """The sources of edgekit's converters, runtimes and version: what an fp32 build's answers depend on."""
+    import edgekit.converters
+    import edgekit.runtimes
+    from edgekit.version import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    for package in (edgekit.converters, edgekit.runtimes):
+        for path in sorted(Path(next(iter(package.__path__))).glob("*.py")):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:32]
+
+
 def _small_file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.stat().st_size < 1 << 24 else "large"
 
@@ -435,9 +472,15 @@ def _open_reference(kind: str, checkpoint: Path, manifest: dict[str, Any], workd
             why = f" (transformers could not load it: {type(exc).__name__})"
     else:
         why = "" if kind == "edgekit" else " (torch and transformers are not installed)"
-    if at_hand is not None:
+    if at_hand is not None:  # the unquantized file a conversion has anyway: nothing to build
         return at_hand()
-    return build(checkpoint, manifest, workdir, why)
+    description = f"edgekit's own fp32 {manifest.get('format')} build of {checkpoint.name}{why}"
+    stored = StoredReference.for_edgekit(checkpoint, manifest, task, pooling, description,
+                                         lambda: build(checkpoint, manifest, workdir, why))
+    if stored is not None and stored.seen():  # built and asked before: nothing to build
+        return stored
+    opened = build(checkpoint, manifest, workdir, why)
+    return stored.holding(opened) if stored is not None else opened
 
 
 # ---- finding the source ----------------------------------------------------------------------

@@ -67,3 +67,28 @@ def test_another_checkpoint_has_a_store_of_its_own(tmp_path, monkeypatch):
     assert StoredReference.for_source(ckpt, {"source": {}}, "text-generation", {}) is None  # no hashes
     missing = {"source": {"files": {"config.json": "aa", "model.safetensors": "cc"}}}
     assert StoredReference.for_source(ckpt, missing, "text-generation", {}) is None  # a file not there
+
+
+def test_edgekit_fp32_answers_are_kept_by_format_and_by_the_code_that_builds_them(tmp_path, monkeypatch):
+    """The fp32 build's store: its own per format, never shared with transformers', and a new one
+    when the converters or runtimes change (their sources are hashed)."""
+    from edgekit.quality import fidelity
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    source = {"files": {"config.json": "aa"}}
+
+    def store(fmt: str):
+        return StoredReference.for_edgekit(ckpt, {"source": source, "format": fmt}, "text-generation", {},
+                                           f"edgekit's own fp32 {fmt} build", Model)
+
+    gguf, onnx = store("gguf"), store("onnx")
+    assert gguf.kind == onnx.kind == "edgekit-fp32" and gguf.folder != onnx.folder
+    assert gguf.folder == store("gguf").folder
+    hf = StoredReference.for_source(ckpt, {"source": source}, "text-generation", {})
+    assert hf is None or hf.folder not in (gguf.folder, onnx.folder)
+    fidelity._code_hash.cache_clear()
+    monkeypatch.setattr(fidelity, "_code_hash", lambda: "changed")
+    assert store("gguf").folder != gguf.folder
