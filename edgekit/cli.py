@@ -14,7 +14,7 @@ import typer
 
 from edgekit.bundled import DEFAULT as BUNDLED_DEFAULT
 from edgekit.bundled import NAMES as BUNDLED_NAMES
-from edgekit.errors import ContextOverflowError, EdgekitError, Interrupted
+from edgekit.errors import ContextOverflowError, EdgekitError, Interrupted, InvalidOptionError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -83,6 +83,10 @@ TopPOpt = Annotated[float | None, typer.Option("--top-p", help="1 = off (default
 MinPOpt = Annotated[float | None, typer.Option("--min-p", help="0 = off (default: model's, else 0.05)")]
 RepeatOpt = Annotated[float | None, typer.Option(
     "--repeat-penalty", help="1 = off (default: model's, else 1)")]
+FreqOpt = Annotated[float | None, typer.Option(
+    "--frequency-penalty", help="-2 to 2, 0 = off: minus count x this from a recent token's logit")]
+PresenceOpt = Annotated[float | None, typer.Option(
+    "--presence-penalty", help="-2 to 2, 0 = off: minus this from any recent token's logit")]
 BudgetOpt = Annotated[str | None, typer.Option(
     "--budget", metavar="LINES",
     help='latency budget, e.g. "ttft=300ms,tpot=25ms,itl_p99=80ms,total=5s,rss=1GB"; a miss exits 1')]
@@ -279,13 +283,17 @@ def run(
     artifact: Annotated[Path, typer.Argument(
         help="artifact directory; or several, comma-separated, to run the most faithful that meets "
              "--budget")],
-    prompt: Annotated[str, typer.Argument(help="the user's message (with --raw: text to complete)")],
+    prompt: Annotated[str | None, typer.Argument(
+        help="the user's message (with --raw: text to complete); - or a pipe: read it from stdin; none on "
+             "a terminal: chat", show_default=False)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", "--n-predict")] = 128,
     temperature: TempOpt = None,
     top_k: TopKOpt = None,
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     repeat_penalty: RepeatOpt = None,
+    frequency_penalty: FreqOpt = None,
+    presence_penalty: PresenceOpt = None,
     seed: SeedOpt = None,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="stop string (repeatable)")] = None,
     ignore_eos: Annotated[bool, typer.Option(
@@ -303,14 +311,25 @@ def run(
     on stderr (edgekit.load(...).chat / .generate)."""
     from edgekit.engine import load
 
+    if prompt is None and sys.stdin.isatty():  # nothing to answer yet: talk, as ollama run does
+        chat(artifact, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+             min_p=min_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+             presence_penalty=presence_penalty, seed=seed, budget=budget, device=device, threads=threads,
+             ctx_size=ctx_size)
+        return
     limits = _budget(budget)
     try:
+        if prompt is None or prompt == "-":
+            prompt = sys.stdin.read()
+            if not prompt.strip():
+                raise InvalidOptionError("no prompt: stdin was empty (give one, or pipe text in)")
         with load(_variants(artifact), device=device, n_ctx=ctx_size, threads=threads,
                   budget=limits) as engine:
             _say_choice(engine, as_json)
             kwargs = {"max_tokens": max_tokens, "seed": seed, "stop": stop or (), "ignore_eos": ignore_eos,
                       **_sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  repeat_penalty=repeat_penalty)}
+                                  repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                  presence_penalty=presence_penalty)}
             templated = not raw and bool(engine.manifest.get("chat_template"))
             call = (lambda **kw: engine.chat(prompt, **kw)) if templated else (
                 lambda **kw: engine.generate(prompt, **kw))
@@ -382,6 +401,8 @@ def chat(
     top_p: TopPOpt = None,
     min_p: MinPOpt = None,
     repeat_penalty: RepeatOpt = None,
+    frequency_penalty: FreqOpt = None,
+    presence_penalty: PresenceOpt = None,
     seed: SeedOpt = None,
     system: Annotated[str | None, typer.Option("--system", help="a system message to start with")] = None,
     budget: BudgetOpt = None,
@@ -399,7 +420,8 @@ def chat(
                   budget=limits) as engine:
             _say_choice(engine, False)
             sampling = _sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                 repeat_penalty=repeat_penalty)
+                                 repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                 presence_penalty=presence_penalty)
             messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
             while True:
                 try:

@@ -236,8 +236,9 @@ class Engine:
             options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed,
                                         stop=tuple(stop), **sampling)
         except TypeError as exc:
-            raise InvalidOptionError(f"unknown sampling option ({exc}); "
-                                     "use top_k, top_p, min_p, repeat_penalty, ignore_eos") from None
+            raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, "
+                                     "repeat_penalty, frequency_penalty, presence_penalty, "
+                                     "ignore_eos") from None
         if not all(isinstance(s, str) for s in options.stop):
             raise InvalidOptionError("stop must be a list of str")
         if self.manifest.get("task") == "feature-extraction":

@@ -23,6 +23,8 @@ class GenerationOptions:
     top_p: float = 1.0
     min_p: float = 0.0
     repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0  # OpenAI's: minus count x this from a recent token's logit
+    presence_penalty: float = 0.0  # OpenAI's: minus this from the logit of any recent token
     seed: int | None = None
     stop: tuple[str, ...] = field(default=())
     ignore_eos: bool = False  # run to max_tokens past the end-of-generation token (benchmarks)
@@ -33,7 +35,9 @@ class GenerationOptions:
                   (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
                   (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
-                  (self.repeat_penalty > 0, "repeat_penalty must be > 0")]
+                  (self.repeat_penalty > 0, "repeat_penalty must be > 0"),
+                  (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
+                  (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]")]
         for ok, message in checks:
             if not ok:
                 raise InvalidOptionError(message)

@@ -87,7 +87,9 @@ class LlamaCppBackend(Backend):
         greedy = options.temperature <= 0  # top_k=1 spares llama.cpp's sampler a sort per token
         for token in self._llm.generate(
             list(prompt_ids), temp=options.temperature, top_k=1 if greedy else options.top_k,
-            top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty, reset=True,
+            top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty,
+            frequency_penalty=options.frequency_penalty, presence_penalty=options.presence_penalty,
+            reset=True,
         ):
             if not options.ignore_eos and self.is_end(token):
                 return

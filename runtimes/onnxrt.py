@@ -186,7 +186,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         history = list(prompt_ids)
         logits = self._step(binding, history, len(history), None)
         for _ in range(options.max_tokens):
-            token = sampler(logits, history)
+            token = sampler(logits, history[len(prompt_ids):])  # penalties: the answer's tokens only
             if not options.ignore_eos and self.is_end(token):
                 return
             yield TokenEvent(token, self._tok.token_bytes(token))

@@ -8,21 +8,31 @@ import numpy as np
 
 from .base import GenerationOptions
 
+# the penalties look at the last this many generated tokens (not the prompt's), as llama.cpp's
+# sampler does through llama-cpp-python: the same artifact samples alike on both backends
+PENALTY_LAST_N = 64
+
 
 class Sampler:
-    """Greedy when temperature is 0; otherwise repetition penalty, temperature, top-k, top-p, min-p."""
+    """The penalties (repetition, frequency, presence) over the last PENALTY_LAST_N tokens; then greedy
+    when temperature is 0, otherwise temperature, top-k, top-p, min-p."""
 
     def __init__(self, options: GenerationOptions) -> None:
         self.options = options
         self.rng = np.random.default_rng(options.seed)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
+        """The next token; history: the tokens generated so far (what the penalties look at)."""
         o = self.options
-        if o.repeat_penalty != 1.0 and history:
+        penalized = o.repeat_penalty != 1.0 or o.frequency_penalty != 0 or o.presence_penalty != 0
+        if penalized and len(history):
             logits = logits.copy()
-            seen = np.unique(np.asarray(history, dtype=np.int64))
+            seen, counts = np.unique(np.asarray(history[-PENALTY_LAST_N:], dtype=np.int64),
+                                     return_counts=True)
             vals = logits[seen]
-            logits[seen] = np.where(vals > 0, vals / o.repeat_penalty, vals * o.repeat_penalty)
+            if o.repeat_penalty != 1.0:
+                vals = np.where(vals > 0, vals / o.repeat_penalty, vals * o.repeat_penalty)
+            logits[seen] = vals - counts * o.frequency_penalty - o.presence_penalty
         if o.temperature <= 0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / o.temperature

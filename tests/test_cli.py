@@ -88,6 +88,24 @@ def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
     assert json.loads(second.stdout)["text"] == data["text"]  # same seed, same text
     bad = _cli("run", str(out), "x", "--top-p", "0", "--device", "cpu")
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "top_p" in bad.stderr
+    penalized = _cli(*args[:-1], "--frequency-penalty", "1.5", "--presence-penalty", "-0.5", "--json")
+    assert penalized.returncode == 0 and json.loads(penalized.stdout)["tokens_out"] == 8, penalized.stderr
+    bad = _cli("run", str(out), "x", "--presence-penalty", "3", "--device", "cpu")
+    assert bad.returncode == 1 and "presence_penalty must be in [-2, 2]" in bad.stderr
+
+
+def test_run_reads_its_prompt_from_stdin(tiny_checkpoint, tmp_path):
+    """`-` or a pipe with no prompt: the prompt is stdin (cat notes.txt | edgekit run ART -)."""
+    out = tmp_path / "g"
+    assert _cli("convert", str(tiny_checkpoint("qwen2")), "--quant", "fp32", "-o", str(out)).returncode == 0
+    given = _cli("run", str(out), "Numbers: 1 2 3", "--raw", "-n", "6", "--temp", "0", "--json")
+    for args in (["-"], []):
+        piped = _cli("run", str(out), *args, "--raw", "-n", "6", "--temp", "0", "--json",
+                     input="Numbers: 1 2 3")
+        assert piped.returncode == 0, piped.stderr
+        assert json.loads(piped.stdout)["text"] == json.loads(given.stdout)["text"]
+    empty = _cli("run", str(out), "-", input="")
+    assert empty.returncode == 1 and "stdin was empty" in empty.stderr
 
 
 def test_embed_command_and_run_on_an_embedder(tiny_checkpoint, tmp_path):

@@ -458,3 +458,20 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(fp32_arti
                         truncate="oldest")
         with pytest.raises(edgekit.InvalidOptionError, match="truncate"):
             engine.chat(history, truncate="newest")
+
+
+@pytest.mark.parametrize("penalties", [{"frequency_penalty": 2.0}, {"presence_penalty": 1.0},
+                                       {"repeat_penalty": 1.3},
+                                       {"frequency_penalty": 0.7, "presence_penalty": 0.4}])
+def test_the_penalties_sample_alike_on_both_backends(tiny_artifact, penalties):
+    """llama.cpp's sampler (GGUF) and edgekit's (ONNX) apply the repetition, frequency and presence
+    penalties to the same tokens (the last 64 generated): one artifact family, one answer. Greedy on a
+    tiny random model repeats a token within 40; each penalty changes where it would."""
+    plain, penalized = {}, {}
+    for fmt in ("gguf", "onnx"):
+        with edgekit.load(tiny_artifact("qwen2", fmt, "fp32"), device="cpu") as engine:
+            plain[fmt] = engine.generate("Once upon a time", max_tokens=40, ignore_eos=True).token_ids
+            penalized[fmt] = engine.generate("Once upon a time", max_tokens=40, ignore_eos=True,
+                                             **penalties).token_ids
+    assert plain["gguf"] == plain["onnx"] and len(set(plain["gguf"])) < 40  # something repeats
+    assert penalized["gguf"] == penalized["onnx"] != plain["gguf"]

@@ -117,7 +117,7 @@ def test_the_cli_examples(sandbox, real_artifact, monkeypatch):
         missed = "--budget" in command and p.returncode == 1 and "latency budget missed" in p.stderr
         assert p.returncode == 0 or missed, f"{command}\n{p.stderr[-3000:]}"
         assert "Traceback" not in p.stderr, command
-    for made in ("smollm2-135m-instruct-int4/onnx", "smollm2-135m-instruct-int4/gguf"):
+    for made in ("out/q4/onnx", "out/q4/gguf"):
         real_artifact.adopt(work / made)
 
 

@@ -215,7 +215,9 @@ def test_an_api_key_and_a_public_address(artifacts):
             s.client(api_key="wrong").models.list()
         assert [m.id for m in s.client(api_key="s3cret").models.list()] == ["chat"]
     finally:
-        s.stop()
+        log = s.stop()
+    # one access line per request: who, what, the status, how long (and the model and user named)
+    assert '"GET /v1/models" 401' in log and '"GET /v1/models" 200' in log, log
 
 
 @pytest.fixture(scope="module")
@@ -409,3 +411,56 @@ def test_a_port_that_cannot_be_used_is_refused_before_any_model_loads(artifacts)
         p = cli("serve", "/nonexistent/model", "--port", str(port))  # the port is named, not the model
         assert p.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in p.stderr, p.stderr
         assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("field,value", [
+    ("response_format", {"type": "json_object"}),
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+    ("logprobs", True), ("top_logprobs", 3), ("logit_bias", {"1": 5}),
+    ("functions", [{"name": "f"}]), ("frobnicate", 1), ("service_tier", "flex"),
+])
+def test_a_field_the_server_does_not_implement_is_a_400_naming_it(server, field, value):
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, field: value}
+    r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["code"] == "unsupported_parameter" and error["param"] == field
+    assert f"'{field}'" in error["message"]
+
+
+def test_fields_that_ask_for_nothing_and_the_cheap_ones_are_served(server):
+    c = server.client()
+    reply = c.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0,
+        logprobs=False, response_format={"type": "text"}, tool_choice="none", user="alice",
+        frequency_penalty=1.5, presence_penalty=0.5, seed=3, stop=["\n\n"])
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError) as refused:  # the SDK's own call, refused by name
+        c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
+                                  response_format={"type": "json_object"})
+    assert "response_format" in str(refused.value)
+    for bad, param in [({"temperature": 3}, "temperature"), ({"top_p": 1.5}, "top_p"),
+                       ({"frequency_penalty": 2.5}, None), ({"echo": True}, "echo"),
+                       ({"suffix": "x"}, "suffix")]:
+        path = "/v1/completions" if "echo" in bad or "suffix" in bad else "/v1/chat/completions"
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", **bad}
+        body.pop("prompt" if path.endswith("chat/completions") else "messages")
+        r = httpx.post(server.url + path, json=body, timeout=30)
+        assert r.status_code == 400 and (param is None or r.json()["error"]["param"] == param), r.text
+    ok = httpx.post(f"{server.url}/v1/embeddings", json={"model": "emb", "input": "a", "dimensions": 999})
+    assert ok.status_code == 400 and ok.json()["error"]["param"] == "dimensions"
+
+
+def test_routes_answer_in_openais_shape_and_the_only_model_is_the_default(server):
+    assert httpx.get(f"{server.url}/v1/models/chat").json() == {
+        "id": "chat", "object": "model", "created": httpx.get(f"{server.url}/v1/models").json()["data"][0][
+            "created"], "owned_by": "edgekit"}
+    for method, path, status in [("GET", "/v1/models/nope", 404), ("GET", "/v1/nothing", 404),
+                                 ("GET", "/v1/chat/completions", 405), ("DELETE", "/v1/models", 405)]:
+        r = httpx.request(method, server.url + path, timeout=30)
+        assert r.status_code == status and r.json()["error"]["message"], (path, r.text)
+    # one text generator and one embedder: a request without "model" gets the one that does its task
+    r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["model"] == "chat"
+    r = httpx.post(f"{server.url}/v1/embeddings", json={"input": ["a", "b"]}, timeout=60)
+    assert r.status_code == 200 and r.json()["model"] == "emb" and len(r.json()["data"]) == 2

@@ -62,22 +62,41 @@ def origin_host(origin: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def note(scope: Mapping[str, Any], **facts: Any) -> None:
+    """Facts about a request for its access-log line (the model it named, its user)."""
+    scope.setdefault("state", {}).update({k: v for k, v in facts.items() if isinstance(v, str)})
+
+
 class Guard:
     """Plain ASGI middleware (no per-chunk cost on streams): the Host header, the API key and the
-    declared body size, checked before the app sees the request."""
+    declared body size, checked before the app sees the request; then one access-log line per
+    request on stderr when it ends (a stream: when its last event is sent)."""
 
-    def __init__(self, app: Any, config: Limits) -> None:
-        self.app, self.config = app, config
+    def __init__(self, app: Any, config: Limits, log: Callable[[str], None] | None = None) -> None:
+        self.app, self.config, self.log = app, config, log
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [0]
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
             error = self.check(scope)
             if error is not None:
                 from starlette.responses import JSONResponse
 
-                await JSONResponse(error.body(), error.status, headers=error.headers)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+                await JSONResponse(error.body(), error.status, headers=error.headers)(scope, receive, sending)
+            else:
+                await self.app(scope, receive, sending)
+        finally:
+            if self.log is not None:
+                self.log(access_line(scope, status[0] or 499, time.perf_counter() - start))
 
     def check(self, scope: Mapping[str, Any]) -> ApiError | None:
         config = self.config
@@ -123,6 +142,14 @@ class Guard:
         if length is not None and (not length.isdigit() or int(length) > config.max_body_bytes):
             return too_large(config.max_body_bytes)
         return None
+
+
+def access_line(scope: Mapping[str, Any], status: int, seconds: float) -> str:
+    """`127.0.0.1 "POST /v1/chat/completions" 200 1.23 s model=smol user=alice`."""
+    client = (scope.get("client") or ("-",))[0]
+    state = scope.get("state") or {}
+    extra = "".join(f" {k}={state[k]}" for k in ("model", "user") if state.get(k))
+    return f'{client} "{scope.get("method")} {scope.get("path")}" {status} {seconds:.2f} s{extra}'
 
 
 def _allowed(host: str, config: Limits) -> bool:
@@ -196,10 +223,17 @@ class Queues:
         self.closed = False
 
     def slot(self, name: Any, task: str) -> Slot:
-        """The engine a request names, which must do `task` (404 or 400 otherwise)."""
+        """The engine a request names, which must do `task` (404 or 400 otherwise); a request that
+        names none gets the only model doing `task`, when there is one."""
         if not self.slots:  # made inside the server's event loop (asyncio.Lock binds to it)
             for n, e in self.engines.items():
                 self.slots[n] = Slot(n, e, closed=self.closed)
+        if name is None:
+            able = [n for n, s in self.slots.items() if s.task == task]
+            if len(able) != 1:
+                raise ApiError(400, f"model is required: this server has {', '.join(self.slots)}",
+                               param="model", code="missing_model")
+            name = able[0]
         name = check_model(name, {n: s.task for n, s in self.slots.items()}, task)
         return self.slots[name]
 

@@ -13,8 +13,9 @@ admission.py decides who gets in and when each request gets its engine.
 """
 
 import asyncio
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,17 +68,20 @@ def model_names(paths: Sequence[str | Path]) -> dict[str, Path]:
     return named
 
 
-def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
-    """The FastAPI app serving these engines (name -> Engine). The caller owns the engines."""
+def create_app(engines: dict[str, Any], config: ServerConfig | None = None,
+               log: Callable[[str], None] | None = None):
+    """The FastAPI app serving these engines (name -> Engine). The caller owns the engines; log gets
+    one access line per request."""
     require("fastapi", "fastapi", "serve", "edgekit serve")
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     config = config or ServerConfig()
     queues = admission.Queues(engines, config)
     app = FastAPI(title="edgekit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.queues = queues  # serve() closes them on SIGTERM
-    app.add_middleware(admission.Guard, config=config)
+    app.add_middleware(admission.Guard, config=config, log=log)
     created = int(time.time())
 
     @app.exception_handler(ApiError)
@@ -88,8 +92,19 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
     async def unexpected(_request, exc: Exception):  # a bug of ours: still OpenAI's shape, never text
         return JSONResponse(wire.api_error(exc).body(), 500)
 
-    async def body_of(request: Request) -> dict[str, Any]:
-        return wire.parse_body(await admission.read_body(request.stream(), config.max_body_bytes))
+    @app.exception_handler(HTTPException)
+    async def no_route(request: Request, exc: HTTPException):  # an unknown path or method
+        what = "no such route" if exc.status_code == 404 else "method not allowed" if (
+            exc.status_code == 405) else str(exc.detail)
+        error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {what}",
+                         code={404: "not_found", 405: "method_not_allowed"}.get(exc.status_code))
+        return JSONResponse(error.body(), exc.status_code, headers=getattr(exc, "headers", None))
+
+    async def body_of(request: Request, kind: str) -> dict[str, Any]:
+        body = wire.parse_body(await admission.read_body(request.stream(), config.max_body_bytes))
+        admission.note(request.scope, model=body.get("model"), user=body.get("user"))  # the access log's
+        wire.check_fields(body, kind)
+        return body
 
     @app.get("/health")
     async def health():
@@ -99,26 +114,34 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None):
     async def models():
         return wire.models_list(list(engines), created)
 
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        if name not in engines:
+            raise ApiError(404, f"no model named {name!r}; this server has {', '.join(engines)}",
+                           param="model", code="model_not_found")
+        return wire.model_object(name, created)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await body_of(request)
+        body = await body_of(request, "chat")
         slot = queues.slot(body.get("model"), "text-generation")
         return await _answer(request, queues, slot, body, "chat", wire.chat_messages(body))
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await body_of(request)
+        body = await body_of(request, "completion")
         slot = queues.slot(body.get("model"), "text-generation")
         return await _answer(request, queues, slot, body, "completion", wire.completion_prompt(body))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
-        body = await body_of(request)
+        body = await body_of(request, "embedding")
         slot = queues.slot(body.get("model"), "feature-extraction")
         texts, fmt = wire.embedding_input(body)
         async with queues.admit(slot):
             await _gone_already(request)
             vectors = await asyncio.to_thread(wire.call, slot.engine.embed, texts)
+            wire.check_dimensions(body, len(vectors[0]))
             tokens = sum(slot.engine.count_tokens(t) for t in texts)
         return wire.embeddings(vectors, fmt, slot.name, tokens)
 
@@ -182,6 +205,10 @@ async def _cancel_when_gone(request: Any, engine: Any) -> None:
     engine.cancel()
 
 
+def _log_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def listen(host: str, port: int):
     """The server's listening socket, bound before any model loads: a port in use or an address
     this machine does not have is an error at once, naming it."""
@@ -232,7 +259,7 @@ def serve(
     try:
         for name, path in named.items():
             engines[name] = load(path, device=device, n_ctx=n_ctx, threads=threads)
-        app = create_app(engines, config)
+        app = create_app(engines, config, log=_log_line)
         server = Server(
             uvicorn.Config(
                 app,

@@ -13,15 +13,56 @@ from edgekit.errors import ContextOverflowError, EdgekitError, InvalidOptionErro
 
 DEFAULT_MAX_TOKENS = 256  # when a request sets none (OpenAI's own default runs to the context's end)
 
-# OpenAI's sampling fields -> edgekit's generation options
+# OpenAI's sampling fields (and llama.cpp server's top_k, min_p, repeat_penalty) -> edgekit's options
 _SAMPLING = {
     "temperature": "temperature",
     "top_p": "top_p",
     "top_k": "top_k",
     "min_p": "min_p",
     "repeat_penalty": "repeat_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
     "seed": "seed",
 }
+# the ranges OpenAI enforces, where edgekit's own checks are wider
+_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
+
+# The fields each route implements ("user" is written in the access log). Any other field is refused
+# by name, unless its value asks for nothing (null, or one of the values in _NOTHING): a server that
+# ignored a field would answer as if it had done what was asked.
+_GENERATION = {"model", "user", "n", "stream", "stream_options", "max_tokens", "stop", *_SAMPLING}
+FIELDS = {
+    "chat": _GENERATION | {"messages", "max_completion_tokens"},
+    "completion": _GENERATION | {"prompt"},
+    "embedding": {"model", "user", "input", "encoding_format", "dimensions"},
+}
+_NOTHING: dict[str, tuple[Any, ...]] = {
+    "logprobs": (False, 0), "top_logprobs": (0,), "logit_bias": ({},), "response_format": ({"type": "text"},),
+    "tools": ([],), "tool_choice": ("none", "auto"), "parallel_tool_calls": (True, False), "echo": (False,),
+    "best_of": (1,), "suffix": ("",), "store": (False,), "service_tier": ("auto", "default"),
+}
+_LATER = {  # what a refusal adds for the fields people ask for most
+    "response_format": "structured output (JSON schemas) is not implemented yet",
+    "tools": "tool calls are not implemented yet",
+    "tool_choice": "tool calls are not implemented yet",
+    "functions": "function calls are not implemented yet",
+    "function_call": "function calls are not implemented yet",
+    "logprobs": "log-probabilities are not returned yet",
+    "top_logprobs": "log-probabilities are not returned yet",
+    "logit_bias": "logit_bias is not implemented",
+}
+
+
+def check_fields(body: Mapping[str, Any], kind: str) -> None:
+    """Every field of a request is one this route implements, or asks for nothing: else a 400 naming
+    it (OpenAI's unsupported_parameter)."""
+    allowed = FIELDS[kind]
+    for key, value in body.items():
+        if key in allowed or value is None or value in _NOTHING.get(key, ()):
+            continue
+        why = _LATER.get(key, "this server does not implement it")
+        raise ApiError(400, f"'{key}' is not supported: {why}; leave it out", param=key,
+                       code="unsupported_parameter")
 
 
 class ApiError(Exception):
@@ -190,6 +231,14 @@ def embedding_input(body: dict[str, Any]) -> tuple[list[str], str]:
     return texts, fmt
 
 
+def check_dimensions(body: Mapping[str, Any], size: int) -> None:
+    """`dimensions` may only ask for the vector size the model has (nothing is truncated)."""
+    wanted = body.get("dimensions")
+    if wanted is not None and wanted != size:
+        raise ApiError(400, f"dimensions: this model's vectors have {size}; it cannot give {wanted!r}",
+                       param="dimensions", code="unsupported_value")
+
+
 def generation_options(body: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Generation options from an OpenAI body, over the model's own sampling defaults; checked here so
     that a bad value is a 400 before anything queues."""
@@ -207,7 +256,14 @@ def generation_options(body: dict[str, Any], defaults: Mapping[str, Any]) -> dic
                 or (ours in ("top_k", "seed") and not isinstance(value, int))
             ):
                 raise ApiError(400, f"{theirs} must be a number, not {value!r}", param=theirs)
+            low, high = _RANGES.get(theirs, (None, None))
+            if low is not None and not low <= value <= high:
+                raise ApiError(400, f"{theirs} must be between {low:g} and {high:g}, not {value!r}",
+                               param=theirs, code="invalid_value")
             options[ours] = value
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(400, "user must be a string", param="user")
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -258,11 +314,12 @@ def completion_id(kind: str) -> str:
     return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
 
 
+def model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "edgekit"}
+
+
 def models_list(names: Sequence[str], created: int) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": [{"id": n, "object": "model", "created": created, "owned_by": "edgekit"} for n in names],
-    }
+    return {"object": "list", "data": [model_object(n, created) for n in names]}
 
 
 def _finish(result: Any) -> str:

@@ -206,3 +206,34 @@ def test_boundary_options_accepted(kwargs):
     options = GenerationOptions(**kwargs)
     key, value = next(iter(kwargs.items()))
     assert getattr(options, key) == value
+
+
+# ---- frequency and presence penalties (OpenAI's), and the window all penalties look at ----------
+
+def test_frequency_penalty_grows_with_the_count_and_presence_does_not():
+    logits = np.array([2.0, 1.5, 0.0])
+    # token 0 seen 3 times: 2.0 - 3 x 0.2 = 1.4 < 1.5; seen once it would stay ahead (1.8)
+    assert Sampler(GenerationOptions(frequency_penalty=0.2))(logits, [0, 0, 0]) == 1
+    assert Sampler(GenerationOptions(frequency_penalty=0.2))(logits, [0]) == 0
+    # presence: once, whatever the count: 2.0 - 0.4 = 1.6 > 1.5 even after three
+    assert Sampler(GenerationOptions(presence_penalty=0.4))(logits, [0, 0, 0]) == 0
+    assert Sampler(GenerationOptions(presence_penalty=0.6))(logits, [0]) == 1
+    # negative values favour what was seen
+    assert Sampler(GenerationOptions(presence_penalty=-1.0))(np.array([1.0, 1.5]), [0]) == 0
+
+
+def test_the_penalties_look_at_the_last_64_tokens_only():
+    from edgekit.runtimes.sampling import PENALTY_LAST_N
+
+    logits = np.array([2.0, 1.5, 0.0])
+    old = [0] + [2] * PENALTY_LAST_N  # token 0 fell out of the window
+    for options in (GenerationOptions(repeat_penalty=2.0), GenerationOptions(presence_penalty=1.0)):
+        assert Sampler(options)(logits, old) == 0
+        assert Sampler(options)(logits, old[1:] + [0]) == 1
+
+
+@pytest.mark.parametrize("field", ["frequency_penalty", "presence_penalty"])
+@pytest.mark.parametrize("value", [-2.5, 2.01])
+def test_penalties_outside_openai_range_are_refused(field, value):
+    with pytest.raises(InvalidOptionError, match=f"{field} must be in"):
+        GenerationOptions(**{field: value})

@@ -80,8 +80,27 @@ def test_bad_options_are_400s_naming_the_field(body, param):
 
 def test_an_option_out_of_range_is_a_400_with_edgekits_words():
     with pytest.raises(ApiError, match="top_p must be in") as caught:
-        wire.generation_options({"top_p": 1.5}, {})
+        wire.generation_options({"top_p": 0}, {})  # OpenAI's range allows 0; edgekit's sampler cannot
     assert caught.value.status == 400
+    for field, value in [("temperature", 3), ("temperature", -0.5), ("top_p", 1.5)]:
+        with pytest.raises(ApiError, match=f"{field} must be between") as caught:  # OpenAI's ranges
+            wire.generation_options({field: value}, {})
+        assert caught.value.param == field
+    with pytest.raises(ApiError, match="frequency_penalty must be in"):
+        wire.generation_options({"frequency_penalty": -3}, {})
+
+
+def test_fields_are_served_refused_by_name_or_taken_when_they_ask_for_nothing():
+    chat = {"model": "m", "messages": [], "user": "u", "seed": 1, "frequency_penalty": 0.1}
+    wire.check_fields(chat, "chat")
+    wire.check_fields({**chat, "logprobs": False, "tools": [], "response_format": {"type": "text"},
+                       "tool_choice": "none", "logit_bias": {}, "top_logprobs": None}, "chat")
+    for kind, field, value in [("chat", "logprobs", True), ("chat", "tools", [{}]), ("chat", "prompt", "x"),
+                               ("completion", "messages", []), ("completion", "echo", True),
+                               ("embedding", "temperature", 1), ("chat", "whatever", 0)]:
+        with pytest.raises(ApiError) as caught:
+            wire.check_fields({"model": "m", field: value}, kind)
+        assert caught.value.code == "unsupported_parameter" and caught.value.param == field
 
 
 def test_models_and_the_model_check():
