@@ -5,6 +5,7 @@ User errors (EdgekitError) print one line and exit 1; only bugs produce a traceb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -390,6 +391,65 @@ def _report(engine, result, prompt_mode: str | None = None) -> None:
                         err=True, fg=typer.colors.RED)
 
 
+CHAT_HELP = '''/help             this list
+/clear            forget the conversation (a system message stays)
+/system TEXT      set the system message and start over
+/set              show the sampling settings; /set NAME VALUE changes one
+                  (temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty,
+                  presence_penalty, seed, max_tokens)
+/bye              leave (Ctrl-D too)
+"""               begin a message of several lines; end it with """ (a paste is one message)
+Ctrl-C stops a reply; at the prompt it leaves.'''
+CHAT_SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "min_p": float,
+                 "repeat_penalty": float, "frequency_penalty": float, "presence_penalty": float,
+                 "seed": int, "max_tokens": int}
+
+
+class _Prompt:
+    """The chat's input: line editing, history (kept under edgekit's cache) and bracketed paste
+    through readline on a terminal; plain lines from a pipe. \"\"\" opens a message of several lines."""
+
+    def __init__(self) -> None:
+        self.history = None
+        if sys.stdin.isatty():
+            try:
+                import readline
+            except ImportError:  # Windows without pyreadline: input() still works, without editing
+                return
+            from edgekit.cache import cache_root
+
+            readline.parse_and_bind("set enable-bracketed-paste on")  # a paste arrives as one message
+            self.history = cache_root() / "chat-history"
+            with contextlib.suppress(OSError):
+                readline.read_history_file(self.history)
+            readline.set_history_length(1000)
+
+    def save(self) -> None:
+        if self.history is not None:
+            import readline
+
+            with contextlib.suppress(OSError):
+                self.history.parent.mkdir(parents=True, exist_ok=True)
+                readline.write_history_file(self.history)
+
+    def read(self) -> str:
+        """One message (EOFError at the end of input); the history is saved as it grows."""
+        self.save()
+        line = input("> ")
+        if not line.lstrip().startswith('"""'):
+            return line.strip()
+        text = line.lstrip()[3:]
+        if text.rstrip().endswith('"""'):
+            return text.rstrip()[:-3].strip()
+        parts = [text]
+        while True:
+            more = input("... ")
+            if more.rstrip().endswith('"""'):
+                parts.append(more.rstrip()[:-3])
+                return "\n".join(parts).strip()
+            parts.append(more)
+
+
 @app.command()
 def chat(
     artifact: Annotated[Path, typer.Argument(
@@ -410,8 +470,9 @@ def chat(
     threads: ThreadsOpt = None,
     ctx_size: CtxOpt = None,
 ) -> None:
-    """Interactive chat in the terminal (Ctrl-C stops a reply; an empty line or Ctrl-D ends it). When the
-    conversation outgrows the context window, its oldest turns are dropped (the system message stays)."""
+    """Interactive chat in the terminal: line editing and history, triple quotes for several lines,
+    /help for the commands (Ctrl-C stops a reply; /bye or Ctrl-D ends it). When the conversation
+    outgrows the context window, its oldest turns are dropped (the system message stays)."""
     from edgekit.engine import load
 
     limits = _budget(budget)
@@ -422,19 +483,29 @@ def chat(
             sampling = _sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                  repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                  presence_penalty=presence_penalty)
+            sampling["max_tokens"], sampling["seed"] = max_tokens, seed
             messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+            prompt = _Prompt()
+            typer.secho(f"chatting with {engine.path.name} ({engine.backend.name} on {engine.device}); "
+                        '/help for commands, """ for several lines, /bye or Ctrl-D to leave', err=True,
+                        dim=True)
             while True:
                 try:
-                    line = input("> ").strip()
+                    line = prompt.read()
                 except EOFError:
                     break
                 if not line:
-                    break
+                    continue  # a stray Enter asks nothing
+                if line.startswith("/"):
+                    command, _, rest = line.partition(" ")
+                    if command == "/bye":
+                        break
+                    messages = _chat_command(command, rest.strip(), messages, sampling)
+                    continue
                 messages.append({"role": "user", "content": line})
                 reply, stream = "", None
                 try:  # Ctrl-C stops this reply, even while the template renders; at the prompt, the chat
-                    stream = engine.chat(messages, max_tokens=max_tokens, seed=seed, stream=True,
-                                         truncate="oldest", **sampling)
+                    stream = engine.chat(messages, stream=True, truncate="oldest", **sampling)
                     for piece in stream:
                         reply += piece
                         typer.echo(piece, nl=False)
@@ -453,7 +524,7 @@ def chat(
                     if dropped:  # the context is full: the oldest turns leave the conversation for good
                         typer.secho(f"[the {dropped} oldest messages left the conversation to fit the "
                                     f"context of {engine.context_length} tokens]", err=True, dim=True)
-                        lead = 1 if system else 0
+                        lead = 1 if messages and messages[0]["role"] == "system" else 0
                         del messages[lead:lead + dropped]
                 messages.append({"role": "assistant", "content": reply})
     except KeyboardInterrupt:  # at the prompt: the chat ends, as Ctrl-D does, with the usual 130
@@ -461,6 +532,46 @@ def chat(
         raise typer.Exit(130) from None
     except EdgekitError as exc:
         _fail(exc, False)
+
+
+def _chat_command(command: str, rest: str, messages: list[dict[str, str]],
+                  sampling: dict[str, Any]) -> list[dict[str, str]]:
+    """A /command typed in the chat: answered by edgekit, never sent to the model. Returns the
+    conversation it leaves."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    if command == "/help":
+        typer.echo(CHAT_HELP, err=True)
+    elif command == "/clear":
+        typer.secho("[the conversation is cleared]", err=True, dim=True)
+        return system
+    elif command == "/system":
+        if not rest:
+            typer.echo(f"system: {system[0]['content'] if system else '(none)'}", err=True)
+            return messages
+        typer.secho("[new system message; the conversation starts over]", err=True, dim=True)
+        return [{"role": "system", "content": rest}]
+    elif command == "/set":
+        name, _, value = rest.partition(" ")
+        if not name:
+            typer.echo("  ".join(f"{k}={sampling.get(k)}" for k in CHAT_SETTINGS), err=True)
+        elif name not in CHAT_SETTINGS or not value.strip():
+            typer.secho(f"usage: /set NAME VALUE, NAME one of {', '.join(CHAT_SETTINGS)}", err=True,
+                        fg=typer.colors.RED)
+        else:
+            from edgekit.runtimes.base import GenerationOptions
+
+            try:
+                parsed = CHAT_SETTINGS[name](value.strip())
+                trial = {**sampling, name: parsed}
+                GenerationOptions(**{k: v for k, v in trial.items() if k in CHAT_SETTINGS})
+            except (ValueError, EdgekitError) as exc:
+                typer.secho(f"error: {name}: {exc}", err=True, fg=typer.colors.RED)
+            else:
+                sampling[name] = parsed
+                typer.secho(f"[{name} = {parsed}]", err=True, dim=True)
+    else:
+        typer.secho(f"unknown command {command}; /help lists them", err=True, fg=typer.colors.RED)
+    return messages
 
 
 @app.command()

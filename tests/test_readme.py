@@ -23,8 +23,8 @@ import pytest
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# lines a chat example reads from its terminal: one question, then the empty line that ends the chat
-CHAT_INPUT = "Name three colors.\n\n"
+# lines a chat example reads from its terminal: one question, then /bye
+CHAT_INPUT = "Name three colors.\n/bye\n"
 # the CLI lines that run as real processes of the installed console script
 AS_PROCESSES = ("edgekit devices --json", "edgekit --version")
 

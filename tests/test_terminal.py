@@ -20,6 +20,10 @@ pyte = pytest.importorskip("pyte")
 COLUMNS, ROWS = 120, 40
 
 
+# a line as the terminal echoes it, with readline's end of bracketed paste mode after it
+READLINE_ECHO = r"{}\r\n(?:\x1b\[\?2004l\r)?"
+
+
 def _spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
     import io
 
@@ -89,19 +93,19 @@ def test_ctrl_c_in_chat_stops_the_reply_not_the_chat(chat_artifact, slow_tokens)
     child = _spawn(["chat", str(chat_artifact), "-n", "150", "--seed", "1"], env=slow_tokens)
     child.expect_exact("> ")
     child.sendline("Tell me a long story")
-    child.expect_exact("Tell me a long story\r\n")
+    child.expect(READLINE_ECHO.format("Tell me a long story"))
     child.expect(r"\S")  # the reply has started streaming
     child.sendintr()  # Ctrl-C, through the terminal, as a person presses it
     child.expect_exact("[stopped]")
     child.expect(r"cancelled; llama\.cpp on cpu")  # the reply's numbers, then the chat goes on
     child.expect_exact("> ")
     child.sendline("And another")
-    child.expect_exact("And another\r\n")
+    child.expect(READLINE_ECHO.format("And another"))
     child.expect(r"\S")
     child.sendintr()
     child.expect_exact("[stopped]")
     child.expect_exact("> ")
-    child.sendline("")  # an empty line ends the chat normally
+    child.sendline("/bye")  # ends the chat normally
     screen = _screen(_run_to_end(child), "chat-ctrl-c")
     assert child.exitstatus == 0, screen
     assert "Traceback" not in screen and "error:" not in screen and screen.count("[stopped]") == 2
@@ -127,7 +131,37 @@ def test_run_and_chat_as_a_person_sees_them(chat_artifact):
     child.sendline("Hi there")
     child.expect(r"tok/s")
     child.expect_exact("> ")
-    child.sendline("")
+    child.sendline("/bye")
     screen = _screen(_run_to_end(child), "chat")
     assert child.exitstatus == 0, screen
-    assert screen.startswith("> Hi there\n") and "8 tokens, TTFT" in screen
+    banner, first = screen.splitlines()[:2]
+    assert banner.startswith("chatting with g (llama.cpp on cpu); /help") and first == "> Hi there"
+    assert "8 tokens, TTFT" in screen
+
+
+def test_the_chat_prompt_edits_recalls_pastes_and_answers_its_commands(chat_artifact, tmp_path):
+    """As a person types: a banner; /help answered by edgekit; an empty line asks nothing; a pasted
+    paragraph of three lines (bracketed paste) is one message; the up arrow recalls it; /bye ends."""
+    child = _spawn(["chat", str(chat_artifact), "-n", "4", "--seed", "1"],
+                   env={"EDGEKIT_CACHE": str(tmp_path / "cache")})
+    child.expect_exact("/help for commands")
+    child.expect_exact("> ")
+    child.sendline("/help")
+    child.expect_exact("/clear")  # edgekit's list, not a reply of the model
+    child.expect_exact("> ")
+    child.sendline("")  # nothing asked, nothing answered: the prompt again
+    child.expect_exact("> ")
+    child.send("\x1b[200~first line\nsecond line\nthird line\x1b[201~\r")
+    child.expect(r"tok/s")
+    child.expect_exact("> ")
+    child.send("\x1b[A\r")  # up arrow: the pasted message again, then Enter
+    child.expect(r"tok/s")
+    child.expect_exact("> ")
+    child.sendline("/set top_p 5")  # refused: out of range
+    child.expect_exact("error: top_p")
+    child.expect_exact("> ")
+    child.sendline("/bye")
+    screen = _screen(_run_to_end(child), "chat-prompt")
+    assert child.exitstatus == 0, screen
+    assert screen.count("tok/s") == 2, screen  # two replies: the paste was one message, recalled once
+    assert "Traceback" not in screen and (tmp_path / "cache" / "chat-history").is_file()

@@ -100,8 +100,8 @@ def seed_onnx() -> bytes:
 
 
 def seed_request() -> bytes:
-    return json.dumps({"model": "m", "messages": [{"role": "system", "content": "Be brief."},
-                                                  {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+    user = {"role": "user", "content": [{"type": "text", "text": "Hi"}]}
+    return json.dumps({"model": "m", "messages": [{"role": "system", "content": "Be brief."}, user],
                        "max_tokens": 16, "temperature": 0.7, "top_p": 0.9, "stop": ["."], "seed": 3,
                        "stream": True, "stream_options": {"include_usage": True}}).encode()
 
