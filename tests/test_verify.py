@@ -209,3 +209,27 @@ def test_convert_without_torch_grades_against_the_file_llama_cpp_quantized(tiny_
     assert sorted(p.name for p in result.path.iterdir() if p.name.startswith(".")) == []
     torch_says = edgekit.verify(result.path, tiny_checkpoint("llama3"), reference_kind="transformers")
     assert result.fidelity.metrics["kl_mean"] == pytest.approx(torch_says.metrics["kl_mean"], rel=0.2)
+
+
+def test_verify_finds_a_local_source_again_from_anywhere(tiny_checkpoint, tmp_path, monkeypatch):
+    """`edgekit convert ./student` names the source "student" in the portable manifest; this
+    machine's record finds the folder by its files' hashes, so `verify` works from any folder until
+    the checkpoint moves (then it says to pass --reference)."""
+    import shutil
+
+    from edgekit.errors import VerificationError
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    student = tmp_path / "work" / "student"
+    shutil.copytree(tiny_checkpoint("qwen2"), student)
+    monkeypatch.chdir(tmp_path / "work")
+    artifact = edgekit.convert("./student", to="gguf", quant="int8", output=tmp_path / "out",
+                               verify=False).path
+    assert edgekit.read_manifest(artifact)["source"]["id"] == "student"
+    monkeypatch.chdir(tmp_path)  # "student" is no path from here
+    report = edgekit.verify(artifact, save=False)
+    assert report.passed, report.summary()
+    shutil.move(student, tmp_path / "moved")
+    with pytest.raises(VerificationError, match="--reference"):
+        edgekit.verify(artifact, save=False)
+    assert edgekit.verify(artifact, tmp_path / "moved", save=False).passed

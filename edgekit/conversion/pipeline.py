@@ -297,6 +297,10 @@ def _convert_one(ckpt, fmt: str, final: Path, scheme, route, base: str, source, 
         }
         manifest["tokenizer"] = {**manifest.get("tokenizer", {}), **_special_texts(ckpt)}
         write_manifest(stage, manifest)
+        if manifest["source"]["id"] == ckpt.path.name:  # a local folder: where it is, for verify later
+            from edgekit.cache import remember_source
+
+            remember_source(manifest["source"]["files"], ckpt.path)
         progress("hash", 1, 1)
         if checking is not None:  # graded in the staging folder: a failed artifact never appears
             manifest["fidelity"] = _verify_staged(stage, manifest, ckpt, checking, progress, unquantized)

@@ -499,8 +499,11 @@ def find_source(manifest: dict[str, Any], artifact: Path, reference: str | os.Pa
             from edgekit import bundled
 
             reference = bundled.path(str(sid)[len("bundled:"):])
-        else:
-            reference = sid
+        else:  # a local folder is named by its name alone: this machine's record finds it by hashes
+            from edgekit.cache import recall_source
+
+            found = recall_source(source.get("files") or {}) if "/" not in str(sid) else None
+            reference = found or sid
     try:
         ckpt = inspect(reference, revision=source.get("revision") if reference == source.get("id") else None,
                        allow_remote_code=True, allow_pickle=True)
