@@ -300,3 +300,20 @@ def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
                 assert set(item) == items, command
     error = json.loads(_cli("info", str(tmp_path / "nothing"), "--json").stdout)
     assert set(error) == {"ok", "error", "message", "exit_code"} and error["ok"] is False
+
+
+def test_a_missing_extra_is_a_hint_not_a_traceback(tiny_checkpoint, tmp_path):
+    """Converting to ONNX where the onnx package cannot be imported: one line naming the extra to
+    install, exit 1, nothing written (a real process: the import is blocked in a sitecustomize)."""
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['onnx'] = None  # as if not installed\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-m", "edgekit.cli", "convert", str(tiny_checkpoint("qwen2")), "--to",
+                        "onnx", "-q", "int8", "-o", str(out)], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 1 and "edgekit[onnx]" in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not out.exists()

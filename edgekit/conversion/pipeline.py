@@ -30,6 +30,7 @@ from edgekit.errors import (
     Interrupted,
     TokenizerError,
     UnsupportedArchitectureError,
+    require,
 )
 from edgekit.progress import Progress
 from edgekit.signals import signals_as_interrupt
@@ -398,7 +399,10 @@ def _scheme(fmt: str, quant: str):
 
 def _onnx_route(ckpt, exporter: str) -> tuple[str, str]:
     """(graph kind, exporter) for the ONNX path: our own graphs for the native families, optimum-onnx's
-    exporter for anything else it knows (the fallback). Raises when neither applies."""
+    exporter for anything else it knows (the fallback). Raises when neither applies, or when the
+    packages that write and check ONNX are not installed (the hint names the extra)."""
+    for module, package in (("onnx", "onnx"), ("onnxruntime", "onnxruntime")):
+        require(module, package, "onnx", "Converting to ONNX")
     from edgekit.converters.onnx_decoder import DECODERS
     from edgekit.converters.onnx_encoder import ENCODERS
 
