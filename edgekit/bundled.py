@@ -175,6 +175,17 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "all-minilm-l6-v2": _build_minilm,
 }
 NAMES = tuple(_BUILDERS)
+# what each one is, for `edgekit bundled --list`
+DESCRIPTIONS = {
+    "smollm2-135m-instruct": ("text-generation", "SmolLM2-135M-Instruct: a small chat model (the default)"),
+    "all-minilm-l6-v2": ("feature-extraction", "all-MiniLM-L6-v2: sentence embeddings, 384 dimensions"),
+}
+
+
+def listing() -> list[dict[str, object]]:
+    """Each bundled model: name, task, what it is, whether it is the default."""
+    return [{"name": n, "task": DESCRIPTIONS[n][0], "description": DESCRIPTIONS[n][1],
+             "default": n == DEFAULT} for n in NAMES]
 
 
 def path(name: str = DEFAULT) -> Path:

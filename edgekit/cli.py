@@ -195,11 +195,18 @@ def _converted(result) -> str:
 @app.command()
 def bundled(
     name: Annotated[str, typer.Argument(help=f"bundled model: {', '.join(BUNDLED_NAMES)}")] = BUNDLED_DEFAULT,
+    as_list: Annotated[bool, typer.Option("--list", help="list the bundled models")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Materialize a bundled real model as an HF checkpoint and print its path (edgekit.bundled.path)."""
+    """Materialize a bundled real model as an HF checkpoint and print its path (edgekit.bundled.path);
+    --list names them all (edgekit.bundled.listing)."""
     from edgekit import bundled as bundled_models
 
+    if as_list:
+        models = bundled_models.listing()
+        _emit({"models": models}, as_json, "\n".join(
+            f"{m['name']:<24} {m['task']:<19} {m['description']}" for m in models))
+        return
     try:
         path = bundled_models.path(name)
     except (EdgekitError, KeyboardInterrupt) as exc:

@@ -289,6 +289,9 @@ def test_json_shapes_are_the_documented_ones(tiny_checkpoint, tmp_path):
                                 "-w", "10", "--json")
     _cli("convert", str(tiny_checkpoint("bert")), "--to", "onnx", "-q", "fp32", "-o", str(bert))
     outputs["embed"] = _cli("embed", str(bert), "a cat", "--json")
+    listed = json.loads(_cli("bundled", "--list", "--json").stdout)
+    assert [m["name"] for m in listed["models"]] == ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    assert set(listed["models"][0]) == {"name", "task", "description", "default"}
     for command, p in outputs.items():
         assert p.returncode == 0, (command, p.stderr)
         data = json.loads(p.stdout)
