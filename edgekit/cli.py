@@ -289,8 +289,8 @@ def _sampling(engine, **given: Any) -> dict[str, Any]:
 @app.command()
 def run(
     artifact: Annotated[Path, typer.Argument(
-        help="artifact directory; or several, comma-separated, to run the most faithful that meets "
-             "--budget")],
+        help="artifact directory or model reference (a bundled name, hub id or checkpoint folder, "
+             "converted once); or several, comma-separated, to run the most faithful that meets --budget")],
     prompt: Annotated[str | None, typer.Argument(
         help="the user's message (with --raw: text to complete); - or a pipe: read it from stdin; none on "
              "a terminal: chat", show_default=False)] = None,
@@ -360,9 +360,32 @@ def run(
 
 
 def _variants(artifact: Path) -> Path | list[Path]:
-    """ARTIFACT, or several comma-separated: the variants load() chooses among (with --budget)."""
+    """ARTIFACT, or several comma-separated: the variants load() chooses among (with --budget). Each
+    may be any model reference (conversion.references): a bundled name, a hub id or a checkpoint
+    folder is converted once into the cache first, with a line saying so."""
+    from edgekit.conversion.references import artifact_for
+
     text = str(artifact)
-    return [Path(p.strip()) for p in text.split(",") if p.strip()] if "," in text else artifact
+    refs = [p.strip() for p in text.split(",") if p.strip()] if "," in text else [text]
+    with _StageProgress(enabled=sys.stderr.isatty()) as progress:
+        found = [artifact_for(r, progress, _say_line) for r in refs]
+    return found if "," in text else found[0]
+
+
+def _served(item: str) -> str:
+    """NAME=REF or REF for serve, with REF made an artifact (converted once when it is not one); a
+    reference that is not a folder of its own is served under the name it was given by."""
+    from edgekit.artifact import MANIFEST
+    from edgekit.conversion.references import artifact_for
+
+    name, _, ref = item.rpartition("=") if "=" in item else ("", "", item)
+    if (Path(ref).expanduser() / MANIFEST).is_file():
+        return item
+    return f"{name or ref.removeprefix('bundled:')}={artifact_for(ref, None, _say_line)}"
+
+
+def _say_line(line: str) -> None:
+    typer.secho(line, err=True)
 
 
 def _say_choice(engine, as_json: bool) -> None:
@@ -459,9 +482,10 @@ class _Prompt:
 
 @app.command()
 def chat(
-    artifact: Annotated[Path, typer.Argument(
-        help="artifact directory; or several, comma-separated, to chat with the most faithful that meets "
-             "--budget")],
+    artifact: Annotated[Path | None, typer.Argument(
+        help="artifact directory or model reference (a bundled name, hub id or checkpoint folder, "
+             f"converted once); or several, comma-separated, with --budget (default: {BUNDLED_DEFAULT})",
+        show_default=False)] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", "--n-predict")] = 256,
     temperature: TempOpt = None,
     top_k: TopKOpt = None,
@@ -484,7 +508,7 @@ def chat(
 
     limits = _budget(budget)
     try:
-        with load(_variants(artifact), device=device, n_ctx=ctx_size, threads=threads,
+        with load(_variants(artifact or BUNDLED_DEFAULT), device=device, n_ctx=ctx_size, threads=threads,
                   budget=limits) as engine:
             _say_choice(engine, False)
             sampling = _sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
@@ -826,7 +850,7 @@ def summarize(
         single = out is None and len(files) == 1 and not inputs[0].is_dir() and not distributed
         if model is None:
             with _StageProgress(enabled=bars) as progress:
-                model = default_model(progress)
+                model = default_model(progress, _say_line)
         if not single:
             executor = None
             if distributed:
@@ -946,7 +970,7 @@ def serve(
 ) -> None:
     """An OpenAI-compatible server on this machine: /v1/chat/completions, /v1/completions (both with
     SSE streaming), /v1/embeddings, /v1/models, /health (edgekit.serve)."""
-    from edgekit.server.app import ServerConfig
+    from edgekit.server.app import ServerConfig, listen
     from edgekit.server.app import serve as run_server
 
     config = ServerConfig(host=host, port=port, api_key=api_key, max_queue=max_queue, max_body_bytes=max_body,
@@ -959,7 +983,10 @@ def serve(
         typer.secho(f"serving {names} at http://{shown}:{port}/v1 (Ctrl-C stops)", err=True)
 
     try:
-        run_server(models, config, device=device, n_ctx=ctx_size, threads=threads, ready=ready)
+        config.check()  # a bad port or address before any model is converted or loaded
+        listen(config.host, config.port).close()
+        run_server([_served(m) for m in models], config, device=device, n_ctx=ctx_size, threads=threads,
+                   ready=ready)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, False)
 

@@ -72,7 +72,12 @@ def test_run_and_devices(tiny_checkpoint, tmp_path):
 
 def test_run_on_missing_artifact_is_one_line(tmp_path):
     p = _cli("run", str(tmp_path / "nothing"), "hi")
-    assert p.returncode == 1 and "not an edgekit artifact" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "no artifact, bundled model or checkpoint" in p.stderr
+    assert "Traceback" not in p.stderr and "edgekit bundled --list" in p.stderr
+    p = _cli("run", "smollm2-135m-instrct", "hi", cwd=tmp_path)  # a typo: the bundled name is offered
+    assert p.returncode == 1 and "did you mean smollm2-135m-instruct?" in p.stderr
+    p = _cli("run", str(tmp_path), "hi")  # a folder that is not one
+    assert p.returncode == 1 and "not an edgekit artifact" in p.stderr
 
 
 def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
@@ -320,3 +325,39 @@ def test_a_missing_extra_is_a_hint_not_a_traceback(tiny_checkpoint, tmp_path):
                        timeout=300)
     assert p.returncode == 1 and "edgekit[onnx]" in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not out.exists()
+
+
+def test_model_references_are_converted_once_then_reused(tiny_checkpoint, tmp_path, monkeypatch):
+    """`edgekit run REF` as ollama users type it: a checkpoint folder and a hub id in the local cache
+    become artifacts once (a line says so), the second run reuses them; a .gguf from elsewhere and a
+    bundled name resolve as documented."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    env = {"EDGEKIT_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    shutil.copytree(tiny_checkpoint("qwen2"), tmp_path / "student")
+    hub = tmp_path / "hf" / "models--tiny--qwen2"
+    shutil.copytree(tiny_checkpoint("qwen2"), hub / "snapshots" / ("0" * 40))
+    (hub / "refs").mkdir()
+    (hub / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    for ref in ("student", "tiny/qwen2"):
+        args = ["run", ref, "Hello", "-n", "3", "--temp", "0", "--json"]
+        first, second = _cli(*args, env=env, cwd=tmp_path), _cli(*args, env=env, cwd=tmp_path)
+        assert first.returncode == 0 and "converting it once to onnx int4" in first.stderr, first.stderr
+        assert second.returncode == 0 and "converting" not in second.stderr, second.stderr
+        assert json.loads(first.stdout)["text"] == json.loads(second.stdout)["text"]
+    assert len(list((tmp_path / "cache" / "models").glob("*-onnx-int4"))) == 2
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    p = _cli("run", "model.gguf", "hi", env=env, cwd=tmp_path)
+    assert p.returncode == 1 and "not an edgekit artifact" in p.stderr and "edgekit convert" in p.stderr
+
+    from edgekit.conversion import pipeline, references
+
+    asked = []
+    monkeypatch.setattr(pipeline, "convert", lambda source, **kw: asked.append((source, kw["output"])))
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache2"))
+    made = references.artifact_for("smollm2-135m-instruct")  # a bundled name: its conversion is asked
+    assert asked == [("bundled:smollm2-135m-instruct", made)]
+    assert made == tmp_path / "cache2" / "models" / "smollm2-135m-instruct-onnx-int4"

@@ -28,7 +28,6 @@ from edgekit.errors import (
     DocumentError,
     EdgekitError,
     InvalidOptionError,
-    OutputExistsError,
     SummarizationError,
 )
 from edgekit.progress import Progress
@@ -40,7 +39,7 @@ STRATEGIES = ("map-reduce", "refine")
 FORMATS = ("txt", "md", "json")
 LOOP_NGRAM = 8  # a summary never repeats a run of this many words
 INDEX_NAME = ".edgekit-summaries.jsonl"  # the record of a folder run, in the output folder
-DEFAULT_MODEL = ("smollm2-135m-instruct", "onnx", "int4")
+DEFAULT_MODEL = "smollm2-135m-instruct"  # as ONNX int4: conversion.references makes that of a name
 _SYSTEM = "You write short, faithful summaries. Use only facts stated in the text."
 
 
@@ -237,22 +236,13 @@ class Summary:
 
 
 # ---- the engine ---------------------------------------------------------------------------------
-def default_model(progress: Progress | None = None) -> Path:
+def default_model(progress: Progress | None = None, say: Callable[[str], None] | None = None) -> Path:
     """The model summaries use unless told: the bundled SmolLM2-135M-Instruct as ONNX int4, converted
     once into edgekit's cache. ONNX Runtime prefills a long chunk about twice as fast as llama.cpp here,
     and a summary is mostly prefill (docs/measurements.md)."""
-    from edgekit.cache import cache_dir
+    from edgekit.conversion.references import artifact_for
 
-    name, fmt, quant = DEFAULT_MODEL
-    out = cache_dir("models") / f"{name}-{fmt}-{quant}"
-    if not (out / "edgekit.json").is_file():
-        from edgekit.conversion.pipeline import convert
-
-        try:
-            convert(f"bundled:{name}", to=fmt, quant=quant, output=out, progress=progress)
-        except OutputExistsError:  # another process converted it meanwhile
-            pass
-    return out
+    return artifact_for(DEFAULT_MODEL, progress, say)
 
 
 def _open(model, device: str, n_ctx: int | None, threads: int | None):
