@@ -148,8 +148,14 @@ def access_line(scope: Mapping[str, Any], status: int, seconds: float) -> str:
     """`127.0.0.1 "POST /v1/chat/completions" 200 1.23 s model=smol user=alice`."""
     client = (scope.get("client") or ("-",))[0]
     state = scope.get("state") or {}
-    extra = "".join(f" {k}={state[k]}" for k in ("model", "user") if state.get(k))
-    return f'{client} "{scope.get("method")} {scope.get("path")}" {status} {seconds:.2f} s{extra}'
+    extra = "".join(f" {k}={_printable(state[k])}" for k in ("model", "user") if state.get(k))
+    return f'{client} "{scope.get("method")} {_printable(scope.get("path"))}" {status} {seconds:.2f} s{extra}'
+
+
+def _printable(value: Any, limit: int = 80) -> str:
+    """A client's text as one harmless word of a log line: no newline can forge another line."""
+    text = "".join(c if c.isprintable() and not c.isspace() else "_" for c in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _allowed(host: str, config: Limits) -> bool:

@@ -141,3 +141,16 @@ def test_streaming_flags_and_the_end_of_a_stream():
         assert caught.value.status == 400 and caught.value.param == param, bad
     opening = [json.loads(x) for x in wire.stream_opening("chat", "id-1", "m")]
     assert opening[0]["choices"][0]["delta"]["role"] == "assistant" and opening[0]["id"] == "id-1"
+
+
+def test_the_access_line_and_the_origin_rule():
+    from edgekit.server.admission import access_line, origin_host
+
+    forged = 'alice\n127.0.0.1 "GET /admin" 200'
+    line = access_line({"client": ("127.0.0.1", 5), "method": "POST", "path": "/v1/chat/completions",
+                        "state": {"model": "smol", "user": forged}}, 200, 1.234)
+    assert line.startswith('127.0.0.1 "POST /v1/chat/completions" 200 1.23 s model=smol user=alice_')
+    assert "\n" not in line  # a client's text cannot forge a second line
+    assert [origin_host(o) for o in ("http://localhost:5173", "https://evil.example", "null",
+                                     "http://[::1]:3000", "http://127.0.0.1")] == [
+        "localhost", "evil.example", "", "[::1]", "127.0.0.1"]
