@@ -207,7 +207,7 @@ def test_one_document_streams_its_summary_and_reports_json(tiny_model, tmp_path)
     ],
 )
 def test_bad_requests_exit_with_a_message(args, code, says, tiny_model, tmp_path):
-    corpus.write(tmp_path / "doc.md", corpus.sections("Coffee"))
+    corpus.write(tmp_path / "doc.md", corpus.sections("Coffee", repeat=3))  # longer than 200 words
     (tmp_path / "data.xyz").write_text("text", encoding="utf-8")
     from helpers import cli
 
@@ -310,3 +310,16 @@ def test_two_runs_into_one_folder_cannot_both_work(tiny_model, tmp_path):
             edgekit.summarize_many([docs], tiny_model, out, 12, n_ctx=CTX)
     assert not (out / INDEX_NAME).exists()
     assert _cli(str(docs), "-m", str(tiny_model), "-c", str(CTX), "-w", "12", "-o", str(out)).returncode == 0
+
+
+def test_a_document_no_longer_than_the_summary_is_returned_as_it_is(tiny_model, tmp_path):
+    """A one-word file (or one shorter than the words asked) is its own summary: returned whole with a
+    note, and the model is not asked to invent the rest."""
+    (tmp_path / "one.txt").write_text("Hello.\n", encoding="utf-8")
+    with edgekit.load(tiny_model, n_ctx=CTX) as eng:
+        streamed: list[str] = []
+        s = edgekit.summarize(tmp_path / "one.txt", eng, words=20, on_text=streamed.append)
+    assert s.summary == "Hello." and streamed == ["Hello."] and s.steps == []
+    assert s.document["chunks"] == 0 and "it is its own summary" in s.warnings[0]
+    p = _cli(str(tmp_path / "one.txt"), "-m", str(tiny_model), "--words", "20")
+    assert p.returncode == 0 and "Hello." in p.stdout and "its own summary" in p.stderr, p.stderr

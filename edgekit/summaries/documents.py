@@ -219,7 +219,20 @@ def _read_markdown(path: Path, meta: dict[str, int]) -> Iterator[Block]:
 
 
 # ---- HTML -----------------------------------------------------------------------------------------
-_HTML_SKIP = {"script", "style", "noscript", "template", "head", "svg", "nav", "iframe", "object", "form"}
+_HTML_SKIP = {"script", "style", "noscript", "template", "head", "svg", "nav", "iframe", "object", "form",
+              "footer", "aside", "button", "dialog", "menu"}
+# a page's furniture, by ARIA role or by the words its id and class use: not the document's text
+_HTML_FURNITURE_ROLES = {"navigation", "contentinfo", "complementary", "banner", "dialog", "alertdialog",
+                         "search", "menu", "menubar"}
+_HTML_FURNITURE = re.compile(r"(?:^|[-_\s])(?:cookies?|consent|gdpr|newsletter|subscribe|breadcrumbs?|"
+                             r"sidebar|footer|navbar|menu|advert|ads|promo|social|share)(?:[-_\s]|$)", re.I)
+
+
+def _furniture(node) -> bool:
+    attrs = node.attributes or {}
+    if (attrs.get("role") or "").lower() in _HTML_FURNITURE_ROLES:
+        return True
+    return any(_HTML_FURNITURE.search(attrs.get(a) or "") for a in ("id", "class"))
 _HTML_BLOCK = {
     "p",
     "div",
@@ -277,7 +290,7 @@ def _read_html(path: Path, meta: dict[str, int]) -> Iterator[Block]:
             tag = child.tag
             if tag == "-text":
                 buffer.append(child.text_content or "")
-            elif tag in _HTML_SKIP or tag.startswith("-"):  # scripts, comments
+            elif tag in _HTML_SKIP or tag.startswith("-") or _furniture(child):  # scripts, menus, banners
                 pass
             elif len(tag) == 2 and tag[0] == "h" and tag[1] in "123456":
                 flush()

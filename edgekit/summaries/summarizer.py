@@ -460,6 +460,8 @@ def _summarize(
     times: tuple[float, float, float],
 ) -> Summary:
     t0, t_read, t_load = times
+    if document.words <= words:  # nothing to shorten: a model asked anyway would invent the rest
+        return _as_it_is(document, engine, words, strategy, on_text, times)
     run = _Run(engine, words, progress, 1)
     # what the prompt costs around the text: the template rendered with an empty text, plus a margin
     second = _reduce_messages([""], words) if strategy == "map-reduce" else _refine_messages("", "", words)
@@ -524,6 +526,24 @@ def _summarize(
         run.steps,
         run.warnings,
     )
+
+
+def _as_it_is(document: Document, engine, words: int, strategy: str, on_text,
+              times: tuple[float, float, float]) -> Summary:
+    """A document no longer than the summary asked for, returned whole, with a note saying so."""
+    t0, t_read, t_load = times
+    text = document.text.strip()
+    if on_text is not None:
+        on_text(text)
+    end = time.perf_counter()
+    timings = {"read_s": t_read - t0, "load_s": t_load - t_read, "chunk_s": 0.0, "prefill_s": 0.0,
+               "decode_s": 0.0, "model_s": 0.0, "outside_s": end - t0, "total_s": end - t0}
+    facts = {"kind": document.kind, "pages": document.pages, "words": document.words,
+             "tokens": engine.count_tokens(text), "chunks": 0, "rounds": 0}
+    note = (f"the document has {document.words} words, no more than the {words} asked for: it is its own "
+            "summary (returned as it is, the model not asked)")
+    return Summary(str(document.path), text, _model_facts(engine), strategy, words, facts,
+                   {k: round(v, 4) for k, v in timings.items()}, [], [note])
 
 
 def _map_reduce(run: _Run, chunks: list[Chunk], budget: int, on_text) -> str:

@@ -223,3 +223,23 @@ def test_unclosed_markdown_markup_is_read_in_linear_time(line, tmp_path):
     start = time.perf_counter()
     assert read_document(path).text
     assert time.perf_counter() - start < 10
+
+
+def test_a_web_pages_furniture_is_left_out(tmp_path):
+    """Navigation, footers, sidebars and cookie banners (by element, ARIA role, id or class) are not
+    the document: only the article's headings and paragraphs are read."""
+    page = tmp_path / "page.html"
+    page.write_text(
+        "<html><body><header><nav><a href='/'>Home</a> <a href='/blog'>Blog</a></nav></header>"
+        "<div id='cookie-banner'>We use cookies. <button>Accept all</button></div>"
+        "<div role='navigation'>Skip to content</div>"
+        "<main><article><h1>Beekeeping in winter</h1><p>Bees cluster around the queen.</p>"
+        "<p>They shiver to keep warm.</p><div class='share-buttons'>Share on social media</div></article>"
+        "<aside>Related posts: ten facts about wasps</aside></main>"
+        "<div class='newsletter'>Subscribe to our newsletter</div>"
+        "<footer>Copyright 2026, all rights reserved</footer></body></html>", encoding="utf-8")
+    doc = read_document(page)
+    assert [b.text for b in doc.blocks] == ["Beekeeping in winter", "Bees cluster around the queen.",
+                                            "They shiver to keep warm."]
+    for furniture in ("cookies", "Skip to content", "Share on", "Related posts", "newsletter", "Copyright"):
+        assert furniture not in doc.text, furniture
