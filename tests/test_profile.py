@@ -37,6 +37,9 @@ def test_profile_measures_each_variant_in_its_own_process(variants):
         assert v.ttft_ms["p50"] > 0 and v.itl_ms["p50"] <= v.itl_ms["p99"] and v.decode["avg_ts"] > 0
         assert v.passed and v.budget["passed"] and v.bandwidth_pct is not None
     assert report.any_passed and seen[-1] == (6, 6)  # 2 variants x 3 runs, one bar
+    assert report.names() == ["gguf-int4", "onnx-int8"]  # the variants' own names, everywhere
+    verdict = report.verdict()
+    assert verdict.startswith("ship ") and "meets ttft, tpot, itl_p99, total, rss" in verdict
     hw = report.hardware
     assert hw["cores"] >= 1 and hw["copy_bandwidth_gbs"] > 0 and "llama.cpp" in hw["devices"]
     assert {"llama-cpp-python", "onnxruntime"} <= set(hw["versions"])
@@ -47,8 +50,9 @@ def test_a_budget_nobody_meets_exits_1_and_names_the_lines(variants):
              "--budget", "ttft=0.001ms,rss=1MB", "--json")
     assert p.returncode == 1, p.stderr
     data = json.loads(p.stdout)
-    assert set(data) == {"ok", "hardware", "budget", "settings", "variants"}
+    assert set(data) == {"ok", "hardware", "budget", "settings", "variants", "verdict", "warnings"}
     assert all(not v["passed"] and set(v["budget"]["missed"]) == {"ttft", "rss"} for v in data["variants"])
+    assert data["verdict"].startswith("no variant meets ttft=0.001ms,rss=1MB; the closest, ")
     md = _cli("profile", str(variants[0]), "-p", "16", "-n", "4", "-r", "1", "--markdown")
     assert md.returncode == 0 and md.stdout.startswith("| artifact | device |")  # no budget: nothing to fail
     csv = _cli("profile", str(variants[0]), "-p", "16", "-n", "4", "-r", "1", "--csv")
@@ -131,8 +135,11 @@ def test_the_report_page_shows_its_plot_in_a_real_browser(variants, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert 'data-plot-width="1320"' in dom.stdout, dom.stdout[-2000:]  # 12 in x 110 dpi, loaded
     assert "gguf-int4" in dom.stdout and "onnx-int8" in dom.stdout
+    # the verdict first, above the table and the plot: seen at 1280x800 without scrolling
+    assert dom.stdout.index('id="verdict"') < dom.stdout.index("<table") < dom.stdout.index('id="plot"')
+    assert ">ship " in dom.stdout and "TTFT p50 (ms)" in dom.stdout and "pp_avg_ts" not in dom.stdout
     shot = tmp_path / "page.png"
-    subprocess.run([*headless, "--window-size=1400,1000", f"--screenshot={shot}", page],
+    subprocess.run([*headless, "--window-size=1280,800", f"--screenshot={shot}", page],
                    capture_output=True, timeout=120)
     if os.environ.get("EDGEKIT_CAPTURE"):  # to look at
         shutil.copyfile(shot, Path(os.environ["EDGEKIT_CAPTURE"]) / "profile-page.png")
@@ -177,3 +184,13 @@ def test_the_report_folder_is_checked_first_and_never_written_through_links(vari
         assert not (shared / name).is_symlink() and (shared / name).stat().st_size > 0
     assert json.loads((shared / "profile.json").read_text())["variants"]
     assert not [p for p in shared.iterdir() if p.name.endswith(".partial")]
+
+
+def test_the_terminal_says_the_verdict_first_in_100_columns(variants):
+    p = _cli("profile", *map(str, variants), "-p", "16", "-n", "4", "-r", "1", "--device", "cpu",
+             "--budget", "tpot=10s")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("ship ") and "meets tpot" in lines[0]
+    assert max(map(len, lines)) <= 100, p.stdout
+    assert "gguf-int4" in p.stdout and "onnx-int8" in p.stdout and "fidelity" in p.stdout

@@ -185,7 +185,77 @@ class ProfileReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"hardware": self.hardware, "budget": self.budget, "settings": self.settings,
-                "variants": [{**asdict(v), "passed": v.passed} for v in self.variants]}
+                "verdict": self.verdict(), "warnings": self.warnings(),
+                "variants": [{**asdict(v), "name": n, "passed": v.passed, "fidelity": self.fidelity(v)}
+                             for v, n in zip(self.variants, self.names(), strict=True)]}
+
+    def names(self) -> list[str]:
+        """Each variant as people call it: its folder's name (its parent's too when that is the same
+        for two), with the device when several were profiled."""
+        names = [Path(v.artifact).name for v in self.variants]
+        if len(set(names)) < len(set(v.artifact for v in self.variants)):
+            names = ["/".join(Path(v.artifact).parts[-2:]) for v in self.variants]
+        if len({v.device for v in self.variants}) > 1:
+            names = [f"{n} on {v.device}" for n, v in zip(names, self.variants, strict=True)]
+        return names
+
+    def fidelity(self, v: VariantResult) -> str:
+        """What its verify report says it lost (or that it has none)."""
+        from edgekit.artifact import read_manifest
+        from edgekit.errors import EdgekitError
+        from edgekit.quality.choice import faithfulness
+
+        try:
+            return faithfulness(read_manifest(v.artifact, verify=False))[2]
+        except EdgekitError:
+            return "unknown"
+
+    def verdict(self) -> str:
+        """One line first: which variant to ship and why, or that none meets the budget."""
+        from edgekit.artifact import read_manifest
+        from edgekit.errors import EdgekitError
+        from edgekit.quality.choice import faithfulness
+
+        names = dict(zip(map(id, self.variants), self.names(), strict=True))
+        good = [v for v in self.variants if v.error is None]
+        if not good:
+            return "no variant ran: " + "; ".join(f"{names[id(v)]}: {v.error}" for v in self.variants)
+        if self.budget is None:
+            fastest = max(good, key=lambda v: v.decode.get("avg_ts") or 0)
+            return (f"no budget given; the fastest decode: {names[id(fastest)]} "
+                    f"({fastest.decode.get('avg_ts')} tok/s)")
+        passing = [v for v in good if v.passed]
+        if not passing:
+            closest = min(good, key=lambda v: len((v.budget or {}).get("missed", [])))
+            return (f"no variant meets {self.budget}; the closest, {names[id(closest)]}, misses "
+                    f"{', '.join((closest.budget or {}).get('missed', []))}")
+
+        def rank(v: VariantResult) -> tuple[int, float]:
+            try:
+                return faithfulness(read_manifest(v.artifact, verify=False))[:2]
+            except EdgekitError:
+                return (2, float("inf"))
+
+        best = min(passing, key=rank)
+        lines = [k for k in (best.budget or {}) if k not in ("passed", "missed")]
+        others = len(passing) - 1
+        return (f"ship {names[id(best)]}: meets {', '.join(lines) or self.budget}; "
+                f"{self.fidelity(best)}" + (f" (the most faithful of {len(passing)} that meet it)"
+                                           if others else " (the only one that meets it)"))
+
+    def warnings(self) -> list[str]:
+        """Why the figures may not hold: other work on the machine, or runs that disagree."""
+        out = []
+        load, cores = self.settings.get("load_average_max"), self.hardware.get("cores") or 1
+        if load is not None and load > 0.5 * cores + 0.5:
+            out.append(f"the machine was busy (load average up to {load} on {cores} cores): other work "
+                       "shared the CPU, so these figures are slower and noisier than an idle machine's")
+        for v, name in zip(self.variants, self.names(), strict=True):
+            avg, sd = v.decode.get("avg_ts"), v.decode.get("stddev_ts")
+            if avg and sd is not None and sd > 0.1 * avg:
+                out.append(f"{name}: decode speed varied by {100 * sd / avg:.0f}% from run to run; "
+                           "run more rounds (-r) on a quieter machine before trusting it")
+        return out
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat row per variant (the table, CSV and Markdown)."""
@@ -245,10 +315,10 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
 
     out = writable_folder(folder, "the report")  # each file renamed into place: no link is followed
     replace_file(out / "profile.json", (json.dumps(report.to_dict(), indent=2) + "\n").encode())
+    named = dict(zip(map(id, report.variants), report.names(), strict=True))
     measured = [v for v in report.variants if v.error is None and v.itl_samples_ms]
-    names = [f"{v.format} {v.quant}, {v.device}" for v in measured]
-    if len(set(names)) < len(names):  # the same kind twice: number them as the table does
-        names = [f"{i + 1}. {name}" for i, name in enumerate(names)]
+    names = [named[id(v)] for v in measured]  # every series by the variant's own name
+    limits_ms = _budget_ms(report.budget)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     if measured:
         # matplotlib 3.10 names it orientation; vert= is deprecated from there on
@@ -266,6 +336,16 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
             if limit:
                 right.plot([limit, limit], [i - 0.4, i + 0.4], color="#c44e52", linewidth=3,
                            label="memory-bandwidth limit" if i == 0 else None)
+        for key, style in (("tpot", "--"), ("itl_p99", ":")):  # the budget, where it says something here
+            if key in limits_ms:
+                left.axvline(limits_ms[key], color="#dd8452", linestyle=style, linewidth=2,
+                             label=f"budget {key} {limits_ms[key]:g} ms")
+                if key == "tpot":
+                    speed = 1000 / limits_ms[key]
+                    right.axvline(speed, color="#dd8452", linestyle=style, linewidth=2,
+                                  label=f"budget: tpot {limits_ms[key]:g} ms = {speed:.0f} tok/s")
+        if any(k in limits_ms for k in ("tpot", "itl_p99")):
+            left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
         right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     left.set_xlabel("inter-token latency (ms)")
     left.set_title("Latency per token, every gap of every run")
@@ -277,25 +357,53 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
     plt.close(fig)
     replace_file(out / "profile.png", png.getvalue())
     rows = report.rows()
-    keys = [k for k in (rows[0] if rows else {}) if any(r[k] is not None for r in rows)]
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    for row, v in zip(rows, report.variants, strict=True):  # the verdict and the fidelity come first
+        row.update(variant=named[id(v)], fidelity=report.fidelity(v))
+    keys = [k for k in _PAGE_COLUMNS if any(r.get(k) is not None for r in rows)]
+    head = "".join(f"<th>{html.escape(_PAGE_COLUMNS[k])}</th>" for k in keys)
     cell = lambda value: f"<td>{html.escape('' if value is None else str(value))}</td>"  # noqa: E731
-    body = "".join("<tr>" + "".join(cell(r[k]) for k in keys) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(cell(r.get(k)) for k in keys) + "</tr>" for r in rows)
+    warnings = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in report.warnings())
+    verdict = report.verdict()
     hw = report.hardware
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgekit profile</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%}}</style></head>
+<style>body{{font-family:sans-serif;margin:1.5em;max-width:1240px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px}}img{{max-width:100%}}
+#verdict{{font-size:20px;font-weight:bold;color:{"#2a7d2a" if verdict.startswith("ship") else "#b03030"}}}
+.warning{{color:#9a6a00}}</style></head>
 <body><h1>edgekit profile</h1>
+<p id="verdict">{html.escape(verdict)}</p>{warnings}
+<table><tr>{head}</tr>{body}</table>
 <p>{html.escape(str(hw.get("cpu")))}, {hw.get("cores")} cores, {hw.get("memory_gb")} GB, memory copy
 {hw.get("copy_bandwidth_gbs")} GB/s. Budget: {html.escape(report.budget or "none")}.</p>
 <img id="plot" src="profile.png" alt="latency and decode speed per variant"
  onload="document.body.dataset.plotWidth = this.naturalWidth">
-<table><tr>{head}</tr>{body}</table>
 <p>Raw figures: <a href="profile.json">profile.json</a>.</p></body></html>
 """
     replace_file(out / "index.html", page.encode())
     return out / "index.html"
+
+
+# the page's table: the verdict and the fidelity first, then the figures, each with its unit
+_PAGE_COLUMNS = {
+    "variant": "variant", "budget": "budget", "fidelity": "fidelity", "ttft_p50_ms": "TTFT p50 (ms)",
+    "tpot_p50_ms": "TPOT p50 (ms)", "itl_p99_ms": "ITL p99 (ms)", "tg_avg_ts": "decode (tok/s)",
+    "pp_avg_ts": "prefill (tok/s)", "peak_rss_mb": "peak RSS (MB)", "size_mb": "size (MB)",
+    "load_s": "load (s)", "bandwidth_pct": "memory bandwidth used (%)", "device": "device",
+    "format": "format", "quant": "quant", "error": "error",
+}
+
+
+def _budget_ms(budget: str | None) -> dict[str, float]:
+    """The budget's latency lines in ms ({"tpot": 200.0, ...}), for the plot."""
+    if not budget:
+        return {}
+    from edgekit.metrics import LatencyBudget
+
+    parsed = LatencyBudget.parse(budget)
+    lines = {"ttft": parsed.ttft_ms, "tpot": parsed.tpot_ms, "itl_p99": parsed.itl_p99_ms}
+    return {k: float(v) for k, v in lines.items() if v is not None}
 
 
 def _r(value: float | None, digits: int) -> float | None:
@@ -382,6 +490,7 @@ def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget |
             variants.append(_Variant(Path(artifact), device, threads))
     total = len(variants) * runs
     done = 0
+    load = [_load_average()]
     try:
         for variant, result in zip(variants, results, strict=True):
             variant.ready()
@@ -398,6 +507,7 @@ def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget |
                     progress(f"{result.artifact} on {result.device}", done, total)
                 variant.run(prompt_tokens, gen_tokens)
                 done += 1
+            load.append(_load_average())
         if progress:
             progress("done", total, total)
     finally:
@@ -408,4 +518,13 @@ def profile(artifacts: Sequence[str | os.PathLike[str]], budget: LatencyBudget |
         _summarize(variant, result, gen_tokens, machine.get("copy_bandwidth_gbs"), budget)
     return ProfileReport(machine, results, None if budget is None else str(budget),
                          {"prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "runs": runs,
-                          "threads": threads, "devices": list(devices)})
+                          "threads": threads, "devices": list(devices),
+                          "load_average_max": max((x for x in load if x is not None), default=None)})
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the system has none): other work on the machine."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
