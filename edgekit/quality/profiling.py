@@ -237,7 +237,12 @@ class ProfileReport:
                 return (2, float("inf"))
 
         best = min(passing, key=rank)
-        lines = [k for k in (best.budget or {}) if k not in ("passed", "missed")]
+        from edgekit.metrics import LatencyBudget
+
+        parsed = LatencyBudget.parse(self.budget)
+        named = (("ttft", "ttft_ms"), ("tpot", "tpot_ms"), ("itl_p99", "itl_p99_ms"), ("total", "total_ms"),
+                 ("rss", "rss_mb"))
+        lines = [k for k, attr in named if getattr(parsed, attr) is not None]
         others = len(passing) - 1
         return (f"ship {names[id(best)]}: meets {', '.join(lines) or self.budget}; "
                 f"{self.fidelity(best)}" + (f" (the most faithful of {len(passing)} that meet it)"
@@ -343,7 +348,7 @@ def write_report(report: ProfileReport, folder: str | os.PathLike[str]) -> Path:
                 if key == "tpot":
                     speed = 1000 / limits_ms[key]
                     right.axvline(speed, color="#dd8452", linestyle=style, linewidth=2,
-                                  label=f"budget: tpot {limits_ms[key]:g} ms = {speed:.0f} tok/s")
+                                  label=f"budget: tpot {limits_ms[key]:g} ms = {speed:.3g} tok/s")
         if any(k in limits_ms for k in ("tpot", "itl_p99")):
             left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
         right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
