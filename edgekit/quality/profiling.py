@@ -203,7 +203,7 @@ class ProfileReport:
         """What its verify report says it lost (or that it has none)."""
         from edgekit.artifact import read_manifest
         from edgekit.errors import EdgekitError
-        from edgekit.quality.choice import faithfulness
+        from edgekit.quality.ranking import faithfulness
 
         try:
             return faithfulness(read_manifest(v.artifact, verify=False))[2]
@@ -214,7 +214,7 @@ class ProfileReport:
         """One line first: which variant to ship and why, or that none meets the budget."""
         from edgekit.artifact import read_manifest
         from edgekit.errors import EdgekitError
-        from edgekit.quality.choice import faithfulness
+        from edgekit.quality.ranking import faithfulness
 
         names = dict(zip(map(id, self.variants), self.names(), strict=True))
         good = [v for v in self.variants if v.error is None]

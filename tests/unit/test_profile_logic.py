@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgekit.metrics import LatencyBudget
-from edgekit.quality.choice import faithfulness
 from edgekit.quality.profiling import ProfileReport, VariantResult, _summarize
+from edgekit.quality.ranking import faithfulness
 
 
 class _Runs:
