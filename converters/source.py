@@ -28,7 +28,7 @@ from edgekit.errors import (
 from .safetensors_io import TensorRef, read_index
 from .validate import check_config, check_tensors, check_tokenizer
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")  # owner/name
 # Files a conversion can use; anything else in a hub repo (other formats, images) is not fetched.
 _HUB_PATTERNS = [
     "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
@@ -100,7 +100,7 @@ def resolve(source: str | os.PathLike[str], revision: str | None = None) -> Path
             raise SourceNotFoundError(f"{path}: expected a checkpoint directory, found a file")
         return path.resolve()
     text = str(source)
-    if not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+    if not HUB_ID.match(text) or text.startswith((".", "/", "~")):
         raise SourceNotFoundError(f"{text}: no such directory, and not a hub id of the form 'owner/name'")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from edgekit.errors import ArtifactError, OutputExistsError
 from edgekit.progress import Progress
 
 FORMAT, QUANT = "onnx", "int4"  # what a reference that is not an artifact becomes
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def artifact_for(ref: str | Path, progress: Progress | None = None,
@@ -24,6 +22,7 @@ def artifact_for(ref: str | Path, progress: Progress | None = None,
     (`smollm2-135m-instruct` or `bundled:...`), a hub id or a checkpoint folder. `say` hears one line
     before a conversion starts. Anything else: ArtifactError naming near names."""
     from edgekit import bundled
+    from edgekit.converters.source import HUB_ID
 
     text = str(ref)
     path = Path(text).expanduser()
@@ -38,7 +37,7 @@ def artifact_for(ref: str | Path, progress: Progress | None = None,
         raise ArtifactError(f"{path}: a GGUF file made elsewhere is not an edgekit artifact (it has no "
                             "edgekit.json with its hashes and tokenizer facts); convert its source "
                             "checkpoint with `edgekit convert`")
-    elif _HUB_ID.match(text) and not path.exists():
+    elif HUB_ID.match(text) and not path.exists():
         source, key = text, text.replace("/", "--")
     elif path.is_dir():  # a folder that is neither: read_manifest says what it holds (artifacts below?)
         from edgekit.artifact import read_manifest
