@@ -99,18 +99,23 @@ def test_load_picks_the_most_faithful_variant_that_meets_the_budget(tiny_checkpo
     ckpt = str(tiny_checkpoint("qwen2"))
     precise = edgekit.convert(ckpt, to="gguf", quant="fp16", output=root / "gguf-fp16").path  # slowed
     small = edgekit.convert(ckpt, to="onnx", quant="int8", output=root / "onnx-int8").path
-    budget = edgekit.LatencyBudget(tpot_ms=30, mode="record")
-    with edgekit.load([small, precise], budget=budget, device="cpu") as engine:
-        assert engine.path == small and engine.choice.picked == str(small)
-        dropped = next(c for c in engine.choice.candidates if c["artifact"] == str(precise))
-        assert dropped["why"] == "misses tpot" and not dropped["cached"] and "KL" in dropped["fidelity"]
-        assert engine.generate("Hi", max_tokens=2).text is not None
-    with edgekit.load([precise, small], budget=budget, device="cpu") as again:  # the cached profile
-        assert again.path == small and all(c["cached"] for c in again.choice.candidates)
     generous = edgekit.LatencyBudget(tpot_ms=10_000, mode="record")
     with edgekit.load([small, precise], budget=generous, device="cpu") as engine:
         assert engine.path == precise  # fp16 measured closer to the source than int8
         assert "most faithful variant that meets" in str(engine.choice)
+        # measured most faithful first, and only until one met the budget
+        unneeded = next(c for c in engine.choice.candidates if c["artifact"] == str(small))
+        assert unneeded["measured"] is None and unneeded["why"].startswith("not measured")
+    budget = edgekit.LatencyBudget(tpot_ms=30, mode="record")
+    with edgekit.load([small, precise], budget=budget, device="cpu") as engine:
+        assert engine.path == small and engine.choice.picked == str(small)
+        dropped = next(c for c in engine.choice.candidates if c["artifact"] == str(precise))
+        assert dropped["why"] == "misses tpot" and dropped["cached"] and "KL" in dropped["fidelity"]
+        picked = next(c for c in engine.choice.candidates if c["artifact"] == str(small))
+        assert not picked["cached"] and picked["passed"]
+        assert engine.generate("Hi", max_tokens=2).text is not None
+    with edgekit.load([precise, small], budget=budget, device="cpu") as again:  # the cached profile
+        assert again.path == small and all(c["cached"] for c in again.choice.candidates)
     with pytest.raises(edgekit.NoVariantFits, match="misses tpot"):
         edgekit.load([small, precise], budget=edgekit.LatencyBudget(tpot_ms=0.001), device="cpu")
 

@@ -1,10 +1,10 @@
 """summarize_many on a local Ray runtime (2 CPUs, one for the whole module) with the tiny model: every
 file written and recorded once, a file that always fails reported after its attempts, a worker killed
-mid-file replaced and the file done once, a killed driver resumed without duplicates, and each
-worker's engine on as many threads as it has CPUs.
+mid-file replaced and the file done once, a killed driver (the CLI joining the runtime by address)
+resumed without duplicates, and each worker's engine on as many threads as it has CPUs.
 
-Workers load a sitecustomize of known faults: a file named poison* raises, a file named slow* takes
-4 s more."""
+Workers load a sitecustomize of known faults: a file named poison* raises, slow.txt takes 4 s more
+and slowNs-*.txt N s more."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ if cluster is not None:
         name = os.path.basename(path)
         if name.startswith("poison"):
             raise RuntimeError("poisoned on purpose")
-        if name.startswith("slow"):
-            time.sleep(float(os.environ.get("EDGEKIT_TEST_SLOW", "4")))
+        if name.startswith("slow"):  # slow.txt: 4 s more; slow1s-0.txt: 1 s more
+            seconds = name[4:].split("s-")[0] if "s-" in name else "4"
+            time.sleep(float(seconds))
         return _real(self, path)
     cluster.SummaryWorker.summarize = _faulty
 """
@@ -59,13 +60,21 @@ def faults(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def local_ray(faults):
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-        runtime_env={"env_vars": faults},
-    )
+    """A local Ray runtime for the module. Its processes start with the faults in their environment,
+    so the workers of a driver that joins it later (the CLI with --ray-address) load them too."""
+    saved = dict(os.environ)
+    os.environ.update(faults)
+    try:
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": faults},
+        )
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     yield ray
     ray.shutdown()
 
@@ -118,22 +127,22 @@ def test_a_file_that_always_fails_is_reported_after_its_attempts(local_ray, tiny
 
 
 def test_a_worker_killed_mid_file_is_replaced_and_the_file_done_once(local_ray, tiny_model, tmp_path):
-    docs = _docs(tmp_path / "docs", ["slow.txt", "b.txt", "c.txt"])
+    docs = _docs(tmp_path / "docs", ["slow2s-a.txt", "b.txt", "c.txt"])
     events = []
     killed = []
 
     def on_event(kind, name, info):
         events.append((kind, name))
-        if kind == "start" and name == "slow.txt" and not killed:  # SIGKILL its worker a second in
+        if kind == "start" and name == "slow2s-a.txt" and not killed:  # SIGKILL its worker a second in
             killed.append(info["pid"])
             threading.Timer(1.0, os.kill, (info["pid"], signal.SIGKILL)).start()
 
     executor = edgekit.RayExecutor(workers=2, on_event=on_event)
     run = edgekit.summarize_many([docs], tiny_model, tmp_path / "out", executor=executor, **SETTINGS)
     assert run.ok and killed
-    assert ("worker-died", "slow.txt") in events and events.count(("done", "slow.txt")) == 1
+    assert ("worker-died", "slow2s-a.txt") in events and events.count(("done", "slow2s-a.txt")) == 1
     index = [json.loads(line) for line in (tmp_path / "out" / INDEX_NAME).read_text().splitlines()]
-    assert [r["name"] for r in index].count("slow.txt") == 1
+    assert [r["name"] for r in index].count("slow2s-a.txt") == 1
 
 
 def test_a_file_over_its_time_limit_is_stopped_and_reported(local_ray, tiny_model, tmp_path):
@@ -170,34 +179,17 @@ def test_a_model_no_worker_can_read_is_a_clear_error(local_ray, tmp_path, tiny_m
         )
 
 
-def test_a_killed_driver_resumes_where_it_stopped(tiny_model, tmp_path, faults):
-    """The CLI with --ray, SIGKILLed once some files are recorded, then run again: only the rest are
-    summarized, and no file is recorded twice."""
-    names = [f"slow{i}.txt" for i in range(6)]
+def test_a_killed_driver_resumes_where_it_stopped(local_ray, tiny_model, tmp_path, faults):
+    """The CLI joining the module's Ray runtime (--ray-address auto: the local one, with its token),
+    SIGKILLed once some files are recorded, then run again: only the rest are summarized, and no file
+    is recorded twice."""
+    names = [f"slow1s-{i}.txt" for i in range(4)]
     docs = _docs(tmp_path / "docs", names)
     out = tmp_path / "out"
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgekit.cli",
-        "summarize",
-        str(docs),
-        "-m",
-        str(tiny_model),
-        "-o",
-        str(out),
-        "--ray",
-        "--workers",
-        "1",
-        "-w",
-        "12",
-        "--chunk-tokens",
-        "200",
-        "-c",
-        "512",
-        "--json",
-    ]
-    env = {**os.environ, **faults, "EDGEKIT_TEST_SLOW": "1.5"}
+    cmd = [sys.executable, "-m", "edgekit.cli", "summarize", str(docs), "-m", str(tiny_model), "-o", str(out),
+           "--ray-address", "auto", "--workers", "1", "-w", "12", "--chunk-tokens", "200", "-c", "512",
+           "--json"]
+    env = {**os.environ, **faults}
     first = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
@@ -205,7 +197,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tiny_model, tmp_path, faults):
     while len(read_index(out)) < 2:
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()[-2000:]
         time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray runtime it started
+    os.killpg(first.pid, signal.SIGKILL)  # the driver: the runtime it joined stays up
     first.wait(timeout=30)
     before = read_index(out)
     assert 2 <= len(before) < len(names)

@@ -24,7 +24,7 @@ class Choice:
 
     picked: str
     reason: str
-    candidates: list[dict[str, Any]]  # artifact, fidelity, measured, passed, cached, why (dropped)
+    candidates: list[dict[str, Any]]  # artifact, fidelity, measured (None: not needed), passed, cached, why
 
     def __str__(self) -> str:
         lines = [f"picked {self.picked}: {self.reason}"]
@@ -47,7 +47,8 @@ def _cache_key(manifest: dict[str, Any], device: str, threads: int | None, machi
 def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None, device: str = "auto",
            threads: int | None = None) -> tuple[Path, Choice]:
     """The most faithful artifact that meets the budget on this machine, measured briefly in child
-    processes (or from the profile cached for this machine and these artifact hashes)."""
+    processes (or from the profile cached for this machine and these artifact hashes), most faithful
+    first and only until one meets the budget."""
     from edgekit.artifact import read_manifest
     from edgekit.errors import NoVariantFits
 
@@ -65,48 +66,44 @@ def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None
         cache = cache if isinstance(cache, dict) else {}
     except (OSError, ValueError):
         cache = {}
-    measured: dict[str, dict[str, Any]] = {}
-    cached: set[str] = set()
-    todo = []
+    # In faithfulness order, measuring only until one meets the budget: the less faithful ones after
+    # it could not be picked, so they cost nothing (a cached profile is still shown).
+    candidates, picked, measured_any = [], None, False
     for p in ranked:
         key = _cache_key(manifests[p], device, threads, machine)
-        if isinstance(cache.get(key), dict):
-            measured[p] = cache[key]
-            cached.add(p)
-        else:
-            todo.append(p)
-    if todo:
-        report = profile(todo, None, devices=[device], threads=threads, **CHOICE_SETTINGS)
-        for p, result in zip(todo, report.variants, strict=True):
-            measured[p] = {"error": result.error, "ttft": result.ttft_ms.get("p50"),
-                           "tpot": result.tpot_ms.get("p50"), "itl_p99": result.itl_ms.get("p99"),
-                           "total": result.total_ms.get("p50"), "rss": result.peak_rss_mb,
-                           "decode_tok_s": result.decode.get("avg_ts")}
+        failed_gate, _, fidelity = faithfulness(manifests[p])
+        figures = cache.get(key) if isinstance(cache.get(key), dict) else None
+        cached = figures is not None
+        if figures is None and picked is None and not failed_gate:
+            result = profile([p], None, devices=[device], threads=threads, **CHOICE_SETTINGS).variants[0]
+            figures = {"error": result.error, "ttft": result.ttft_ms.get("p50"),
+                       "tpot": result.tpot_ms.get("p50"), "itl_p99": result.itl_ms.get("p99"),
+                       "total": result.total_ms.get("p50"), "rss": result.peak_rss_mb,
+                       "decode_tok_s": result.decode.get("avg_ts")}
             if result.error is None:
-                cache[_cache_key(manifests[p], device, threads, machine)] = measured[p]
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache))
-        except OSError:
-            pass  # a read-only home: measured again next time
-    candidates, picked = [], None
-    for p in ranked:
-        figures = measured[p]
-        fidelity = faithfulness(manifests[p])[2]
-        if figures.get("error"):
+                cache[key], measured_any = figures, True
+        if figures is None:
+            verdict, why = None, ("not measured: " + ("it failed its verify gate" if failed_gate
+                                                      else "a more faithful variant meets the budget"))
+        elif figures.get("error"):
             verdict, why = None, f"could not run: {figures['error']}"
         else:
             verdict = budget.judge_values(figures)
             why = ("meets the budget but a more faithful one does too" if verdict.met
                    else f"misses {', '.join(verdict.missed)}")
-        entry = {"artifact": p, "fidelity": fidelity, "measured": figures, "cached": p in cached,
-                 "passed": bool(verdict and verdict.met), "why": why}
-        candidates.append(entry)
-        if picked is None and verdict is not None and verdict.met and faithfulness(manifests[p])[0] == 0:
-            picked = p
+        candidates.append({"artifact": p, "fidelity": fidelity, "measured": figures, "cached": cached,
+                           "passed": bool(verdict and verdict.met), "why": why})
+        if picked is None and verdict is not None and verdict.met and not failed_gate:
+            picked, picked_cached = p, cached
+    if measured_any:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache))
+        except OSError:
+            pass  # a read-only home: measured again next time
     if picked is None:
         raise NoVariantFits("no variant meets the budget " + str(budget) + ": "
                             + "; ".join(f"{c['artifact']} {c['why']}" for c in candidates))
     reason = (f"the most faithful variant that meets {budget} ({faithfulness(manifests[picked])[2]}"
-              + (", from the cached profile" if picked in cached else "") + ")")
+              + (", from the cached profile" if picked_cached else "") + ")")
     return Path(picked), Choice(picked, reason, candidates)

@@ -18,11 +18,20 @@ OUTTYPES = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "q8_0"}
 ARCHS = ["llama-smollm2", "llama-spm", "mistral", "phi3", "gemma2", "gemma3", "bert"]
 
 
+REAL = ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+
+
 @pytest.fixture(scope="module")
-def references(tiny_checkpoint):
-    """llama.cpp's GGUF of every tiny checkpoint at every outtype, made in one process."""
-    return reference_convert([(tiny_checkpoint(arch), outtype) for arch in ARCHS
-                              for outtype in OUTTYPES.values()])
+def references(request, tiny_checkpoint):
+    """llama.cpp's GGUF of every tiny checkpoint at every outtype, and of the real models at f16 when
+    their tests are selected: made in one process (one torch import for all)."""
+    from edgekit import bundled
+
+    jobs = [(tiny_checkpoint(arch), outtype) for arch in ARCHS for outtype in OUTTYPES.values()]
+    selected = request.session.items
+    if any(item.module is request.module and item.get_closest_marker("real") for item in selected):
+        jobs += [(bundled.path(model), "f16") for model in REAL]
+    return reference_convert(jobs)
 
 
 @pytest.mark.parametrize("quant", list(OUTTYPES))
@@ -33,10 +42,10 @@ def test_tiny_matches_llama_cpp_converter(arch, quant, tiny_checkpoint, converte
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "all-minilm-l6-v2"])
-def test_real_model_f16_matches_llama_cpp_converter(model, real_artifact):
+@pytest.mark.parametrize("model", REAL)
+def test_real_model_f16_matches_llama_cpp_converter(model, real_artifact, references):
     from edgekit import bundled
 
     ours = real_artifact(model, "gguf", "fp16")
-    (ref,) = reference_convert([(bundled.path(model), "f16")]).values()
+    ref = references[(bundled.path(model), "f16")]
     assert gguf_differences(ours / read_manifest(ours)["model_file"], ref) == []

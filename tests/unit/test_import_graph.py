@@ -9,6 +9,7 @@ module, and counts only where it is imported by name).
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,7 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return {e for e in edges if e != name and not name.startswith(e + ".")}
 
 
+@functools.cache  # read once: a dozen tests ask, and the sources do not change under them
 def graph() -> dict[str, set[str]]:
     found = modules()
     return {name: imports(name, path, set(found)) for name, path in found.items()}
