@@ -1,4 +1,4 @@
-"""summarize_many on a local Ray runtime (2 CPUs, one for the whole module) with the tiny model: every
+"""summarize_many on a local Ray runtime (one for the whole module) with the tiny model: every
 file written and recorded once, a file that always fails reported after its attempts, a worker killed
 mid-file replaced and the file done once, a killed driver (the CLI joining the runtime by address)
 resumed without duplicates, and each worker's engine on as many threads as it has CPUs.
@@ -60,18 +60,14 @@ def faults(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def local_ray(faults):
-    """A local Ray runtime for the module. Its processes start with the faults in their environment,
-    so the workers of a driver that joins it later (the CLI with --ray-address) load them too."""
+    """A local Ray runtime for the module, started as `edgekit summarize --ray` starts one (RayExecutor
+    with no address), on this machine's CPUs. Its processes start with the faults in their environment, so the
+    workers of a driver that joins it later (the CLI with --ray-address) load them too."""
     saved = dict(os.environ)
     os.environ.update(faults)
     try:
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level="ERROR",
-            runtime_env={"env_vars": faults},
-        )
+        edgekit.RayExecutor(runtime_env={"env_vars": faults})._ray()
+        assert ray.is_initialized() and ray.cluster_resources()["CPU"] >= 2  # two workers at once
     finally:
         os.environ.clear()
         os.environ.update(saved)
