@@ -17,6 +17,12 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The README's examples first: they convert the real models (both formats, int4 and int8) that
+    the other real-model tests then read through real_artifact instead of converting them again."""
+    items.sort(key=lambda item: item.path.name != "test_readme.py")  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_transformers_reference():
     """Every in-process verification uses the transformers models loaded once per checkpoint."""

@@ -106,13 +106,17 @@ def test_load_picks_the_most_faithful_variant_that_meets_the_budget(tiny_checkpo
         # measured most faithful first, and only until one met the budget
         unneeded = next(c for c in engine.choice.candidates if c["artifact"] == str(small))
         assert unneeded["measured"] is None and unneeded["why"].startswith("not measured")
+    # what profile() measured with load()'s settings is what load() reads: nothing is measured again
+    from edgekit.quality.choice import CHOICE_SETTINGS
+
+    edgekit.profile([small], devices=["cpu"], **CHOICE_SETTINGS)
     budget = edgekit.LatencyBudget(tpot_ms=30, mode="record")
     with edgekit.load([small, precise], budget=budget, device="cpu") as engine:
         assert engine.path == small and engine.choice.picked == str(small)
         dropped = next(c for c in engine.choice.candidates if c["artifact"] == str(precise))
         assert dropped["why"] == "misses tpot" and dropped["cached"] and "KL" in dropped["fidelity"]
         picked = next(c for c in engine.choice.candidates if c["artifact"] == str(small))
-        assert not picked["cached"] and picked["passed"]
+        assert picked["cached"] and picked["passed"] and "from the cached profile" in engine.choice.reason
         assert engine.generate("Hi", max_tokens=2).text is not None
     with edgekit.load([precise, small], budget=budget, device="cpu") as again:  # the cached profile
         assert again.path == small and all(c["cached"] for c in again.choice.candidates)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.metrics import LatencyBudget
-from edgekit.quality.profiling import cpu_model, profile
+from edgekit.quality.profiling import figures, measured_key, profile, read_measured
 from edgekit.quality.ranking import faithfulness
 
 # the brief measurement load() makes of each candidate
@@ -32,18 +30,6 @@ class Choice:
         return "\n".join(lines)
 
 
-def _profile_cache() -> Path:
-    from edgekit.cache import cache_root
-
-    return cache_root() / "profiles.json"
-
-
-def _cache_key(manifest: dict[str, Any], device: str, threads: int | None, machine: str) -> str:
-    model = next((f.get("sha256") for f in manifest["files"] if f["name"] == manifest["model_file"]), "")
-    settings = ",".join(f"{k}={v}" for k, v in CHOICE_SETTINGS.items())
-    return f"{machine}|{model}|{device}|{threads}|{settings}"
-
-
 def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None, device: str = "auto",
            threads: int | None = None) -> tuple[Path, Choice]:
     """The most faithful artifact that meets the budget on this machine, measured briefly in child
@@ -59,48 +45,31 @@ def choose(paths: Sequence[str | os.PathLike[str]], budget: LatencyBudget | None
         return Path(best), Choice(best, faithfulness(manifests[best])[2] + "; no budget given, so nothing "
                                   "was measured", [{"artifact": p, "fidelity": faithfulness(manifests[p])[2],
                                                     "why": "less faithful"} for p in ranked])
-    machine = f"{platform.node()}|{cpu_model()}|{os.cpu_count()}"
-    cache_path = _profile_cache()
-    try:
-        cache = json.loads(cache_path.read_text())
-        cache = cache if isinstance(cache, dict) else {}
-    except (OSError, ValueError):
-        cache = {}
+    cache = read_measured()  # what profile() measured here before, with these settings
     # In faithfulness order, measuring only until one meets the budget: the less faithful ones after
     # it could not be picked, so they cost nothing (a cached profile is still shown).
-    candidates, picked, measured_any = [], None, False
+    candidates, picked, picked_cached = [], None, False
     for p in ranked:
-        key = _cache_key(manifests[p], device, threads, machine)
+        key = measured_key(manifests[p], device, threads, **CHOICE_SETTINGS)
         failed_gate, _, fidelity = faithfulness(manifests[p])
-        figures = cache.get(key) if isinstance(cache.get(key), dict) else None
-        cached = figures is not None
-        if figures is None and picked is None and not failed_gate:
-            result = profile([p], None, devices=[device], threads=threads, **CHOICE_SETTINGS).variants[0]
-            figures = {"error": result.error, "ttft": result.ttft_ms.get("p50"),
-                       "tpot": result.tpot_ms.get("p50"), "itl_p99": result.itl_ms.get("p99"),
-                       "total": result.total_ms.get("p50"), "rss": result.peak_rss_mb,
-                       "decode_tok_s": result.decode.get("avg_ts")}
-            if result.error is None:
-                cache[key], measured_any = figures, True
-        if figures is None:
+        known = cache.get(key) if isinstance(cache.get(key), dict) else None
+        cached = known is not None
+        if known is None and picked is None and not failed_gate:  # profile() records it for next time
+            known = figures(profile([p], None, devices=[device], threads=threads,
+                                    **CHOICE_SETTINGS).variants[0])
+        if known is None:
             verdict, why = None, ("not measured: " + ("it failed its verify gate" if failed_gate
                                                       else "a more faithful variant meets the budget"))
-        elif figures.get("error"):
-            verdict, why = None, f"could not run: {figures['error']}"
+        elif known.get("error"):
+            verdict, why = None, f"could not run: {known['error']}"
         else:
-            verdict = budget.judge_values(figures)
+            verdict = budget.judge_values(known)
             why = ("meets the budget but a more faithful one does too" if verdict.met
                    else f"misses {', '.join(verdict.missed)}")
-        candidates.append({"artifact": p, "fidelity": fidelity, "measured": figures, "cached": cached,
+        candidates.append({"artifact": p, "fidelity": fidelity, "measured": known, "cached": cached,
                            "passed": bool(verdict and verdict.met), "why": why})
         if picked is None and verdict is not None and verdict.met and not failed_gate:
             picked, picked_cached = p, cached
-    if measured_any:
-        try:
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            cache_path.write_text(json.dumps(cache))
-        except OSError:
-            pass  # a read-only home: measured again next time
     if picked is None:
         raise NoVariantFits("no variant meets the budget " + str(budget) + ": "
                             + "; ".join(f"{c['artifact']} {c['why']}" for c in candidates))
