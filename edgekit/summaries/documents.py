@@ -370,43 +370,37 @@ def _dehyphenate(text: str) -> str:
 
 
 # ---- DOCX -----------------------------------------------------------------------------------------
+# WordprocessingML, read as a stream (expat over the inflating zip member): memory holds the text
+# found, not a tree of the document's XML (python-docx's lxml tree takes tens of times the XML)
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_OFFICE_DOCUMENT = "/officeDocument"  # the end of the main part's relationship type
+_STYLES = "/styles"
+_RELS = "{http://schemas.openxmlformats.org/package/2006/relationships}Relationship"
+_SMALL_PART = 16 * 2**20  # relationships and styles parts are read whole: a few kB in real files
+
+
 def _read_docx(path: Path, meta: dict[str, int]) -> Iterator[Block]:
-    docx = require("docx", "python-docx", "docs", "Reading DOCX")
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
             _check_inflated(path, archive)
             broken = archive.testzip()  # CRC of every member: a damaged archive fails here, not later
-        if broken is not None:
-            raise DocumentError(path, f"is a damaged DOCX (member {broken} fails its checksum)")
-        document = docx.Document(str(path))
-        body = document.element.body
-        from docx.table import Table
-        from docx.text.paragraph import Paragraph
-
-        blocks: list[Block] = []
-        for child in body.iterchildren():
-            tag = child.tag.rsplit("}", 1)[-1]
-            if tag == "p":
-                para = Paragraph(child, document)
-                text = " ".join(para.text.split())
-                style = (para.style.name if para.style is not None else "") or ""
-                level = _docx_heading_level(style)
-                blocks.append(Block(text, "heading", level) if level else Block(text))
-            elif tag == "tbl":
-                for row in Table(child, document).rows:
-                    cells = [" ".join(c.text.split()) for c in row.cells]
-                    blocks.append(Block(" | ".join(dict.fromkeys(c for c in cells if c))))
+            if broken is not None:
+                raise DocumentError(path, f"is a damaged DOCX (member {broken} fails its checksum)")
+            main = _docx_target(path, archive, "_rels/.rels", "", _OFFICE_DOCUMENT)
+            if main is None:
+                raise DocumentError(path, "is not a valid DOCX (no main document part: not a Word file)")
+            folder, name = main.rpartition("/")[::2]
+            rels = f"{folder}/_rels/{name}.rels" if folder else f"_rels/{name}.rels"
+            styles = _docx_target(path, archive, rels, folder, _STYLES)
+            levels = _docx_heading_styles(path, archive, styles) if styles else {}
+            with archive.open(main) as stream:
+                blocks = _docx_body(path, stream, levels)
     except DocumentError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, TypeError, AttributeError,
-            IndexError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError) as exc:
         raise DocumentError(path, f"is not a valid DOCX (a damaged or foreign file: {exc})") from None
-    except Exception as exc:  # python-docx's PackageNotFoundError and lxml's XMLSyntaxError
-        if type(exc).__name__ in ("PackageNotFoundError", "XMLSyntaxError", "InvalidXmlError"):
-            raise DocumentError(path, f"is not a valid DOCX ({type(exc).__name__}: {exc})") from None
-        raise
     yield from blocks
 
 
@@ -422,11 +416,143 @@ def _check_inflated(path: Path, archive) -> None:
             "a compression bomb, or a document too large to summarize")
 
 
+def _docx_xml(path: Path, archive, member: str):
+    """A small part of the package (relationships, styles) as an element tree, DTDs refused."""
+    from xml.etree import ElementTree
+
+    info = archive.getinfo(member)
+    if info.file_size > _SMALL_PART:
+        raise DocumentError(path, f"is not a valid DOCX ({member} is {info.file_size >> 20} MB)")
+    data = archive.read(member)
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise DocumentError(path, f"is not a valid DOCX ({member} declares a DTD, which Word never writes)")
+    try:
+        return ElementTree.fromstring(data)
+    except ElementTree.ParseError as exc:
+        raise DocumentError(path, f"is not a valid DOCX ({member}: {exc})") from None
+
+
+def _docx_target(path: Path, archive, rels: str, folder: str, kind: str) -> str | None:
+    """The member a relationships part points to for a relationship type ending in `kind`."""
+    if rels not in archive.NameToInfo:
+        return None
+    for rel in _docx_xml(path, archive, rels).iter(_RELS):
+        if rel.get("Type", "").endswith(kind) and rel.get("TargetMode") != "External":
+            target = rel.get("Target", "")
+            resolved = target.lstrip("/") if target.startswith("/") else "/".join(
+                p for p in f"{folder}/{target}".split("/") if p and p != ".")
+            return resolved if resolved in archive.NameToInfo else None
+    return None
+
+
+def _docx_heading_styles(path: Path, archive, member: str) -> dict[str, int]:
+    """Paragraph style id -> heading level, for the styles named Title or Heading N."""
+    levels = {}
+    for style in _docx_xml(path, archive, member).iter(f"{{{_W}style"):
+        name = style.find(f"{{{_W}name")
+        level = _docx_heading_level(name.get(f"{{{_W}val", "") if name is not None else "")
+        if level:
+            levels[style.get(f"{{{_W}styleId", "")] = level
+    return levels
+
+
 def _docx_heading_level(style: str) -> int:
-    if style == "Title":
+    """Title is a heading of level 1, "Heading N" (or Word's stored "heading N") of level N."""
+    if style.lower() == "title":
         return 1
-    match = re.fullmatch(r"Heading (\d)", style)
+    match = re.fullmatch(r"[Hh]eading (\d)", style)
     return int(match.group(1)) if match else 0
+
+
+def _docx_body(path: Path, stream, levels: dict[str, int]) -> list[Block]:
+    """The body's paragraphs (headings by their style) and table rows (cells joined by " | "), in
+    order. Text is every w:t of a paragraph (runs, hyperlinks, insertions); tabs and breaks are spaces."""
+    from xml.parsers import expat
+
+    blocks: list[Block] = []
+    stack: list[str] = []  # local names of the open elements inside w:body ("" for other namespaces)
+    in_body = False
+    foreign = 0  # open elements of other namespaces: drawings and their text boxes, alternate content
+    text: list[str] = []  # the paragraph's (or the table cell's) text so far
+    cells: list[str] = []
+    style = ""
+    keep = False  # inside a w:t
+
+    def refuse(*_args) -> None:
+        raise DocumentError(path, "is not a valid DOCX (its XML declares a DTD, which Word never writes)")
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        nonlocal in_body, style, keep, foreign
+        if not tag.startswith(_W):
+            if in_body:
+                stack.append("")
+                foreign += 1
+            return
+        name = tag[len(_W):]
+        if not in_body:
+            in_body = name == "body"
+            return
+        top = stack[0] if stack else name
+        stack.append(name)
+        if top not in ("p", "tbl") or foreign:
+            return
+        if name == "t":
+            keep = True
+        elif name in ("tab", "br", "cr"):
+            text.append(" ")
+        elif name == "pStyle" and len(stack) == 3 and top == "p":  # w:p/w:pPr/w:pStyle
+            style = attrs.get(f"{_W}val", "")
+
+    def end(tag: str) -> None:
+        nonlocal in_body, style, keep, foreign
+        if not in_body:
+            return
+        if not stack:  # </w:body>
+            in_body = False
+            return
+        name = stack.pop()
+        if not name:
+            foreign -= 1
+            return
+        top = stack[0] if stack else name
+        if name == "t":
+            keep = False
+        elif name == "p":
+            if not stack:  # a paragraph of the body
+                para = " ".join("".join(text).split())
+                level = levels.get(style, 0)
+                blocks.append(Block(para, "heading", level) if level else Block(para))
+                text.clear()
+                style = ""
+            else:  # a paragraph in a table cell: the cell's paragraphs are one text
+                text.append(" ")
+        elif name == "tc" and top == "tbl" and len(stack) == 2:  # w:tbl/w:tr/w:tc
+            cells.append(" ".join("".join(text).split()))
+            text.clear()
+        elif name == "tr" and top == "tbl" and len(stack) == 1:
+            blocks.append(Block(" | ".join(dict.fromkeys(c for c in cells if c))))
+            cells.clear()
+        elif name == "tbl" and not stack:
+            text.clear()
+
+    def chars(data: str) -> None:
+        if keep:
+            text.append(data)
+
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.StartDoctypeDeclHandler = refuse
+    parser.EntityDeclHandler = refuse
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
+    parser.buffer_text = True
+    try:
+        while chunk := stream.read(1 << 16):
+            parser.Parse(chunk, False)
+        parser.Parse(b"", True)
+    except expat.ExpatError as exc:
+        raise DocumentError(path, f"is not a valid DOCX (word/document.xml: {exc})") from None
+    return blocks
 
 
 READERS: dict[str, tuple[str, Callable[[Path, dict[str, int]], Iterator[Block]]]] = {
