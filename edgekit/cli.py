@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -765,9 +766,11 @@ class _SummaryProgress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            # transient: the bars leave the screen when they stop, so the summary that streams next
+            # (or a folder run's report) starts on a clean line
             self.progress = Progress(TextColumn("{task.description:<40.40}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                     console=Console(stderr=True))
+                                     console=Console(stderr=True), transient=True)
             self.progress.start()
             if self.files > 1:
                 self.file_bar = self.progress.add_task("files", total=self.files)
@@ -786,9 +789,14 @@ class _SummaryProgress:
         if self.progress is not None and self.file_bar is not None:
             self.progress.update(self.file_bar, completed=done)
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Take the bars off the terminal for good (the summary streams next, on stdout)."""
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @app.command()
@@ -879,7 +887,8 @@ def summarize(
             as_json = as_json or fmt == "json"
             with load(model, device=device, n_ctx=ctx_size, threads=threads) as engine, \
                     _SummaryProgress(bars) as progress:
-                streamed = _StreamOut(enabled=not as_json, heading=fmt == "md", path=files[0][0])
+                streamed = _StreamOut(enabled=not as_json, heading=fmt == "md", path=files[0][0],
+                                      on_start=progress.stop)
                 result = run_summarize(files[0][0], engine, words, strategy=strategy,
                                        chunk_tokens=chunk_tokens, overlap=overlap, progress=progress,
                                        on_text=streamed)
@@ -908,14 +917,18 @@ def summarize(
 class _StreamOut:
     """The final summary on stdout as the model writes it (after a Markdown heading with --format md)."""
 
-    def __init__(self, enabled: bool, heading: bool, path: Path) -> None:
+    def __init__(self, enabled: bool, heading: bool, path: Path, on_start: Callable[[], None] | None = None,
+                 ) -> None:
         self.enabled, self.heading, self.path, self.started = enabled, heading, path, False
+        self.on_start = on_start  # the progress bars leave the terminal before the text starts
 
     def __call__(self, piece: str) -> None:
         if not self.enabled:
             return
         if not self.started:
             self.started = True
+            if self.on_start is not None:
+                self.on_start()
             if self.heading:
                 typer.echo(f"# Summary of {self.path.name}\n")
         typer.echo(piece, nl=False)

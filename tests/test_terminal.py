@@ -72,6 +72,24 @@ def test_convert_progress_says_which_format_and_leaves_no_stale_bar(tiny_checkpo
     assert f"wrote {out / 'gguf'} (gguf int4 (Q4_K_M)" in unwrapped
 
 
+def test_summarize_streams_its_summary_after_the_bars_leave(tiny_model, tmp_path):
+    """The bars of the chunks being summarized, then the summary streaming from the start of a line:
+    no bar left half-drawn, none sharing a line with the text."""
+    import corpus
+
+    doc = corpus.write(tmp_path / "notes.md", corpus.long_sections(1), "Notes")
+    child = _spawn(["summarize", str(doc), "-m", str(tiny_model), "-w", "12", "--chunk-tokens", "200",
+                    "-c", "512"])
+    raw = _run_to_end(child)
+    screen = _screen(raw, "summarize")
+    assert child.exitstatus == 0, screen
+    assert "━".encode() in raw  # the bars were drawn while the chunks were summarized
+    lines = screen.splitlines()
+    assert lines[0] == "# Summary of notes.md", screen  # nothing of a bar before or beside it
+    assert not [line for line in lines if "━" in line], screen
+    assert any(line.startswith("[") and "chunks" in line and "tokens; model" in line for line in lines)
+
+
 @pytest.fixture(scope="module")
 def slow_tokens(tmp_path_factory) -> dict[str, str]:
     """Every generated token takes 30 ms more, so that a Ctrl-C lands in the middle of a reply."""
