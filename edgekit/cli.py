@@ -229,8 +229,11 @@ def info(
         _fail(exc, as_json)
     q = manifest.get("quantization", {})
     _emit({"manifest": manifest}, as_json,
-          f"{artifact}: {manifest.get('format')} {manifest.get('architecture')} {q.get('scheme')} "
+          f"{artifact}: {manifest.get('format')} "
+          f"{manifest.get('architecture') or manifest.get('gguf_architecture') or 'model'} {q.get('scheme')} "
           f"({q.get('bits_per_weight')} bits/weight), files verified"
+          + (f"\n  imported from {manifest['source']['id']}" if manifest.get("exporter") == "imported GGUF"
+             else "")
           + (f"\n  note: {q['note']}" if q.get("note") else "")
           + ("" if manifest.get("fidelity") else "\n  fidelity: not verified (edgekit verify)"))
     if not as_json and manifest.get("fidelity"):

@@ -327,10 +327,46 @@ def test_a_missing_extra_is_a_hint_not_a_traceback(tiny_checkpoint, tmp_path):
     assert not out.exists()
 
 
+def test_a_gguf_made_elsewhere_runs_as_it_is(tiny_artifact, tmp_path):
+    """`edgekit run model.gguf`, as llama-cli users run one: the file alone (no edgekit.json beside it)
+    is wrapped once as an artifact in the cache, linked and not converted, with the chat template,
+    special tokens and quantization its own header holds; a replaced file is wrapped again."""
+    import shutil
+
+    made = tiny_artifact("qwen2", "gguf", "int8")
+    ours = json.loads((made / "edgekit.json").read_text())
+    shutil.copyfile(made / ours["model_file"], tmp_path / "downloaded.gguf")
+    env = {"EDGEKIT_CACHE": str(tmp_path / "cache")}
+    args = ["run", "downloaded.gguf", "Hello", "-n", "3", "--temp", "0", "--json"]
+    first, second = _cli(*args, env=env, cwd=tmp_path), _cli(*args, env=env, cwd=tmp_path)
+    assert first.returncode == 0 and "made outside edgekit: wrapping it once" in first.stderr, first.stderr
+    assert second.returncode == 0 and "wrapping" not in second.stderr, second.stderr
+    assert json.loads(first.stdout)["text"] == json.loads(second.stdout)["text"]
+    wrapped = Path(json.loads(first.stdout)["artifact"])
+    theirs = json.loads((wrapped / "edgekit.json").read_text())
+    assert theirs["model_file"] == "downloaded.gguf"
+    assert (wrapped / "downloaded.gguf").stat().st_ino == (tmp_path / "downloaded.gguf").stat().st_ino
+    assert theirs["chat_template"] == ours["chat_template"] and theirs["exporter"] == "imported GGUF"
+    assert theirs["tokenizer"]["special_ids"] == ours["tokenizer"]["special_ids"]
+    assert theirs["quantization"]["label"] == "int8" and "fidelity" not in theirs
+    with_template = _cli("run", "downloaded.gguf", "Hi", "-n", "2", "--json", env=env, cwd=tmp_path)
+    assert json.loads(with_template.stdout)["prompt_mode"] == "chat"
+    info = _cli("info", str(wrapped), env=env)
+    assert "imported from" in info.stdout and "not verified" in info.stdout
+    verify = _cli("verify", str(wrapped), env=env)
+    assert verify.returncode == 1 and "--reference DIR" in verify.stderr
+    (tmp_path / "downloaded.gguf").unlink()  # a new download at the same path
+    shutil.copyfile(made / ours["model_file"], tmp_path / "downloaded.gguf")
+    again = _cli(*args, env=env, cwd=tmp_path)
+    assert again.returncode == 0 and "wrapping it once" in again.stderr
+    assert [p.name for p in (tmp_path / "cache" / "models").iterdir()] == [
+        Path(json.loads(again.stdout)["artifact"]).name]  # the old wrap (and its link) is gone
+
+
 def test_model_references_are_converted_once_then_reused(tiny_checkpoint, tmp_path, monkeypatch):
     """`edgekit run REF` as ollama users type it: a checkpoint folder and a hub id in the local cache
-    become artifacts once (a line says so), the second run reuses them; a .gguf from elsewhere and a
-    bundled name resolve as documented."""
+    become artifacts once (a line says so), the second run reuses them; a broken .gguf is refused by
+    name, and a bundled name resolves as documented."""
     import shutil
 
     from huggingface_hub import constants
@@ -351,7 +387,7 @@ def test_model_references_are_converted_once_then_reused(tiny_checkpoint, tmp_pa
     assert len(list((tmp_path / "cache" / "models").glob("*-onnx-int4"))) == 2
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     p = _cli("run", "model.gguf", "hi", env=env, cwd=tmp_path)
-    assert p.returncode == 1 and "not an edgekit artifact" in p.stderr and "edgekit convert" in p.stderr
+    assert p.returncode == 1 and "model.gguf" in p.stderr and "not a valid GGUF" in p.stderr
 
     from edgekit.conversion import pipeline, references
 

@@ -1,6 +1,7 @@
 """Model references as people type them: an artifact folder, a bundled model's name, a hub id in the
-local cache or a Hugging Face checkpoint folder. What is not an artifact yet is converted once, to
-ONNX int4 (the fastest and most faithful on a CPU), into edgekit's cache, and reused after that."""
+local cache, a Hugging Face checkpoint folder or a .gguf file made elsewhere. What is not an artifact
+yet is converted once, to ONNX int4 (the fastest and most faithful on a CPU), into edgekit's cache,
+and reused after that; a .gguf file is wrapped as one (linked, not converted)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ FORMAT, QUANT = "onnx", "int4"  # what a reference that is not an artifact becom
 def artifact_for(ref: str | Path, progress: Progress | None = None,
                  say: Callable[[str], None] | None = None) -> Path:
     """The artifact folder `ref` stands for, converting it first (once) when it is a bundled name
-    (`smollm2-135m-instruct` or `bundled:...`), a hub id or a checkpoint folder. `say` hears one line
-    before a conversion starts. Anything else: ArtifactError naming near names."""
+    (`smollm2-135m-instruct` or `bundled:...`), a hub id or a checkpoint folder, wrapping it when it
+    is a .gguf file. `say` hears one line before a conversion starts. Anything else: ArtifactError
+    naming near names."""
     from edgekit import bundled
     from edgekit.converters.source import HUB_ID
 
@@ -34,9 +36,7 @@ def artifact_for(ref: str | Path, progress: Progress | None = None,
     elif path.is_dir() and (path / "config.json").is_file():
         source, key = str(path.resolve()), f"{path.resolve().name}-{_folder_stamp(path)}"
     elif path.suffix.lower() == ".gguf" and path.is_file():
-        raise ArtifactError(f"{path}: a GGUF file made elsewhere is not an edgekit artifact (it has no "
-                            "edgekit.json with its hashes and tokenizer facts); convert its source "
-                            "checkpoint with `edgekit convert`")
+        return _imported(path, say)
     elif HUB_ID.match(text) and not path.exists():
         source, key = text, text.replace("/", "--")
     elif path.is_dir():  # a folder that is neither: read_manifest says what it holds (artifacts below?)
@@ -61,6 +61,34 @@ def artifact_for(ref: str | Path, progress: Progress | None = None,
             if not (out / MANIFEST).is_file():
                 raise
     return out
+
+
+def _imported(path: Path, say: Callable[[str], None] | None) -> Path:
+    """A GGUF made elsewhere, wrapped once as an artifact in the cache (hard-linked, not converted),
+    under a name that changes with the file; an earlier wrap of a file since replaced is removed."""
+    import shutil
+
+    from edgekit.cache import cache_dir
+    from edgekit.conversion.imported import wrap_gguf
+
+    st = path.stat()
+    stem = f"{path.stem}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+    stamp = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()).hexdigest()[:8]
+    models = cache_dir("models")
+    out = models / f"{stem}-{stamp}-gguf"
+    if (out / MANIFEST).is_file():
+        return out
+    for old in models.glob(f"{stem}-*-gguf"):  # the same path, an older file: its link would keep it
+        shutil.rmtree(old, ignore_errors=True)
+    if say is not None:
+        say(f"{path} was made outside edgekit: wrapping it once as an artifact in {out} (linked, not "
+            "converted; not verified)")
+    try:
+        return wrap_gguf(path, out, say)
+    except OutputExistsError:  # another process wrapped it meanwhile
+        if not (out / MANIFEST).is_file():
+            raise
+        return out
 
 
 def _folder_stamp(path: Path) -> str:

@@ -492,6 +492,9 @@ def find_source(manifest: dict[str, Any], artifact: Path, reference: str | os.Pa
     source = manifest.get("source") or {}
     if reference is None:
         sid = source.get("id")
+        if source.get("kind") == "gguf-file":  # wrapped, not converted: its checkpoint is not known
+            raise VerificationError(f"{artifact}: a GGUF made outside edgekit ({sid}); pass the checkpoint "
+                                    "it was made from to compare with (--reference DIR)")
         if not sid:
             raise VerificationError(f"{artifact}: {MANIFEST} names no source checkpoint; pass the checkpoint "
                                     "it was converted from (--reference DIR)")
