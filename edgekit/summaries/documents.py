@@ -352,10 +352,13 @@ def _read_pdf(path: Path, meta: dict[str, int]) -> Iterator[Block]:
                 )
         pages = reader.pages
         meta["pages"] = len(pages)
+        resolved = getattr(reader, "resolved_objects", None)
         for page in pages:
             text = page.extract_text() or ""
             for para in _paragraphs(_dehyphenate(text)):
                 yield Block(para)
+            if isinstance(resolved, dict):  # pypdf keeps every object it parsed (each page's decoded
+                resolved.clear()  # content): let them go, page by page (half the peak memory)
     except DocumentError:
         raise
     except FileNotDecryptedError:
