@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 import edgekit
@@ -78,9 +79,30 @@ def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
     }
 
 
+# OpenAI's embeddings API takes cl100k_base token ids, which LangChain's OpenAIEmbeddings sends by
+# default. tiktoken fetches that encoding's file from the network once; offline, the client and the
+# server both get this small byte-level stand-in under the same name (a sitecustomize for the server).
+STAND_IN_CL100K = r"""
+import tiktoken, tiktoken.registry
+_ranks = {bytes([i]): i for i in range(256)}
+for _pair in (b"a ", b"ca", b"do", b"t ", b"g "):
+    _ranks[_pair] = len(_ranks)
+tiktoken.registry.ENCODINGS["cl100k_base"] = tiktoken.Encoding(
+    name="cl100k_base", pat_str=r"\S+\s*|\s+", mergeable_ranks=_ranks, special_tokens={})
+"""
+
+
 @pytest.fixture(scope="module")
-def server(artifacts):
-    s = Server([f"chat={artifacts['gguf']}", f"emb={artifacts['bert']}", "--max-body", "20000"])
+def stand_in_cl100k(tmp_path_factory) -> dict[str, str]:
+    site = tmp_path_factory.mktemp("cl100k")
+    (site / "sitecustomize.py").write_text(STAND_IN_CL100K)
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def server(artifacts, stand_in_cl100k):
+    s = Server([f"chat={artifacts['gguf']}", f"emb={artifacts['bert']}", "--max-body", "20000"],
+               env=stand_in_cl100k)
     yield s
     s.stop()
 
@@ -134,6 +156,34 @@ def test_models_chat_completions_and_embeddings_through_the_openai_client(server
     assert emb.usage.prompt_tokens > 0
     health = httpx.get(f"{server.url}/health").json()
     assert health == {"status": "ok", "models": ["chat", "emb"]}
+
+
+def test_langchain_with_its_default_settings(server, monkeypatch):
+    """LangChain's ChatOpenAI and OpenAIEmbeddings as they come: the chat answers, and the embeddings,
+    sent as cl100k_base token ids (tiktoken), equal those of the same texts sent as text."""
+    langchain_openai = pytest.importorskip("langchain_openai")
+    import tiktoken.registry
+
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, "cl100k_base", None)  # restored afterwards
+    exec(STAND_IN_CL100K, {})
+    sent: list[httpx.Request] = []
+    recorder = httpx.Client(event_hooks={"request": [sent.append]})  # sees what goes over the wire
+    chat = langchain_openai.ChatOpenAI(model="chat", base_url=f"{server.url}/v1", api_key="unused",
+                                       max_tokens=8, max_retries=0)
+    assert isinstance(chat.invoke("Say hi").content, str)
+    embedder = langchain_openai.OpenAIEmbeddings(model="emb", base_url=f"{server.url}/v1", api_key="unused",
+                                                 max_retries=0, http_client=recorder)
+    vectors = embedder.embed_documents(["a cat", "a dog"])
+    inputs = [json.loads(r.content)["input"] for r in sent if r.url.path.endswith("/embeddings")]
+    assert inputs and all(isinstance(ids, list) and all(isinstance(i, int) for i in ids)
+                          for ids in inputs[0]), inputs  # token ids went over the wire, not text
+    as_text = server.client().embeddings.create(model="emb", input=["a cat", "a dog"],
+                                                encoding_format="float")
+    for ours, theirs in zip(vectors, as_text.data, strict=True):
+        assert np.linalg.norm(np.array(ours) - np.array(theirs.embedding)) < 1e-4
+    bad = httpx.post(f"{server.url}/v1/embeddings", json={"model": "emb", "input": [[1, 2, 10**6]]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
+    assert "not a cl100k_base token id" in bad.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(

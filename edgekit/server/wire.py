@@ -219,12 +219,62 @@ def completion_prompt(body: dict[str, Any]) -> str:
     return prompt
 
 
+# OpenAI's embeddings API takes token ids as well as text: ids of cl100k_base, the tokenizer of every
+# OpenAI embedding model, which is what clients send (LangChain's OpenAIEmbeddings by default)
+OPENAI_EMBEDDING_ENCODING = "cl100k_base"
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
+def openai_token_text(arrays: list[list[int]]) -> list[str]:
+    """The texts OpenAI's cl100k_base token ids stand for (tiktoken, with its encoding file cached on
+    this machine, as the client that tokenized them had it); each model then tokenizes the text its
+    own way. Anything that cannot be decoded is a 400 saying what to send instead."""
+    instead = ("or send the text itself (LangChain: OpenAIEmbeddings(check_embedding_ctx_length=False))")
+    try:
+        import tiktoken
+    except ImportError:
+        raise ApiError(400, "input: token ids are OpenAI's cl100k_base tokens; decoding them needs "
+                       f"tiktoken on the server (pip install tiktoken), {instead}", param="input") from None
+    try:
+        encoding = tiktoken.get_encoding(OPENAI_EMBEDDING_ENCODING)
+    except Exception as exc:  # no network and no cached file: requests' or tiktoken's own errors
+        raise ApiError(400, f"input: token ids need tiktoken's {OPENAI_EMBEDDING_ENCODING} file, which is "
+                       f"not cached on this machine and could not be fetched ({type(exc).__name__}); "
+                       f"{instead}", param="input") from None
+    texts = []
+    for ids in arrays:
+        bad = next((i for i in ids if not 0 <= i < encoding.n_vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"input: {bad} is not a {OPENAI_EMBEDDING_ENCODING} token id "
+                           f"(0 to {encoding.n_vocab - 1})", param="input")
+        try:
+            texts.append(encoding.decode(ids))
+        except (KeyError, ValueError) as exc:
+            raise ApiError(400, f"input: these token ids do not decode ({exc})", param="input") from None
+    return texts
+
+
 def embedding_input(body: dict[str, Any]) -> tuple[list[str], str]:
-    """/v1/embeddings' texts and encoding format (float or base64)."""
+    """/v1/embeddings' texts and encoding format (float or base64). `input` is a string, a list of
+    strings, or token ids (one list, or a list of lists) as OpenAI's API takes them."""
     texts = body.get("input")
-    texts = [texts] if isinstance(texts, str) else texts
+    if _is_ids(texts):
+        texts = [texts]
+    elif isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts, list) and len(texts) > MAX_EMBEDDING_INPUTS:
+        raise ApiError(400, f"input: {len(texts)} inputs; at most {MAX_EMBEDDING_INPUTS} a request",
+                       param="input")
+    if isinstance(texts, list) and texts and all(_is_ids(t) for t in texts):
+        texts = openai_token_text(texts)
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "input must be a string or a non-empty list of strings", param="input")
+        raise ApiError(400, "input must be a string, a non-empty list of strings, or token ids (a list "
+                       "of integers, or a list of such lists)", param="input")
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise ApiError(400, "encoding_format must be float or base64", param="encoding_format")

@@ -127,6 +127,30 @@ def test_embeddings_as_floats_and_base64():
         wire.embedding_input({"input": []})
 
 
+def test_embedding_inputs_as_token_ids(monkeypatch):
+    """Token ids (one list, or a list of lists) are OpenAI's cl100k_base ids, decoded to text; without
+    tiktoken the 400 says what to send instead; a mix of text and ids, or booleans, are refused."""
+    class Stand_in:  # noqa: N801 - tiktoken's Encoding as far as the decoding goes
+        n_vocab = 3
+
+        def decode(self, ids: list[int]) -> str:
+            return "".join("abc"[i] for i in ids)
+
+    monkeypatch.setitem(sys.modules, "tiktoken", type(sys)("tiktoken"))
+    sys.modules["tiktoken"].get_encoding = lambda name: Stand_in() if name == "cl100k_base" else None
+    assert wire.embedding_input({"input": [0, 1, 2]})[0] == ["abc"]
+    assert wire.embedding_input({"input": [[2, 1], [0]]})[0] == ["cb", "a"]
+    for bad, says in (([[0, 7]], "7 is not a cl100k_base token id"), ([["a"], [0]], "or token ids"),
+                      (["a", [0]], "or token ids"), ([True, False], "or token ids"),
+                      ([[0]] * 2049, "at most 2048")):
+        with pytest.raises(ApiError, match=says) as caught:
+            wire.embedding_input({"input": bad})
+        assert caught.value.param == "input"
+    monkeypatch.setitem(sys.modules, "tiktoken", None)  # not installed
+    with pytest.raises(ApiError, match="pip install tiktoken.*check_embedding_ctx_length=False"):
+        wire.embedding_input({"input": [0, 1]})
+
+
 def test_streaming_flags_and_the_end_of_a_stream():
     assert wire.streaming({"stream": True, "stream_options": {"include_usage": True}}) == (True, True)
     assert wire.streaming({"stream": False}) == wire.streaming({}) == (False, False)
