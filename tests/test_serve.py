@@ -186,6 +186,23 @@ def test_langchain_with_its_default_settings(server, monkeypatch):
     assert "not a cl100k_base token id" in bad.json()["error"]["message"]
 
 
+def test_llm_cli_as_its_users_configure_it(server, tmp_path):
+    """Simon Willison's `llm` with the server as an OpenAI-compatible model (its extra-openai-models.yaml):
+    a prompt streams an answer; --schema (response_format) is refused by name, and llm exits 1."""
+    llm = Path(sys.executable).with_name("llm")
+    if not llm.exists():
+        pytest.skip("llm is not installed (the test extra has it)")
+    (tmp_path / "extra-openai-models.yaml").write_text(
+        f"- model_id: tiny\n  model_name: chat\n  api_base: {server.url}/v1\n  supports_schema: true\n")
+    env = {**os.environ, "LLM_USER_PATH": str(tmp_path), "OPENAI_API_KEY": "unused"}
+    p = subprocess.run([str(llm), "-m", "tiny", "-o", "max_tokens", "6", "Say hi"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr
+    p = subprocess.run([str(llm), "-m", "tiny", "--schema", "name,age int", "Invent a person"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "'response_format' is not supported" in p.stderr, p.stderr
+
+
 @pytest.mark.parametrize(
     "body,status,says",
     [
