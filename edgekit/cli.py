@@ -316,6 +316,9 @@ def run(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     ctx_size: CtxOpt = None,
+    logprobs: Annotated[int | None, typer.Option(
+        "--logprobs", help="with --json: each token's log-probability and its N likeliest alternatives "
+                           "(0 to 20)", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
 ) -> None:
     """Answer a prompt, streaming the text: through the artifact's chat template when it has one, as
@@ -331,6 +334,8 @@ def run(
         return
     limits = _budget(budget)
     try:
+        if logprobs is not None and not as_json:
+            raise InvalidOptionError("--logprobs is shown in the JSON output: add --json")
         if prompt is None or prompt == "-":
             prompt = sys.stdin.read()
             if not prompt.strip():
@@ -339,6 +344,7 @@ def run(
                   budget=limits) as engine:
             _say_choice(engine, as_json)
             kwargs = {"max_tokens": max_tokens, "seed": seed, "stop": stop or (), "ignore_eos": ignore_eos,
+                      **({"logprobs": logprobs} if logprobs is not None else {}),
                       **_sampling(engine, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                   presence_penalty=presence_penalty)}

@@ -39,6 +39,22 @@ SAMPLING_FALLBACK = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.
 
 
 @dataclass
+class TokenLogprob:
+    """One generated token's log-probability under the model (raw logits, before temperature and the
+    other sampling settings), and the likeliest alternatives at that step: (id, bytes, log-prob)."""
+
+    token_id: int
+    piece: bytes  # the token's text as raw bytes (a piece of a UTF-8 character, for some)
+    logprob: float
+    top: tuple[tuple[int, bytes, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token_id": self.token_id, "token": self.piece.decode("utf-8", "replace"),
+                "logprob": self.logprob, "top": [{"token_id": i, "token": b.decode("utf-8", "replace"),
+                                                  "logprob": lp} for i, b, lp in self.top]}
+
+
+@dataclass
 class GenerationResult:
     text: str
     # "stop" (end token or stop string), "length", "cancelled" or "budget" (a raise-mode budget cut it)
@@ -47,6 +63,7 @@ class GenerationResult:
     budget: BudgetVerdict | None = None  # set when the engine has a LatencyBudget
     token_ids: tuple[int, ...] = ()  # the generated tokens (stop strings cut text, not these)
     dropped_messages: int = 0  # chat(truncate="oldest"): how many of the oldest messages left the prompt
+    logprobs: tuple[TokenLogprob, ...] | None = None  # with logprobs=N: one per token of token_ids
 
     # the headline numbers, straight from the metrics
     tokens_in = property(lambda self: self.metrics.tokens_in)
@@ -55,9 +72,12 @@ class GenerationResult:
     decode_tok_s = property(lambda self: self.metrics.decode_tok_s)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "finish_reason": self.finish_reason, **self.metrics.to_dict(),
-                "budget": self.budget.to_dict() if self.budget else None,
-                "dropped_messages": self.dropped_messages}
+        out = {"text": self.text, "finish_reason": self.finish_reason, **self.metrics.to_dict(),
+               "budget": self.budget.to_dict() if self.budget else None,
+               "dropped_messages": self.dropped_messages}
+        if self.logprobs is not None:
+            out["logprobs"] = [t.to_dict() for t in self.logprobs]
+        return out
 
 
 class Stream:
@@ -213,7 +233,9 @@ class Engine:
                  **sampling: Any) -> GenerationResult | Stream:
         """Complete `prompt`. stream=True returns a Stream of text pieces; otherwise a GenerationResult.
 
-        sampling: top_k, top_p, min_p, repeat_penalty, ignore_eos (GenerationOptions).
+        sampling: top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
+        ignore_eos, logprobs (N: result.logprobs holds each token's log-probability and its N likeliest
+        alternatives) (GenerationOptions).
         """
         self._check_open()
         if not isinstance(prompt, str):
@@ -238,7 +260,7 @@ class Engine:
         except TypeError as exc:
             raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, "
                                      "repeat_penalty, frequency_penalty, presence_penalty, "
-                                     "ignore_eos") from None
+                                     "ignore_eos, logprobs") from None
         if not all(isinstance(s, str) for s in options.stop):
             raise InvalidOptionError("stop must be a list of str")
         if self.manifest.get("task") == "feature-extraction":
@@ -477,10 +499,14 @@ class Engine:
         deadline_total = budget.total_ms if budget is not None and budget.mode == "raise" else None
         events = self.backend.generate(ids, options)
         longest = max((len(x) for x in options.stop), default=0)
+        logprobs: list[TokenLogprob] | None = None if options.logprobs is None else []
         for event in events:
             now = time.perf_counter()
             times.append(now)
             tokens.append(event.token_id)
+            if logprobs is not None and event.logprob is not None:
+                logprobs.append(TokenLogprob(event.token_id, event.piece, event.logprob, tuple(
+                    (i, self.backend.token_bytes(i), lp) for i, lp in event.top)))
             before = len(text)
             text += decoder.decode(event.piece)
             state["text"] = text
@@ -508,7 +534,8 @@ class Engine:
         if len(text) > emitted:
             yield text[emitted:]
         metrics = DecodeMetrics.from_times(start, times, time.perf_counter(), len(ids))
-        result = GenerationResult(text, reason, metrics, None, tuple(tokens), state.get("dropped", 0))
+        result = GenerationResult(text, reason, metrics, None, tuple(tokens), state.get("dropped", 0),
+                                  None if logprobs is None else tuple(logprobs))
         if budget is not None:
             result.budget = budget.judge(metrics, peak_rss_mb() if budget.rss_mb else None)
             budget.enforce(metrics, result.budget, result)  # raise mode: raises with the result

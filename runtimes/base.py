@@ -28,6 +28,8 @@ class GenerationOptions:
     seed: int | None = None
     stop: tuple[str, ...] = field(default=())
     ignore_eos: bool = False  # run to max_tokens past the end-of-generation token (benchmarks)
+    # log-probabilities: None for none; N for each chosen token's and its N likeliest alternatives'
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         checks = [(self.max_tokens >= 1, "max_tokens must be at least 1"),
@@ -37,7 +39,9 @@ class GenerationOptions:
                   (0 <= self.min_p < 1, "min_p must be in [0, 1)"),
                   (self.repeat_penalty > 0, "repeat_penalty must be > 0"),
                   (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
-                  (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]")]
+                  (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
+                  (self.logprobs is None or (type(self.logprobs) is int and 0 <= self.logprobs <= MAX_TOP),
+                   f"logprobs must be None or a whole number of alternatives from 0 to {MAX_TOP}")]
         for ok, message in checks:
             if not ok:
                 raise InvalidOptionError(message)
@@ -47,6 +51,26 @@ class GenerationOptions:
 class TokenEvent:
     token_id: int
     piece: bytes  # raw bytes: one token can end mid UTF-8 character
+    # with options.logprobs: the token's log-probability under the model (before any sampling
+    # setting), and the likeliest tokens' (id, log-probability), most likely first
+    logprob: float | None = None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+MAX_TOP = 20  # alternatives per token, as OpenAI's top_logprobs allows
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """log-softmax of raw logits: the chosen token's value and the `top` likeliest (id, value)."""
+    z = np.asarray(logits, dtype=np.float64)
+    m = z.max()
+    logp = z - (m + np.log(np.exp(z - m).sum()))
+    best: tuple[tuple[int, float], ...] = ()
+    if top:
+        idx = np.argpartition(-logp, top - 1)[:top] if top < logp.size else np.arange(logp.size)
+        idx = idx[np.argsort(-logp[idx], kind="stable")]
+        best = tuple((int(i), float(logp[i])) for i in idx)
+    return float(logp[token]), best
 
 
 class Backend(ABC):
@@ -92,6 +116,10 @@ class Backend(ABC):
 
     @abstractmethod
     def is_end(self, token_id: int) -> bool: ...
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """A token's text as raw bytes (a piece of a UTF-8 character, for some)."""
+        raise NotImplementedError
 
     @abstractmethod
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]: ...

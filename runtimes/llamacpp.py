@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, DeviceUnavailableError, require
 
-from .base import Backend, GenerationOptions, TokenEvent
+from .base import Backend, GenerationOptions, TokenEvent, token_logprobs
 
 
 def gpu_offload_supported() -> bool:
@@ -93,7 +93,12 @@ class LlamaCppBackend(Backend):
         ):
             if not options.ignore_eos and self.is_end(token):
                 return
-            yield TokenEvent(int(token), self._piece(token))
+            if options.logprobs is None:
+                yield TokenEvent(int(token), self._piece(token))
+            else:  # the logits it was sampled from are still the context's last row
+                row = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._llm.n_vocab(),))
+                yield TokenEvent(int(token), self._piece(token), *token_logprobs(row, int(token),
+                                                                                  options.logprobs))
             count += 1
             if count >= options.max_tokens:
                 return
@@ -118,6 +123,9 @@ class LlamaCppBackend(Backend):
             llm.reset()
             llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         return out
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._piece(token_id)
 
     def _piece(self, token: int) -> bytes:
         """A token's bytes, looked up once per vocabulary entry (this runs on every decoded token)."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, DeviceUnavailableError, require
 
-from .base import Backend, GenerationOptions, TokenEvent
+from .base import Backend, GenerationOptions, TokenEvent, token_logprobs
 from .sampling import Sampler
 from .text import TextTokenizer
 
@@ -170,6 +170,9 @@ class OnnxRuntimeBackend(_OnnxBackend):
             logits = binding.get_outputs()[0]
         return logits.numpy()[0, -1]
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._tok.token_bytes(token_id)
+
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         binding = self._sess.io_binding()
         binding.bind_output("logits", "cpu")  # bound first: get_outputs()[0] is the logits
@@ -189,7 +192,11 @@ class OnnxRuntimeBackend(_OnnxBackend):
             token = sampler(logits, history[len(prompt_ids):])  # penalties: the answer's tokens only
             if not options.ignore_eos and self.is_end(token):
                 return
-            yield TokenEvent(token, self._tok.token_bytes(token))
+            if options.logprobs is None:
+                yield TokenEvent(token, self._tok.token_bytes(token))
+            else:
+                yield TokenEvent(token, self._tok.token_bytes(token),
+                                 *token_logprobs(logits, token, options.logprobs))
             history.append(token)
             if len(history) >= self._n_ctx:
                 return

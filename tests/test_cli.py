@@ -97,6 +97,10 @@ def test_run_takes_every_sampling_option(tiny_checkpoint, tmp_path):
     assert penalized.returncode == 0 and json.loads(penalized.stdout)["tokens_out"] == 8, penalized.stderr
     bad = _cli("run", str(out), "x", "--presence-penalty", "3", "--device", "cpu")
     assert bad.returncode == 1 and "presence_penalty must be in [-2, 2]" in bad.stderr
+    scored = json.loads(_cli(*args[:-1], "--logprobs", "2", "--json").stdout)["logprobs"]
+    assert len(scored) == 8 and all(len(t["top"]) == 2 and t["logprob"] <= 0 for t in scored)
+    bad = _cli("run", str(out), "x", "--logprobs", "2", "--device", "cpu")
+    assert bad.returncode == 1 and "add --json" in bad.stderr
 
 
 def test_run_reads_its_prompt_from_stdin(tiny_checkpoint, tmp_path):

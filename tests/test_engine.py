@@ -38,6 +38,32 @@ def test_greedy_tokens_equal_transformers(fp32_artifact, tiny_checkpoint):
     assert result.text == expected
 
 
+def test_logprobs_are_the_models_own(fp32_artifact):
+    """logprobs=N: each token's log-probability is the log-softmax of the model's logits for it (the
+    same as a whole-sequence pass scores it), sampled or greedy; its N alternatives come likeliest first,
+    and greedy's first alternative is the token itself."""
+    import numpy as np
+
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        plain = engine.generate("Hello world, this is", max_tokens=6, temperature=0)
+        greedy = engine.generate("Hello world, this is", max_tokens=6, temperature=0, logprobs=3)
+        sampled = engine.generate("Hello world, this is", max_tokens=6, temperature=1.0, seed=4, logprobs=0)
+        ids = engine.backend.tokenize("Hello world, this is", True)
+        scored = engine.backend.score(ids + list(greedy.token_ids))
+    assert plain.logprobs is None and greedy.token_ids == plain.token_ids
+    assert [t.token_id for t in greedy.logprobs] == list(greedy.token_ids)
+    z = scored.astype(np.float64)
+    z -= z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    for k, t in enumerate(greedy.logprobs):
+        assert t.logprob == pytest.approx(logp[len(ids) - 1 + k, t.token_id], abs=2e-3)
+        assert len(t.top) == 3 and t.top[0][0] == t.token_id and t.top[0][2] == pytest.approx(t.logprob)
+        assert [lp for _, _, lp in t.top] == sorted((lp for _, _, lp in t.top), reverse=True)
+    assert len(sampled.logprobs) == sampled.tokens_out and all(t.top == () for t in sampled.logprobs)
+    assert all(t.logprob <= 0 for t in sampled.logprobs)
+    assert greedy.to_dict()["logprobs"][0]["top"][0]["token_id"] == greedy.token_ids[0]
+
+
 def test_stream_equals_whole_and_stop_strings(fp32_artifact):
     with edgekit.load(fp32_artifact, device="cpu") as engine:
         whole = engine.generate("Numbers: 1 2 3", max_tokens=24, temperature=0).text

@@ -153,7 +153,7 @@ async def _answer(
     payload: Any,
 ) -> Any:
     """A chat or completion request's answer: whole, or (stream true) a response streaming its events."""
-    options = wire.generation_options(body, slot.engine.generation_defaults())
+    options = wire.generation_options(body, slot.engine.generation_defaults(), kind)
     stream, usage_in_stream = wire.streaming(body)
     ident = wire.completion_id(kind)
     if not stream:

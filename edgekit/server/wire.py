@@ -30,9 +30,10 @@ _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
 # The fields each route implements ("user" is written in the access log). Any other field is refused
 # by name, unless its value asks for nothing (null, or one of the values in _NOTHING): a server that
 # ignored a field would answer as if it had done what was asked.
-_GENERATION = {"model", "user", "n", "stream", "stream_options", "max_tokens", "stop", *_SAMPLING}
+_GENERATION = {"model", "user", "n", "stream", "stream_options", "max_tokens", "stop", "logprobs",
+               *_SAMPLING}
 FIELDS = {
-    "chat": _GENERATION | {"messages", "max_completion_tokens"},
+    "chat": _GENERATION | {"messages", "max_completion_tokens", "top_logprobs"},
     "completion": _GENERATION | {"prompt"},
     "embedding": {"model", "user", "input", "encoding_format", "dimensions"},
 }
@@ -47,8 +48,7 @@ _LATER = {  # what a refusal adds for the fields people ask for most
     "tool_choice": "tool calls are not implemented yet",
     "functions": "function calls are not implemented yet",
     "function_call": "function calls are not implemented yet",
-    "logprobs": "log-probabilities are not returned yet",
-    "top_logprobs": "log-probabilities are not returned yet",
+    "top_logprobs": "the legacy completions take logprobs as a number instead",
     "logit_bias": "logit_bias is not implemented",
 }
 
@@ -289,14 +289,47 @@ def check_dimensions(body: Mapping[str, Any], size: int) -> None:
                        param="dimensions", code="unsupported_value")
 
 
-def generation_options(body: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Generation options from an OpenAI body, over the model's own sampling defaults; checked here so
-    that a bad value is a 400 before anything queues."""
+MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}  # as OpenAI allows on each route
+
+
+def _logprobs(body: Mapping[str, Any], kind: str) -> int | None:
+    """How many alternatives to return with each token's log-probability; None for none. Chat:
+    `logprobs` true and `top_logprobs` 0-20; the legacy completions: `logprobs` 0-5."""
+    value, top = body.get("logprobs"), body.get("top_logprobs")
+    if kind == "chat":
+        if value is not None and not isinstance(value, bool):
+            raise ApiError(400, f"logprobs must be true or false, not {value!r}", param="logprobs")
+        if top is not None and not value:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if not value:
+            return None
+        top = 0 if top is None else top
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= MAX_TOP_LOGPROBS["chat"]:
+            raise ApiError(400, f"top_logprobs must be a whole number from 0 to "
+                           f"{MAX_TOP_LOGPROBS['chat']}, not {top!r}",
+                           param="top_logprobs")
+        return top
+    if value is None or value is False:
+        return None
+    most = MAX_TOP_LOGPROBS["completion"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        raise ApiError(400, f"logprobs must be a whole number from 0 to {most}, not {value!r}",
+                       param="logprobs")
+    return value
+
+
+def generation_options(body: dict[str, Any], defaults: Mapping[str, Any],
+                       kind: str = "chat") -> dict[str, Any]:
+    """Generation options from an OpenAI body (a "chat" or a legacy "completion" request), over the
+    model's own sampling defaults; checked here so that a bad value is a 400 before anything queues."""
     from edgekit.runtimes.base import GenerationOptions
 
     if body.get("n", 1) != 1:
         raise ApiError(400, "n must be 1: one answer per request", param="n")
     options: dict[str, Any] = dict(defaults)
+    top = _logprobs(body, kind)
+    if top is not None:
+        options["logprobs"] = top
     for theirs, ours in _SAMPLING.items():
         if body.get(theirs) is not None:
             value = body[theirs]
@@ -384,6 +417,29 @@ def _usage(result: Any) -> dict[str, int]:
     }
 
 
+def _logprobs_of(kind: str, result: Any) -> dict[str, Any] | None:
+    """OpenAI's logprobs object for the tokens of a result: chat's `content` list, or the legacy
+    completions' parallel lists; None when none were asked for."""
+    tokens = getattr(result, "logprobs", None)
+    if tokens is None:
+        return None
+
+    def text(piece: bytes) -> str:
+        return piece.decode("utf-8", "replace")
+
+    if kind == "chat":
+        return {"content": [
+            {"token": text(t.piece), "logprob": t.logprob, "bytes": list(t.piece),
+             "top_logprobs": [{"token": text(b), "logprob": lp, "bytes": list(b)} for _, b, lp in t.top]}
+            for t in tokens]}
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(text(t.piece))
+    return {"tokens": [text(t.piece) for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{text(b): lp for _, b, lp in t.top} for t in tokens], "text_offset": offsets}
+
+
 def whole(kind: str, ident: str, model: str, result: Any) -> dict[str, Any]:
     """A whole (not streamed) chat.completion or text_completion."""
     base = {"id": ident, "created": int(time.time()), "model": model, "usage": _usage(result)}
@@ -395,6 +451,7 @@ def whole(kind: str, ident: str, model: str, result: Any) -> dict[str, Any]:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": result.text},
+                    "logprobs": _logprobs_of(kind, result),
                     "finish_reason": _finish(result),
                 }
             ],
@@ -402,18 +459,21 @@ def whole(kind: str, ident: str, model: str, result: Any) -> dict[str, Any]:
     return {
         **base,
         "object": "text_completion",
-        "choices": [{"index": 0, "text": result.text, "finish_reason": _finish(result), "logprobs": None}],
+        "choices": [{"index": 0, "text": result.text, "finish_reason": _finish(result),
+                     "logprobs": _logprobs_of(kind, result)}],
     }
 
 
-def _chunk(kind: str, ident: str, model: str, delta: Any, finish: str | None = None) -> dict[str, Any]:
+def _chunk(kind: str, ident: str, model: str, delta: Any, finish: str | None = None,
+           logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """One stream chunk; delta None gives a chunk with no choices (the usage chunk's base)."""
     base = {"id": ident, "created": int(time.time()), "model": model}
     if kind == "chat":
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "logprobs": logprobs,
+                                             "finish_reason": finish}]
         return {**base, "object": "chat.completion.chunk", "choices": choices}
     choices = (
-        [] if delta is None else [{"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}]
+        [] if delta is None else [{"index": 0, "text": delta, "finish_reason": finish, "logprobs": logprobs}]
     )
     return {**base, "object": "text_completion", "choices": choices}
 
@@ -436,7 +496,9 @@ def stream_event(
     elif what == "error":
         yield json.dumps(api_error(value).body())
     else:
-        yield json.dumps(_chunk(kind, ident, model, {} if kind == "chat" else "", _finish(value)))
+        # the tokens' log-probabilities, when asked for, come whole with the finishing chunk
+        yield json.dumps(_chunk(kind, ident, model, {} if kind == "chat" else "", _finish(value),
+                                _logprobs_of(kind, value)))
         if usage_in_stream:
             yield json.dumps({**_chunk(kind, ident, model, None), "choices": [], "usage": _usage(value)})
         yield "[DONE]"

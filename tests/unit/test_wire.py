@@ -95,12 +95,49 @@ def test_fields_are_served_refused_by_name_or_taken_when_they_ask_for_nothing():
     wire.check_fields(chat, "chat")
     wire.check_fields({**chat, "logprobs": False, "tools": [], "response_format": {"type": "text"},
                        "tool_choice": "none", "logit_bias": {}, "top_logprobs": None}, "chat")
-    for kind, field, value in [("chat", "logprobs", True), ("chat", "tools", [{}]), ("chat", "prompt", "x"),
-                               ("completion", "messages", []), ("completion", "echo", True),
-                               ("embedding", "temperature", 1), ("chat", "whatever", 0)]:
+    wire.check_fields({**chat, "logprobs": True, "top_logprobs": 3}, "chat")  # served
+    for kind, field, value in [("completion", "top_logprobs", 2), ("chat", "tools", [{}]),
+                               ("chat", "prompt", "x"), ("completion", "messages", []),
+                               ("completion", "echo", True), ("embedding", "temperature", 1),
+                               ("chat", "whatever", 0)]:
         with pytest.raises(ApiError) as caught:
             wire.check_fields({"model": "m", field: value}, kind)
         assert caught.value.code == "unsupported_parameter" and caught.value.param == field
+
+
+def test_logprobs_as_each_route_asks_for_them():
+    """Chat: logprobs true and top_logprobs 0-20; the legacy completions: logprobs 0-5. The result's
+    tokens come back in OpenAI's two shapes."""
+    from edgekit.engine import TokenLogprob
+
+    assert wire.generation_options({"logprobs": True, "top_logprobs": 2}, {})["logprobs"] == 2
+    assert wire.generation_options({"logprobs": True}, {})["logprobs"] == 0
+    assert "logprobs" not in wire.generation_options({"logprobs": False}, {})
+    assert wire.generation_options({"logprobs": 3}, {}, "completion")["logprobs"] == 3
+    for body, kind, param in [({"top_logprobs": 2}, "chat", "top_logprobs"),
+                              ({"logprobs": True, "top_logprobs": 21}, "chat", "top_logprobs"),
+                              ({"logprobs": 2}, "chat", "logprobs"),
+                              ({"logprobs": 6}, "completion", "logprobs"),
+                              ({"logprobs": True}, "completion", "logprobs")]:
+        with pytest.raises(ApiError) as caught:
+            wire.generation_options(body, {}, kind)
+        assert caught.value.param == param, body
+
+    class Result:
+        text, finish_reason, tokens_in, tokens_out = "Hi!", "stop", 3, 2
+        logprobs = (TokenLogprob(5, b"Hi", -0.5, ((5, b"Hi", -0.5), (6, b"Yo", -1.5))),
+                    TokenLogprob(7, b"!", -0.1, ((7, b"!", -0.1), (8, b".", -2.5))))
+
+    chat = wire.whole("chat", "id", "m", Result())["choices"][0]["logprobs"]["content"]
+    assert chat[0] == {"token": "Hi", "logprob": -0.5, "bytes": [72, 105], "top_logprobs": [
+        {"token": "Hi", "logprob": -0.5, "bytes": [72, 105]},
+        {"token": "Yo", "logprob": -1.5, "bytes": [89, 111]}]}
+    legacy = wire.whole("completion", "id", "m", Result())["choices"][0]["logprobs"]
+    assert legacy == {"tokens": ["Hi", "!"], "token_logprobs": [-0.5, -0.1],
+                      "top_logprobs": [{"Hi": -0.5, "Yo": -1.5}, {"!": -0.1, ".": -2.5}],
+                      "text_offset": [0, 2]}
+    Result.logprobs = None
+    assert wire.whole("chat", "id", "m", Result())["choices"][0]["logprobs"] is None
 
 
 def test_models_and_the_model_check():
