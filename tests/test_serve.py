@@ -183,8 +183,9 @@ def test_logprobs_through_the_openai_client(server):
 
 
 def test_langchain_with_its_default_settings(server, monkeypatch):
-    """LangChain's ChatOpenAI and OpenAIEmbeddings as they come: the chat answers, and the embeddings,
-    sent as cl100k_base token ids (tiktoken), equal those of the same texts sent as text."""
+    """LangChain's ChatOpenAI and OpenAIEmbeddings as they come: the chat answers, structured output and
+    tools are refused by name, and the embeddings, sent as cl100k_base token ids (tiktoken), equal those
+    of the same texts sent as text."""
     langchain_openai = pytest.importorskip("langchain_openai")
     import tiktoken.registry
 
@@ -195,6 +196,13 @@ def test_langchain_with_its_default_settings(server, monkeypatch):
     chat = langchain_openai.ChatOpenAI(model="chat", base_url=f"{server.url}/v1", api_key="unused",
                                        max_tokens=8, max_retries=0)
     assert isinstance(chat.invoke("Say hi").content, str)
+    for asks_for, run in (("response_format", lambda: chat.with_structured_output(
+            {"title": "Person", "type": "object", "properties": {"name": {"type": "string"}}},
+            method="json_schema").invoke("Invent a person")),
+            ("tools", lambda: chat.bind_tools([{"type": "function", "function": {
+                "name": "add", "parameters": {"type": "object", "properties": {}}}}]).invoke("Add"))):
+        with pytest.raises(openai.BadRequestError, match=f"'{asks_for}' is not supported"):
+            run()  # refused by name, not answered with prose
     embedder = langchain_openai.OpenAIEmbeddings(model="emb", base_url=f"{server.url}/v1", api_key="unused",
                                                  max_retries=0, http_client=recorder)
     vectors = embedder.embed_documents(["a cat", "a dog"])
