@@ -118,8 +118,12 @@ class Backend(ABC):
     def is_end(self, token_id: int) -> bool: ...
 
     def token_bytes(self, token_id: int) -> bytes:
-        """A token's text as raw bytes (a piece of a UTF-8 character, for some)."""
-        raise NotImplementedError
+        """A token's text as raw bytes (a piece of a UTF-8 character, for some): what logprobs' likeliest
+        alternatives are shown as. A backend without it cannot give those alternatives."""
+        from edgekit.errors import BackendError
+
+        raise BackendError(f"{self.name} cannot name a token's text, so logprobs' alternatives are not "
+                           "available from it (logprobs=0 gives the chosen tokens' alone)")
 
     @abstractmethod
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]: ...

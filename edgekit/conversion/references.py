@@ -66,6 +66,7 @@ def artifact_for(ref: str | Path, progress: Progress | None = None,
 def _imported(path: Path, say: Callable[[str], None] | None) -> Path:
     """A GGUF made elsewhere, wrapped once as an artifact in the cache (hard-linked, not converted),
     under a name that changes with the file; an earlier wrap of a file since replaced is removed."""
+    import glob
     import shutil
 
     from edgekit.cache import cache_dir
@@ -78,7 +79,8 @@ def _imported(path: Path, say: Callable[[str], None] | None) -> Path:
     out = models / f"{stem}-{stamp}-gguf"
     if (out / MANIFEST).is_file():
         return out
-    for old in models.glob(f"{stem}-*-gguf"):  # the same path, an older file: its link would keep it
+    # the same path, an older file: its hard link would keep the old bytes alive
+    for old in models.glob(f"{glob.escape(stem)}-*-gguf"):
         shutil.rmtree(old, ignore_errors=True)
     if say is not None:
         say(f"{path} was made outside edgekit: wrapping it once as an artifact in {out} (linked, not "

@@ -9,6 +9,7 @@ ignored). Field names follow llama-bench's where they overlap (n_prompt, n_gen, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -85,6 +86,7 @@ def copy_bandwidth_gbs(size_mb: int = 256, repeats: int = 5) -> float:
     return src.nbytes / best / 1e9
 
 
+@functools.cache  # a machine's CPU does not change while edgekit runs (on macOS: a sysctl process)
 def cpu_model() -> str:
     if sys.platform == "linux":
         try:
