@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +24,7 @@ FIDELITY_TEXT = (
 
 
 SMOLLM2, MINILM = "smollm2-135m-instruct", "all-minilm-l6-v2"
+SEA = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 
 @pytest.fixture(scope="module")
@@ -163,36 +166,38 @@ def test_sigterm_midway_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == [], err.decode()[-500:]
 
 
-@pytest.mark.parametrize("fmt", ["gguf", "onnx", "onnx-optimum"])
-def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, smollm2_onnx, tmp_path):
+def _greedy_32(checkpoint, artifact, messages: list[dict[str, str]]) -> tuple[list[int], list[int], object]:
+    """(ours, transformers', transformers' generate output): the first 32 greedy tokens of the
+    artifact and of transformers fp32 on its checkpoint, for the same chat prompt."""
+    import torch
+
+    from helpers import checkpoint_key, hf_model, memo
+
+    with edgekit.load(artifact, device="cpu") as engine:
+        prompt = engine.render_chat(messages)
+        ours = list(engine.chat(messages, max_tokens=32, temperature=0).token_ids)
+    tok, model = hf_model(checkpoint)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # the same prompt for every format: generated once
+        out = memo(("generate", checkpoint_key(checkpoint), prompt), lambda: model.generate(
+            ids, max_new_tokens=32, do_sample=False, output_scores=True, return_dict_in_generate=True))
+    ref = out.sequences[0, ids.shape[1]:].tolist()
+    if ref and ref[-1] == tok.eos_token_id:  # transformers keeps the EOS it stopped at; the engine does not
+        ref = ref[:-1]
+    return ours, ref, out
+
+
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, smollm2_onnx):
     """First 32 greedy tokens against transformers fp32. int8 is allowed a small divergence: the
     tokens must agree up to the first point where the reference's top-2 logits are close (a tie
-    that any rounding can flip), and at least the first 8 must agree. "onnx-optimum": the fallback
-    path's graph (optimum-onnx export, concat KV cache) on the same runtime, at fp32, where all 32
-    must agree (its int8 flips a near-tie at token 5: top-2 logits 27.257 / 27.241)."""
+    that any rounding can flip), and at least the first 8 must agree."""
     import torch
 
     from edgekit import bundled
 
-    from helpers import hf_model, memo
-
-    if fmt == "onnx-optimum":
-        artifact = edgekit.convert("bundled:smollm2-135m-instruct", to="onnx", quant="fp32",
-                                   output=tmp_path / "o", exporter="optimum", verify=False).path
-    else:
-        artifact = smollm2_artifacts["int8"] if fmt == "gguf" else smollm2_onnx["int8"]
-    messages = [{"role": "user", "content": "Write one sentence about the sea."}]
-    with edgekit.load(artifact, device="cpu") as engine:
-        prompt = engine.render_chat(messages)
-        ours = list(engine.chat(messages, max_tokens=32, temperature=0).token_ids)
-    tok, model = hf_model(bundled.path())
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    with torch.no_grad():  # the same prompt for every format: generated once
-        out = memo(("generate", prompt), lambda: model.generate(
-            ids, max_new_tokens=32, do_sample=False, output_scores=True, return_dict_in_generate=True))
-    ref = out.sequences[0, ids.shape[1]:].tolist()
-    if fmt == "onnx-optimum":  # transformers keeps the EOS it stopped at; the engine does not emit it
-        assert ours == (ref[:-1] if ref and ref[-1] == tok.eos_token_id else ref)
+    artifact = smollm2_artifacts["int8"] if fmt == "gguf" else smollm2_onnx["int8"]
+    ours, ref, out = _greedy_32(bundled.path(), artifact, SEA)
     agree = next((i for i, (a, b) in enumerate(zip(ours, ref, strict=False)) if a != b),
                  min(len(ours), len(ref)))
     if agree < min(len(ours), len(ref)):
@@ -200,6 +205,32 @@ def test_smollm2_int8_greedy_tokens_follow_transformers(fmt, smollm2_artifacts, 
         assert agree >= 8 and float(top2[0] - top2[1]) < 1.0, (
             f"diverged at token {agree}: {ours[:agree + 2]} vs {ref[:agree + 2]}"
         )
+
+
+def test_the_optimum_fallback_graph_follows_transformers_exactly(tmp_path):
+    """The fallback path's graph (optimum-onnx export, concat KV cache) on edgekit's runtime, at fp32:
+    all 32 greedy tokens agree with transformers. On SmolLM2's first 4 layers (its real weights,
+    vocabulary, tokenizer and chat template): the export is the same for 4 layers as for 30, at a
+    seventh of torch.onnx's time."""
+    from safetensors.numpy import load_file, save_file
+
+    from edgekit import bundled
+
+    source, sliced = bundled.path(), tmp_path / "smollm2-4-layers"
+    sliced.mkdir()
+    for f in source.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.copy(f, sliced / f.name)
+    config = json.loads((source / "config.json").read_text())
+    (sliced / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 4}))
+    kept = {k: v for k, v in load_file(source / "model.safetensors").items()
+            if not k.startswith("model.layers.") or int(k.split(".")[2]) < 4}
+    save_file(kept, sliced / "model.safetensors", metadata={"format": "pt"})
+    artifact = edgekit.convert(str(sliced), to="onnx", quant="fp32", output=tmp_path / "o",
+                               exporter="optimum", verify=False).path
+    assert edgekit.read_manifest(artifact)["exporter"] == "optimum-onnx"
+    ours, ref, _ = _greedy_32(sliced, artifact, SEA)
+    assert ours == ref and len(ours) >= 8
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
