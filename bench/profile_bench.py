@@ -66,6 +66,8 @@ for _ in range({gen}):
              "attention_mask": np.ones((1, length), np.int64)}}
     if "position_ids" in names:
         feeds["position_ids"] = np.arange(length - len(step), length, dtype=np.int64)[None]
+    if "logits_to_keep" in names:
+        feeds["logits_to_keep"] = np.ones(1, np.int64)
     result = dict(zip(outputs, sess.run(outputs, feeds)))
     past = {{n.replace("present.", "past_key_values."): v
              for n, v in result.items() if n.startswith("present.")}}

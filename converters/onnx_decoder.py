@@ -256,7 +256,7 @@ class LlamaDecoder:
         kv_dtype = g.elem
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
                   helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"])]
-        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", self.vocab])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "kept", self.vocab])]
         for i in range(n_layers):
             for kind in ("key", "value"):
                 inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", kv_dtype,
@@ -345,6 +345,13 @@ class LlamaDecoder:
         final = self.norm_weight("model.norm.weight")
         normed = g.op("SkipSimplifiedLayerNormalization", [pending, residual, final], n_out=4,
                       domain="com.microsoft", epsilon=eps)[0]
+        # Only the last `logits_to_keep` rows reach the lm_head: generating needs the last one (the
+        # head is a fifth of a prompt's compute, its [seq, vocab] output 200 MB at 1,024 tokens),
+        # scoring keeps them all.
+        inputs.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
+        normed = g.op("Slice", [normed, g.op("Neg", ["logits_to_keep"])[0],
+                                g.init("rows_end", np.array([np.iinfo(np.int64).max], np.int64)),
+                                g.init("rows_axis", np.array([1], np.int64))])[0]
         if tied and embed_q is not None:
             b = g.op("Reshape", ["embed.q", g.init("b_shape", np.array(embed_q.packed.shape, np.int64))])[0]
             flat = g.init("flat", np.array([-1], np.int64))
@@ -374,7 +381,8 @@ class LlamaDecoder:
             "num_layers": n_layers, "num_kv_heads": n_kv, "head_dim": head_dim, "num_heads": n_heads,
             "vocab_size": self.vocab, "context_length": self.context, "kv_dtype": precision.float_type,
             "kv_layout": "shared",
-            "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value"],
+            "inputs": ["input_ids", "attention_mask", "past_key_values.{i}.key", "past_key_values.{i}.value",
+                       "logits_to_keep"],
             "outputs": ["logits", "present.{i}.key", "present.{i}.value"],
             "kv_shape": ["batch", n_kv, "sequence", head_dim],
             "external_data": external,

@@ -127,8 +127,11 @@ class OnnxRuntimeBackend(_OnnxBackend):
         self._layout = facts.get("kv_layout", "shared")
         if self._layout not in ("shared", "concat"):
             raise BackendError(f"{artifact}: unknown onnx.kv_layout '{self._layout}' in edgekit.json")
-        self._positions = (np.arange(self._n_ctx, dtype=np.int64)[None]
-                           if "position_ids" in {i.name for i in self._sess.get_inputs()} else None)
+        names = {i.name for i in self._sess.get_inputs()}
+        self._positions = np.arange(self._n_ctx, dtype=np.int64)[None] if "position_ids" in names else None
+        # our graphs take how many logits rows to compute (one when generating); other exports give all
+        self._keep_rows = "logits_to_keep" in names
+        self._last_row = np.ones(1, dtype=np.int64)
         shape = (1, self._kv_heads, self._n_ctx if self._layout == "shared" else 0, self._head_dim)
         self._kv = [ort.OrtValue.ortvalue_from_shape_and_type(shape, self._kv_type, self._device)
                     for _ in range(2 * self._layers)]  # concat layout: the empty past of the first step
@@ -145,7 +148,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         """Run tokens `ids`, the cache then holding `length` tokens; return the last logits row.
 
         logits: a preallocated [1, 1, vocab] OrtValue for single-token steps, or None to let
-        onnxruntime allocate the prompt's [1, n, vocab].
+        onnxruntime allocate the prompt's (its last row only, where the graph can say so).
         """
         if len(ids) == 1:
             self._one_token[0, 0] = ids[0]
@@ -185,6 +188,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
                     binding.bind_ortvalue_output(f"present.{i}.{kind}", buf)
                 else:
                     binding.bind_output(f"present.{i}.{kind}", self._device)
+        if self._keep_rows:
+            binding.bind_cpu_input("logits_to_keep", self._last_row)
         sampler = Sampler(options)
         history = list(prompt_ids)
         logits = self._step(binding, history, len(history), None)
@@ -213,6 +218,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
             feeds["position_ids"] = self._positions[:, :n]
         empty = np.zeros((1, self._kv_heads, 0, self._head_dim), dtype=self._kv_type)
         feeds.update({name: empty for name in self._kv_names})
+        if self._keep_rows:
+            feeds["logits_to_keep"] = np.array([n], dtype=np.int64)
         return np.asarray(self._sess.run(["logits"], feeds)[0][0], dtype=np.float32)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -260,7 +260,8 @@ def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> 
     outputs = [o.name for o in sess.get_outputs()]
     past = {i.name: np.zeros((1, heads, 0, head_dim), kv_type) for i in kv}
     chunks = [ids] if prompt is None else [ids[:prompt]] + [[t] for t in ids[prompt:]]
-    positions = any(i.name == "position_ids" for i in sess.get_inputs())  # optimum's exports may take them
+    names = {i.name for i in sess.get_inputs()}
+    positions = "position_ids" in names  # optimum's exports may take them
     done, logits = 0, []
     for chunk in chunks:
         done += len(chunk)
@@ -268,6 +269,8 @@ def onnx_logits(model_path: Path, ids: list[int], prompt: int | None = None) -> 
                  **past}
         if positions:
             feeds["position_ids"] = np.arange(done - len(chunk), done, dtype=np.int64)[None]
+        if "logits_to_keep" in names:  # every row: our graphs compute only the last ones asked for
+            feeds["logits_to_keep"] = np.array([len(chunk)], np.int64)
         result = dict(zip(outputs, sess.run(outputs, feeds), strict=True))
         logits.append(result["logits"][0])
         past = {n.replace("present.", "past_key_values."): v

@@ -128,6 +128,33 @@ def test_onnx_logits_full_and_decode(arch, quant, tiny_checkpoint, onnx_model):
         assert value <= bound, f"{arch} {quant} {mode}: {kind} {value:.3g} > {bound} (top-1 {top1:.2f})"
 
 
+def test_generation_computes_the_last_logits_row_only(onnx_model, tiny_artifact):
+    """logits_to_keep=1 gives the last row of the whole prompt's logits, and only it; the engine
+    generates from it as from the full rows (its greedy tokens are those of scoring token by token)."""
+    import onnxruntime as ort
+
+    model = onnx_model("qwen2", "int4")
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    kv = [i for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+    ids = list(range(5, 25))
+    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+             **{i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in kv}}
+    rows = {n: sess.run(["logits"], {**feeds, "logits_to_keep": np.array([n], np.int64)})[0][0]
+            for n in (1, 3, len(ids))}
+    assert [r.shape[0] for r in rows.values()] == [1, 3, len(ids)]
+    np.testing.assert_allclose(rows[1][0], rows[len(ids)][-1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rows[3], rows[len(ids)][-3:], rtol=1e-5, atol=1e-5)
+    from edgekit.runtimes.base import GenerationOptions
+
+    with edgekit.load(tiny_artifact("qwen2", "onnx", "int4"), device="cpu") as engine:
+        options = GenerationOptions(max_tokens=6, temperature=0.0, ignore_eos=True)
+        out = [event.token_id for event in engine.backend.generate(ids, options)]
+        greedy = list(ids)
+        for _ in range(6):
+            greedy.append(int(engine.backend.score(greedy)[-1].argmax()))
+    assert out == greedy[len(ids):]
+
+
 def test_gemma3_fp16_is_refused(tiny_checkpoint, tmp_path):
     """Gemma 3's activations exceed float16 in real checkpoints: an fp16 graph is refused by name."""
     with pytest.raises(edgekit.ConversionError, match="exceed float16's range.*fp32, int8 or int4"):
