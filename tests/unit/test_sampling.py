@@ -81,6 +81,53 @@ def test_top_k_keeps_only_the_k_largest():
     assert set(draws.tolist()) == {0, 2}
 
 
+# ---- the candidate-only sampler against the whole-vocabulary one it replaced ------------------
+
+def _whole_vocabulary(options: GenerationOptions, logits: np.ndarray) -> np.ndarray:
+    """The probabilities the earlier sampler drew from: float64 over the whole vocabulary, sorted
+    in full for top-p (written out here as the specification the fast one must equal)."""
+    z = logits.astype(np.float64) / options.temperature
+    if 0 < options.top_k < z.size:
+        kth = np.partition(z, -options.top_k)[-options.top_k]
+        z = np.where(z < kth, -np.inf, z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    if options.min_p > 0:
+        p = np.where(p < options.min_p * p.max(), 0.0, p)
+    if options.top_p < 1.0:
+        order = np.argsort(-p)
+        keep = np.cumsum(p[order]) - p[order] < options.top_p
+        mask = np.zeros_like(p, dtype=bool)
+        mask[order[keep]] = True
+        p = np.where(mask, p, 0.0)
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_candidates_give_the_whole_vocabularys_distribution(case):
+    """A real vocabulary's width (49,152), logits shaped like a model's (a few likely tokens, a long
+    tail), every combination of temperature, top-k, top-p and min-p."""
+    rng = np.random.default_rng(case)
+    logits = (rng.standard_normal(49152) * rng.uniform(1, 4)).astype(np.float32)
+    logits[rng.integers(0, 49152, 5)] += rng.uniform(0, 12)
+    options = GenerationOptions(temperature=float(rng.choice([0.3, 0.7, 1.0, 1.6])),
+                                top_k=int(rng.choice([0, 1, 40, 500])),
+                                top_p=float(rng.choice([1.0, 0.9, 0.5, 0.999])),
+                                min_p=float(rng.choice([0.0, 0.05])))
+    ids, p = Sampler(options).distribution(logits)
+    fast = np.zeros(49152)
+    fast[ids] = p
+    np.testing.assert_allclose(fast, _whole_vocabulary(options, logits), rtol=1e-5, atol=1e-9)
+
+
+def test_a_flat_distribution_past_the_few_likeliest_is_sorted_in_full():
+    """top-p 0.95 of a uniform vocabulary needs most of it: the 64 likeliest are not enough."""
+    logits = np.zeros(1000, np.float32)
+    options = GenerationOptions(temperature=1.0, top_k=0, top_p=0.95)
+    ids, p = Sampler(options).distribution(logits)
+    assert ids.size == 950 and p.sum() == pytest.approx(1.0)
+
+
 # ---- top-p and min-p -------------------------------------------------------------------------
 
 def test_top_p_keeps_the_smallest_prefix_reaching_p():
