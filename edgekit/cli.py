@@ -987,6 +987,10 @@ def serve(
     ] = None,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", help="requests waiting for one model before the server answers 429")] = 64,
+    parallel: Annotated[int | None, typer.Option(
+        "--parallel", "-np", show_default=False,
+        help="answers each model decodes at once, the context split between them (default: 4 on ONNX "
+             "where each keeps 1024 tokens, else 1)")] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="largest request body in bytes")
                         ] = 4 * 1024 * 1024,
     allow_host: Annotated[list[str] | None, typer.Option(
@@ -1005,8 +1009,9 @@ def serve(
                           allowed_hosts=tuple(allow_host or ()))
 
     def ready(engines) -> None:
-        names = ", ".join(f"{n} ({e.manifest.get('format')} {e.backend.name} on {e.device})"
-                          for n, e in engines.items())
+        names = ", ".join(f"{n} ({e.manifest.get('format')} {e.backend.name} on {e.device}"
+                          + (f", {e.backend.parallel} streams of {e.context_length} tokens"
+                             if e.backend.parallel > 1 else "") + ")" for n, e in engines.items())
         shown = f"[{host}]" if ":" in host else host
         typer.secho(f"serving {names} at http://{shown}:{port}/v1 (Ctrl-C stops)", err=True)
 
@@ -1014,7 +1019,7 @@ def serve(
         config.check()  # a bad port or address before any model is converted or loaded
         listen(config.host, config.port).close()
         run_server([_served(m) for m in models], config, device=device, n_ctx=ctx_size, threads=threads,
-                   ready=ready)
+                   ready=ready, parallel=parallel)
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, False)
 

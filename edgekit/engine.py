@@ -158,7 +158,7 @@ class Stream:
 
 
 def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: int | None = None,
-         budget: LatencyBudget | None = None, threads: int | None = None) -> Engine:
+         budget: LatencyBudget | None = None, threads: int | None = None, parallel: int = 1) -> Engine:
     """Open an artifact directory (verifying its files against edgekit.json) on a backend.
 
     Several paths: the variants of one model. Each is measured briefly on this machine (or read from
@@ -169,9 +169,11 @@ def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: i
     (an absent device is a DeviceUnavailableError, never a silent fallback). n_ctx: the context
     window (default: the artifact's, at most 4096). threads: CPU threads (default: every core; fewer
     keep a busy machine steady). budget: checked on every call; each result says whether it was met
-    and by how much.
+    and by how much. parallel: streams decoded together (ONNX on the CPU for now); the context window
+    is split between them, as llama.cpp's server splits its context among slots, and calls from several
+    threads (or generate() with a list of prompts) run side by side instead of taking turns.
     """
-    for name, value in (("n_ctx", n_ctx), ("threads", threads)):
+    for name, value in (("n_ctx", n_ctx), ("threads", threads), ("parallel", parallel)):
         if value is not None and (type(value) is not int or value < 1):
             raise InvalidOptionError(f"{name} must be a whole number >= 1, not {value!r}")
     if not isinstance(path, str | Path):
@@ -181,7 +183,7 @@ def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: i
         if not paths:
             raise InvalidOptionError("load() got an empty list of artifacts")
         picked, choice = choose(paths, budget, device, threads)
-        engine = load(picked, device, n_ctx, budget, threads)
+        engine = load(picked, device, n_ctx, budget, threads, parallel)
         engine.choice = choice
         return engine
     root = Path(path)
@@ -195,11 +197,12 @@ def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: i
         why = "; ".join(map(str, fidelity.get("failures", [])))
         warnings.warn(f"{root} failed its fidelity check ({why}); its output may be wrong", FidelityWarning,
                       stacklevel=2)
-    return open_checked(root, manifest, device, n_ctx, threads, budget)
+    return open_checked(root, manifest, device, n_ctx, threads, budget, parallel)
 
 
 def open_checked(root: Path, manifest: dict[str, Any], device: str = "auto", n_ctx: int | None = None,
-                 threads: int | None = None, budget: LatencyBudget | None = None) -> Engine:
+                 threads: int | None = None, budget: LatencyBudget | None = None,
+                 parallel: int = 1) -> Engine:
     """An Engine on a manifest already read and checked (load() does that; a conversion verifying the
     files it has just written and hashed skips the second read)."""
     if device not in DEVICES:
@@ -211,7 +214,14 @@ def open_checked(root: Path, manifest: dict[str, Any], device: str = "auto", n_c
     if chosen not in cls.devices:
         raise DeviceUnavailableError(f"{cls.name} cannot run on '{chosen}'; "
                                      f"it knows {', '.join(sorted(cls.devices))}")
-    return Engine(root, manifest, cls(root, manifest, chosen, n_ctx, threads), chosen, budget)
+    backend = cls(root, manifest, chosen, n_ctx, threads)
+    if parallel > 1:
+        try:
+            backend.set_parallel(parallel)
+        except BaseException:
+            backend.close()
+            raise
+    return Engine(root, manifest, backend, chosen, budget)
 
 
 class Engine:
@@ -220,7 +230,11 @@ class Engine:
         self.path, self.manifest, self.backend = root, manifest, backend
         self.device, self.budget = device, budget
         self._lock = threading.Lock()  # one native context: calls from several threads take turns
-        self._running: threading.Event | None = None
+        # a backend decoding several streams together (parallel > 1) runs them at once instead; close()
+        # waits for those still running
+        self._gate = threading.Condition()
+        self._active = 0
+        self._running: set[threading.Event] = set()  # the cancel events of the generations running
         self._state = threading.Lock()  # guards the chat template and the chats still rendering
         self._template = None  # a ChatTemplate, made on the first chat
         self._rendering: set[threading.Event] = set()  # the cancel events of chats rendering their prompt
@@ -228,23 +242,59 @@ class Engine:
         self.choice = None  # a profiling.Choice when load() picked this artifact among several
 
     # ---- text generation ------------------------------------------------------------------
-    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.0, stream: bool = False,
-                 stop: Sequence[str] = (), seed: int | None = None, add_special: bool = True,
-                 **sampling: Any) -> GenerationResult | Stream:
+    def generate(self, prompt: str | Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
+                 stream: bool = False, stop: Sequence[str] = (), seed: int | None = None,
+                 add_special: bool = True, **sampling: Any) -> GenerationResult | Stream | list:
         """Complete `prompt`. stream=True returns a Stream of text pieces; otherwise a GenerationResult.
+        A list of prompts gives a list of results: decoded together on an engine loaded with parallel
+        > 1, one after another otherwise.
 
         sampling: top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
         ignore_eos, logprobs (N: result.logprobs holds each token's log-probability and its N likeliest
         alternatives) (GenerationOptions).
         """
         self._check_open()
+        if isinstance(prompt, list | tuple):
+            if stream:
+                raise InvalidOptionError("stream=True takes one prompt; several prompts give a list of "
+                                         "results (stream=False), or stream each from a thread of its own")
+            if not prompt:
+                raise InvalidOptionError("generate() got an empty list of prompts")
+            return self._many(list(prompt), max_tokens=max_tokens, temperature=temperature, stop=stop,
+                              seed=seed, add_special=add_special, **sampling)
         if not isinstance(prompt, str):
-            raise InvalidOptionError(f"prompt must be a str, not {type(prompt).__name__}; "
+            raise InvalidOptionError(f"prompt must be a str or a list of str, not {type(prompt).__name__}; "
                                      "for a conversation use chat()")
         _check_text(prompt, "the prompt")
         return self._generate(prompt, threading.Event(), "prompt", max_tokens=max_tokens,
                               temperature=temperature, stream=stream, stop=stop, seed=seed,
                               add_special=add_special, **sampling)
+
+    def _many(self, prompts: list[Any], **kwargs: Any) -> list[GenerationResult]:
+        """Each prompt's result, in order. With a batching backend one thread reads every stream in turn
+        (each read runs the next step for all of them); otherwise each runs to its end in turn."""
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                hint = "; for a conversation use chat()" if isinstance(prompt, dict) else ""
+                raise InvalidOptionError(f"prompts[{i}] is {type(prompt).__name__}, not a str{hint}")
+            _check_text(prompt, f"prompts[{i}]")
+        streams = [self._generate(p, threading.Event(), "prompt", stream=True, **kwargs) for p in prompts]
+        try:
+            if self.backend.parallel == 1:
+                for stream in streams:
+                    for _ in stream:
+                        pass
+            else:
+                readers = {i: iter(stream) for i, stream in enumerate(streams)}
+                end = object()
+                while readers:
+                    for i in list(readers):
+                        if next(readers[i], end) is end:
+                            del readers[i]
+        finally:
+            for stream in streams:
+                stream.close()
+        return [stream.result for stream in streams]
 
     def _generate(self, prompt: str, cancel: threading.Event, source: str, max_tokens: int = 128,
                   temperature: float = 0.0, stream: bool = False, stop: Sequence[str] = (),
@@ -393,8 +443,7 @@ class Engine:
             event.set()
         if rendering and template is not None:
             template.cancel()
-        running = self._running
-        if running is not None:
+        for running in list(self._running):
             running.set()
 
     def render_chat(self, messages: list[dict[str, str]]) -> str:
@@ -468,13 +517,26 @@ class Engine:
     def _run(self, prompt: str, options, add_special: bool, cancel: threading.Event,
              source: str, state: dict[str, Any]) -> Iterator[str | GenerationResult]:
         """Yield text pieces as they become final, then one GenerationResult."""
-        with self._lock:
-            self._check_open()  # closed while this call waited for the lock
-            self._running = cancel
+        if self.backend.parallel > 1:  # batched by the backend: no turns to take
+            with self._gate:
+                self._check_open()
+                self._active += 1
+                self._running.add(cancel)
             try:
                 yield from self._generate_locked(prompt, options, add_special, cancel, source, state)
             finally:
-                self._running = None
+                with self._gate:
+                    self._active -= 1
+                    self._running.discard(cancel)
+                    self._gate.notify_all()
+            return
+        with self._lock:
+            self._check_open()  # closed while this call waited for the lock
+            self._running.add(cancel)
+            try:
+                yield from self._generate_locked(prompt, options, add_special, cancel, source, state)
+            finally:
+                self._running.discard(cancel)
 
     def _generate_locked(self, prompt: str, options, add_special: bool, cancel: threading.Event,
                          source: str, state: dict[str, Any]) -> Iterator[str | GenerationResult]:
@@ -586,6 +648,9 @@ class Engine:
             template, self._template = self._template, None
         if template is not None:
             template.close()
+        with self._gate:  # generations running side by side finish first
+            while self._active:
+                self._gate.wait()
         with self._lock:
             if not self._backend_closed:
                 self._backend_closed = True

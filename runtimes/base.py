@@ -102,10 +102,18 @@ class Backend(ABC):
     def device_report(cls) -> dict[str, Any]:
         """What this backend can use here: {"devices": [...], "auto": ..., "why": ...} and details."""
 
+    parallel: int = 1  # streams decoded together (set_parallel)
+
     @abstractmethod
     def __init__(self, artifact: Path, manifest: dict[str, Any], device: str, n_ctx: int | None,
                  threads: int | None = None) -> None:
         """n_ctx: context window (None: the backend's default); threads: CPU threads (None: every core)."""
+
+    def set_parallel(self, slots: int) -> None:
+        """Decode up to `slots` streams together, the context window split between them (as llama.cpp's
+        server splits -c among its slots); generate() may then run from several threads at once."""
+        raise InvalidOptionError(f"{self.name} cannot decode several streams together yet "
+                                 f"(parallel={slots}); use parallel=1, or an ONNX artifact")
 
     @property
     @abstractmethod

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendError, DeviceUnavailableError, require
+from edgekit.errors import BackendError, DeviceUnavailableError, InvalidOptionError, require
 
 from .base import Backend, GenerationOptions, TokenEvent, token_logprobs
 from .sampling import Sampler
@@ -144,6 +144,26 @@ class OnnxRuntimeBackend(_OnnxBackend):
     def is_end(self, token_id: int) -> bool:
         return token_id in self._eos
 
+    def set_parallel(self, slots: int) -> None:
+        from .onnx_batch import MIN_WINDOW, Batcher
+
+        if slots == 1 or slots == self.parallel:
+            return
+        why = ("it runs on the CPU only for now" if self._device != "cpu" else
+               "it needs edgekit's own decoder graph (this one was exported by another tool)"
+               if self._layout != "shared" or not self._keep_rows else None)
+        if why is not None:
+            raise InvalidOptionError(f"parallel={slots}: decoding several streams together is not "
+                                     f"available for this artifact ({why}); use parallel=1")
+        window = self._n_ctx // slots
+        if window < MIN_WINDOW:
+            raise InvalidOptionError(f"parallel={slots} splits the {self._n_ctx}-token context into "
+                                     f"{window} tokens per stream (at least {MIN_WINDOW} are needed); "
+                                     "raise n_ctx or lower parallel")
+        self._n_ctx, self.parallel = window, slots
+        self._kv = []  # the rows of the batch hold the caches now
+        self._batcher = Batcher(self, slots)
+
     def _step(self, binding, ids: Sequence[int], length: int, logits) -> np.ndarray:
         """Run tokens `ids`, the cache then holding `length` tokens; return the last logits row.
 
@@ -177,6 +197,11 @@ class OnnxRuntimeBackend(_OnnxBackend):
         return self._tok.token_bytes(token_id)
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
+        if self.parallel > 1:
+            return self._batcher.generate(prompt_ids, options)
+        return self._generate_alone(prompt_ids, options)
+
+    def _generate_alone(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         binding = self._sess.io_binding()
         binding.bind_output("logits", "cpu")  # bound first: get_outputs()[0] is the logits
         step_logits = self._ort.OrtValue.ortvalue_from_shape_and_type((1, 1, self._vocab), np.float32, "cpu")

@@ -312,8 +312,10 @@ def test_messages_of_the_wrong_type(fp32_artifact):
             engine.chat({"role": "user", "content": "Hello"}, max_tokens=4)
         with pytest.raises(edgekit.InvalidOptionError, match=r"messages\[0\]\['role'\] is missing"):
             engine.chat([{"content": "Hello"}], max_tokens=4)
-        with pytest.raises(edgekit.InvalidOptionError, match="prompt must be a str, not list"):
+        with pytest.raises(edgekit.InvalidOptionError, match=r"prompts\[0\] is dict.*use chat\(\)"):
             engine.generate([{"role": "user", "content": "Hello"}], max_tokens=4)
+        with pytest.raises(edgekit.InvalidOptionError, match="a str or a list of str, not dict"):
+            engine.generate({"role": "user", "content": "Hello"}, max_tokens=4)
 
 
 def test_embed_refuses_empty_and_non_text_input(embedding_artifact):

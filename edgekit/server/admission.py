@@ -174,11 +174,12 @@ async def read_body(chunks: AsyncIterable[bytes], limit: int) -> bytes:
 
 @dataclass
 class Slot:
-    """One served engine: its name, the asyncio lock requests queue on, and how many wait."""
+    """One served engine: its name, the places requests queue for (one per stream the engine decodes
+    at once), and how many wait."""
 
     name: str
     engine: Any
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Semaphore = field(default_factory=asyncio.Semaphore)
     waiting: int = 0
     seconds: float = 1.0  # a running average of request time, for Retry-After
     closed: bool = False  # the server is stopping
@@ -231,9 +232,15 @@ class Queues:
     def slot(self, name: Any, task: str) -> Slot:
         """The engine a request names, which must do `task` (404 or 400 otherwise); a request that
         names none gets the only model doing `task`, when there is one."""
-        if not self.slots:  # made inside the server's event loop (asyncio.Lock binds to it)
+        if not self.slots:  # made inside the server's event loop (asyncio's semaphores bind to it)
+            from concurrent.futures import ThreadPoolExecutor
+
             for n, e in self.engines.items():
-                self.slots[n] = Slot(n, e, closed=self.closed)
+                self.slots[n] = Slot(n, e, asyncio.Semaphore(_streams(e)), closed=self.closed)
+            # each running answer holds a worker thread: room for all of them (the default pool has
+            # cpu count + 4) and a few more for what waits on the model
+            workers = sum(_streams(e) for e in self.engines.values()) + 4
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(workers, "edgekit-serve"))
         if name is None:
             able = [n for n, s in self.slots.items() if s.task == task]
             if len(able) != 1:
@@ -250,12 +257,14 @@ class Queues:
             slot.closed = True
 
     def admit(self, slot: Slot) -> Ticket:
-        """A place in `slot`'s queue, to enter with `async with`; 429 when `max_queue` already wait."""
+        """A place in `slot`'s queue, to enter with `async with`; 429 when `max_queue` already wait
+        (the answers running count too, less one for each stream the engine decodes at once past the
+        first: max_queue 1 on a one-stream engine still means one request at a time)."""
         if slot.closed:
             raise shutting_down()
-        max_queue = self.config.max_queue
-        if slot.waiting >= max_queue:
-            retry = max(1, round(slot.seconds * slot.waiting))
+        max_queue, streams = self.config.max_queue, _streams(slot.engine)
+        if slot.waiting >= max_queue + streams - 1:
+            retry = max(1, round(slot.seconds * slot.waiting / streams))
             raise ApiError(
                 429,
                 f"'{slot.name}' has {slot.waiting} requests queued (the limit is {max_queue}); "
@@ -266,6 +275,11 @@ class Queues:
             )
         slot.waiting += 1
         return Ticket(slot)
+
+
+def _streams(engine: Any) -> int:
+    """How many answers an engine decodes at once."""
+    return int(getattr(engine.backend, "parallel", 1))
 
 
 def event_stream(events: AsyncIterator[dict[str, str]], ticket: Ticket) -> Any:
