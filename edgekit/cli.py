@@ -1001,7 +1001,7 @@ def serve(
     ctx_size: CtxOpt = None,
 ) -> None:
     """An OpenAI-compatible server on this machine: /v1/chat/completions, /v1/completions (both with
-    SSE streaming), /v1/embeddings, /v1/models, /health (edgekit.serve)."""
+    SSE streaming), /v1/embeddings, /v1/models, /health, /metrics (edgekit.serve)."""
     from edgekit.server.app import ServerConfig, listen
     from edgekit.server.app import serve as run_server
 

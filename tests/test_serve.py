@@ -420,6 +420,16 @@ def test_parallel_streams_decode_together_each_as_alone(tiny_model, artifacts):
             return await asyncio.gather(*(ask(client, p, i % 2 == 0) for i, p in enumerate(prompts)))
 
         assert asyncio.run(go()) == alone
+        page = httpx.get(f"{s.url}/metrics", timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+        values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                  for line in page.text.splitlines() if line and not line.startswith("#")}
+        assert values['edgekit_streams{model="chat"}'] == 3
+        assert values['edgekit_requests_total{model="chat"}'] == 6
+        assert values['edgekit_requests_running{model="chat"}'] == 0
+        assert values['edgekit_tokens_generated_total{model="chat"}'] == 6 * 12
+        assert 0 < values['edgekit_ttft_seconds{model="chat",quantile="0.5"}'] < 60
+        assert values['edgekit_decode_tokens_per_second{model="chat",quantile="0.95"}'] > 0
     finally:
         err = s.stop()
     assert "3 streams of 682 tokens" in err

@@ -110,6 +110,13 @@ def create_app(engines: dict[str, Any], config: ServerConfig | None = None,
     async def health():
         return {"status": "ok", "models": list(engines)}
 
+    @app.get("/metrics")
+    async def metrics():
+        from fastapi.responses import PlainTextResponse
+
+        queues.slot_table()
+        return PlainTextResponse(admission.prometheus(queues.slots), media_type="text/plain; version=0.0.4")
+
     @app.get("/v1/models")
     async def models():
         return wire.models_list(list(engines), created)
@@ -168,6 +175,7 @@ async def _answer(
                                                  holder)
             finally:
                 watcher.cancel()
+            slot.record(result)
         return wire.whole(kind, ident, slot.name, result)
     ticket = queues.admit(slot)  # 429 now, before the stream starts, when the queue is full
     events = _events(slot, kind, payload, options, ident, usage_in_stream, ticket)
@@ -190,6 +198,8 @@ async def _events(
         generation = admission.run_stream(lambda: wire.generate(slot.engine, kind, payload, options, True))
         async with aclosing(generation) as events:  # closed at once when the client goes away
             async for what, value in events:
+                if what == "done":
+                    slot.record(value)
                 for data in wire.stream_event(kind, ident, slot.name, what, value, usage_in_stream):
                     yield {"data": data}
 
