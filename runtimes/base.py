@@ -12,6 +12,11 @@ import numpy as np
 
 from edgekit.errors import InvalidOptionError
 
+# Prompts go into the model in chunks of this many tokens, at fixed positions (multiples of it): a
+# prompt resumed from a cached prefix then computes exactly what a fresh one does, and a batch of
+# streams keeps decoding between one prompt's chunks.
+PREFILL_CHUNK = 256
+
 
 @dataclass(frozen=True)
 class GenerationOptions:

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, DeviceUnavailableError, require
 
-from .base import Backend, GenerationOptions, TokenEvent, token_logprobs
+from .base import PREFILL_CHUNK, Backend, GenerationOptions, TokenEvent, token_logprobs
 
 
 def gpu_offload_supported() -> bool:
@@ -63,6 +63,7 @@ class LlamaCppBackend(Backend):
                 n_gpu_layers=0 if device == "cpu" else -1, embedding=self._embedding, verbose=False,
                 n_threads=threads or max(1, os.cpu_count() or 1),
                 n_threads_batch=threads or max(1, os.cpu_count() or 1),
+                n_batch=PREFILL_CHUNK,  # prompts go in batches of this: a cached prefix resumes on an edge
             )
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{path}: llama.cpp could not load the model ({exc})") from exc
@@ -85,11 +86,23 @@ class LlamaCppBackend(Backend):
             self._llm.set_seed(options.seed)
         count = 0
         greedy = options.temperature <= 0  # top_k=1 spares llama.cpp's sampler a sort per token
-        for token in self._llm.generate(
-            list(prompt_ids), temp=options.temperature, top_k=1 if greedy else options.top_k,
+        ids = list(prompt_ids)
+        # The cache keeps the last generation's tokens; the prompt resumes from the longest common
+        # prefix cut to a multiple of n_batch (PREFILL_CHUNK), so that the rest goes through llama.cpp
+        # in the very batches a fresh prompt's would, and gives the same bits. (llama-cpp-python's own reuse
+        # evaluates what follows the prefix in other batches, down to a lone last token, and llama.cpp's
+        # kernels round one token differently from a batch: a cached prompt's answer could differ.)
+        llm = self._llm
+        n, most = 0, min(llm.n_tokens, len(ids) - 1)
+        cached = llm.input_ids
+        while n < most and cached[n] == ids[n]:
+            n += 1
+        llm.n_tokens = n - n % llm.n_batch  # eval drops the cache past it
+        for token in llm.generate(
+            ids[llm.n_tokens:], temp=options.temperature, top_k=1 if greedy else options.top_k,
             top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty,
             frequency_penalty=options.frequency_penalty, presence_penalty=options.presence_penalty,
-            reset=True,
+            reset=False,
         ):
             if not options.ignore_eos and self.is_end(token):
                 return

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import GenerationOptions, TokenEvent, token_logprobs
+from .base import PREFILL_CHUNK, GenerationOptions, TokenEvent, token_logprobs
 from .sampling import Sampler
 
-PREFILL_CHUNK = 256  # prompt tokens per step while other streams decode
 MIN_WINDOW = 64  # the fewest tokens a stream's row may hold
 
 

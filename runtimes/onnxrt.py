@@ -22,7 +22,7 @@ import numpy as np
 
 from edgekit.errors import BackendError, DeviceUnavailableError, InvalidOptionError, require
 
-from .base import Backend, GenerationOptions, TokenEvent, token_logprobs
+from .base import PREFILL_CHUNK, Backend, GenerationOptions, TokenEvent, token_logprobs
 from .sampling import Sampler
 from .text import TextTokenizer
 
@@ -137,6 +137,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
                     for _ in range(2 * self._layers)]  # concat layout: the empty past of the first step
         self._ones = np.ones((1, self._n_ctx), dtype=np.int64)
         self._one_token = np.zeros((1, 1), dtype=np.int64)  # reused input_ids for decode steps
+        self._cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self._kv_names = [f"past_key_values.{i}.{kind}"
                           for i in range(self._layers) for kind in ("key", "value")]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._kv_names]
@@ -161,7 +162,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
                                      f"{window} tokens per stream (at least {MIN_WINDOW} are needed); "
                                      "raise n_ctx or lower parallel")
         self._n_ctx, self.parallel = window, slots
-        self._kv = []  # the rows of the batch hold the caches now
+        self._kv, self._cached = [], []  # the rows of the batch hold the caches now
         self._batcher = Batcher(self, slots)
 
     def _step(self, binding, ids: Sequence[int], length: int, logits) -> np.ndarray:
@@ -217,8 +218,15 @@ class OnnxRuntimeBackend(_OnnxBackend):
             binding.bind_cpu_input("logits_to_keep", self._last_row)
         sampler = Sampler(options)
         history = list(prompt_ids)
-        logits = self._step(binding, history, len(history), None)
-        for _ in range(options.max_tokens):
+        keep = self._reusable(history)
+        self._cached = history[:keep]  # what the cache holds, kept up to date as tokens go in
+        # the prompt in chunks at fixed positions (multiples of PREFILL_CHUNK), so that one resumed
+        # from a kept prefix computes exactly what a fresh one does
+        for start in range(keep, len(history), PREFILL_CHUNK):
+            chunk = history[start : start + PREFILL_CHUNK]
+            logits = self._step(binding, chunk, start + len(chunk), None)
+            self._cached += chunk
+        for count in range(1, options.max_tokens + 1):
             token = sampler(logits, history[len(prompt_ids):])  # penalties: the answer's tokens only
             if not options.ignore_eos and self.is_end(token):
                 return
@@ -228,9 +236,20 @@ class OnnxRuntimeBackend(_OnnxBackend):
                 yield TokenEvent(token, self._tok.token_bytes(token),
                                  *token_logprobs(logits, token, options.logprobs))
             history.append(token)
-            if len(history) >= self._n_ctx:
+            if count == options.max_tokens or len(history) >= self._n_ctx:  # no step for a token unused
                 return
             logits = self._step(binding, [token], len(history), step_logits)
+            self._cached.append(token)
+
+    def _reusable(self, ids: list[int]) -> int:
+        """How many leading tokens of `ids` the cache already holds from the last generation, cut to a
+        chunk boundary (and short of the whole prompt: its last chunk must run for the logits)."""
+        if self._layout != "shared":  # another tool's graph: its cache is not kept between calls
+            return 0
+        n, most = 0, min(len(self._cached), len(ids) - 1)
+        while n < most and self._cached[n] == ids[n]:
+            n += 1
+        return n - n % PREFILL_CHUNK
 
     def score(self, ids: Sequence[int]) -> np.ndarray:
         """The whole sequence in one pass over an empty cache; the decode buffers are left alone."""

@@ -503,3 +503,36 @@ def test_the_penalties_sample_alike_on_both_backends(tiny_artifact, penalties):
                                              **penalties).token_ids
     assert plain["gguf"] == plain["onnx"] and len(set(plain["gguf"])) < 40  # something repeats
     assert penalized["gguf"] == penalized["onnx"] != plain["gguf"]
+
+
+def test_a_prompt_resumed_from_the_cache_answers_as_a_fresh_one(fp32_artifact, monkeypatch):
+    """The next prompt sharing a prefix with the last generation (a second question on a document)
+    prefills only what follows the shared chunks, and answers exactly as on a fresh engine; the same
+    request twice answers the same."""
+    from edgekit.runtimes import onnxrt
+
+    monkeypatch.setattr(onnxrt, "PREFILL_CHUNK", 8)
+    doc = "The lighthouse keeper climbed the stairs every evening to light the lamp. " * 3
+    questions = [doc + "Who climbed the stairs?", doc + "What was lit?"]
+    fed: list[int] = []
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        backend = engine.backend
+        if backend.name == "llama.cpp":
+            backend._llm.n_batch = 8
+            real_eval = backend._llm.eval
+            monkeypatch.setattr(backend._llm, "eval", lambda ids: (fed.append(len(ids)), real_eval(ids))[1])
+        else:
+            real_step = backend._step
+            monkeypatch.setattr(backend, "_step", lambda b, ids, n, lg: (fed.append(len(ids)),
+                                                                          real_step(b, ids, n, lg))[1])
+        answers, prefilled = [], []
+        for q in (*questions, questions[1]):
+            fed.clear()
+            answers.append(engine.generate(q, max_tokens=8, temperature=0, ignore_eos=True).token_ids)
+            prefilled.append(sum(fed) - 7)  # less the 7 decode steps of one token each
+        first = len(backend.tokenize(questions[0], True))
+    with edgekit.load(fp32_artifact, device="cpu") as engine:
+        fresh = engine.generate(questions[1], max_tokens=8, temperature=0, ignore_eos=True).token_ids
+    assert answers[1] == fresh and answers[2] == fresh
+    # the first prompt whole; the second from the document's last whole chunk; the third from its own
+    assert prefilled[0] == first and 0 < prefilled[1] < 30 and 0 < prefilled[2] <= 8, prefilled
