@@ -834,6 +834,9 @@ def summarize(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     ctx_size: CtxOpt = None,
+    parallel: Annotated[int, typer.Option(
+        "--parallel", "-np", help="streams the model decodes at once: a document's chunks summarized "
+        "together (ONNX; the context split between them)")] = 1,
     ray: Annotated[bool, typer.Option(
         "--ray", help="spread the documents over Ray workers (a local Ray runtime, or --ray-address)")
     ] = False,
@@ -891,10 +894,11 @@ def summarize(
                 run = summarize_many(inputs, model, out, words, recursive=recursive, resume=resume, fmt=fmt,
                                      strategy=strategy, chunk_tokens=chunk_tokens, overlap=overlap,
                                      device=device, n_ctx=ctx_size, threads=threads, progress=progress,
-                                     on_file=on_file, executor=executor, follow_links=follow_links)
+                                     on_file=on_file, executor=executor, follow_links=follow_links,
+                                     parallel=parallel)
         else:
             as_json = as_json or fmt == "json"
-            with load(model, device=device, n_ctx=ctx_size, threads=threads) as engine, \
+            with load(model, device=device, n_ctx=ctx_size, threads=threads, parallel=parallel) as engine, \
                     _SummaryProgress(bars) as progress:
                 streamed = _StreamOut(enabled=not as_json, heading=fmt == "md", path=files[0][0],
                                       on_start=progress.stop)

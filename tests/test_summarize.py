@@ -323,3 +323,35 @@ def test_a_document_no_longer_than_the_summary_is_returned_as_it_is(tiny_model, 
     assert s.document["chunks"] == 0 and "it is its own summary" in s.warnings[0]
     p = _cli(str(tmp_path / "one.txt"), "-m", str(tiny_model), "--words", "20")
     assert p.returncode == 0 and "Hello." in p.stdout and "its own summary" in p.stderr, p.stderr
+
+
+def test_an_engine_decoding_several_streams_summarizes_its_chunks_together(tiny_model, tmp_path):
+    """On an engine loaded with parallel=4, the chunks' summaries (and each round's combinations) are
+    asked at once and decoded together: the same summary, the steps in the same order, and the model
+    time counted once where calls ran side by side."""
+    doc = _long(tmp_path, 3)
+    with edgekit.load(tiny_model, n_ctx=CTX) as eng:
+        alone = edgekit.summarize(doc, eng, words=12, chunk_tokens=200, overlap=24)
+    seen: list[tuple[int, int, str]] = []
+    with edgekit.load(tiny_model, n_ctx=4 * CTX, parallel=4) as eng:
+        together = edgekit.summarize(doc, eng, words=12, chunk_tokens=200, overlap=24,
+                                     progress=lambda stage, d, t: seen.append((d, t, stage)))
+    assert together.summary == alone.summary and together.document["chunks"] == alone.document["chunks"] > 4
+    assert [(st.kind, st.index, st.round, st.summary) for st in together.steps] == [
+        (st.kind, st.index, st.round, st.summary) for st in alone.steps]
+    t = together.timings
+    assert t["model_s"] < t["prefill_s"] + t["decode_s"] and 0 <= t["outside_s"] < t["total_s"]
+    assert seen[-1][0] == seen[-1][1] == len(together.steps)
+    # the same through a model summarize opens, and through the command line
+    opened = edgekit.summarize(doc, tiny_model, words=12, chunk_tokens=200, overlap=24, n_ctx=4 * CTX,
+                               parallel=4)
+    assert opened.summary == alone.summary
+    p = _cli(str(doc), "-m", str(tiny_model), "--words", "12", "--chunk-tokens", "200", "--overlap", "24",
+             "-c", str(4 * CTX), "--parallel", "4", "--json")
+    assert p.returncode == 0, p.stderr
+    with edgekit.load(tiny_model, n_ctx=CTX) as eng:  # as the command line asks: streaming the final text
+        shown = edgekit.summarize(doc, eng, words=12, chunk_tokens=200, overlap=24, on_text=lambda _: None)
+    assert json.loads(p.stdout)["summary"]["summary"] == shown.summary
+    with edgekit.load(tiny_model, n_ctx=CTX) as eng:
+        with pytest.raises(edgekit.InvalidOptionError, match="parallel applies to a model summarize opens"):
+            edgekit.summarize(doc, eng, words=12, parallel=2)

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -245,15 +246,17 @@ def default_model(progress: Progress | None = None, say: Callable[[str], None] |
     return artifact_for(DEFAULT_MODEL, progress, say)
 
 
-def _open(model, device: str, n_ctx: int | None, threads: int | None):
+def _open(model, device: str, n_ctx: int | None, threads: int | None, parallel: int = 1):
     """(engine, whether we opened it and must close it)."""
     from edgekit.engine import Engine, load
 
     if isinstance(model, Engine):
+        if parallel != 1:
+            raise InvalidOptionError("parallel applies to a model summarize opens; an engine given is used "
+                                     "as it was loaded (edgekit.load(..., parallel=N))")
         return model, False
-    return load(
-        default_model() if model is None else model, device=device, n_ctx=n_ctx, threads=threads
-    ), True
+    return load(default_model() if model is None else model, device=device, n_ctx=n_ctx, threads=threads,
+                parallel=parallel), True
 
 
 def _model_facts(engine) -> dict[str, Any]:
@@ -281,10 +284,32 @@ class _Run:
         self.progress, self.done, self.total = progress, 0, total
         self.steps: list[Step] = []
         self.warnings: list[str] = []
+        self.lock = threading.Lock()  # the asks of one phase may run at once (engine.backend.parallel)
+        self.overlapped = 0.0  # model seconds that ran beside others (summed twice in the steps)
 
     def tick(self, what: str) -> None:
         if self.progress is not None:
-            self.progress(what, self.done, self.total)
+            with self.lock:
+                self.progress(what, self.done, self.total)
+
+    def ask_all(self, calls: list[tuple]) -> list[str]:
+        """ask(*call) for each call, in order; all at once on an engine that decodes several streams
+        (their prompts prefilled one after the other, their answers decoded together)."""
+        streams = int(getattr(self.engine.backend, "parallel", 1))
+        if streams == 1 or len(calls) == 1:
+            return [self.ask(*call) for call in calls]
+        from concurrent.futures import ThreadPoolExecutor
+
+        first = len(self.steps)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(min(streams, len(calls)), "edgekit-summary") as pool:
+            texts = list(pool.map(lambda call: self.ask(*call), calls))
+        wall = time.perf_counter() - start
+        phase = self.steps[first:]
+        phase.sort(key=lambda step: step.index)
+        self.steps[first:] = phase
+        self.overlapped += max(0.0, sum(st.prefill_s + st.decode_s for st in phase) - wall)
+        return texts
 
     def ask(
         self,
@@ -306,18 +331,20 @@ class _Run:
         if not text:
             fallback = True
             text = self._lead(source_text)
-            self.warnings.append(
-                f"{kind} {index + 1}: the model gave no summary twice; the first sentences "
-                "of its text stand in"
-            )
+            with self.lock:
+                self.warnings.append(
+                    f"{kind} {index + 1}: the model gave no summary twice; the first sentences "
+                    "of its text stand in"
+                )
             if on_text is not None:
                 on_text(text)
         if on_text is None:  # a partial summary (the final one was shown as it came)
             text = self._cap(text)
-        if reason == "loop":
-            self.warnings.append(f"{kind} {index + 1}: a repetition loop was cut")
-        self.steps.append(Step(kind, index, rnd, *stats, reason, text, section, retried, fallback))
-        self.done += 1
+        with self.lock:
+            if reason == "loop":
+                self.warnings.append(f"{kind} {index + 1}: a repetition loop was cut")
+            self.steps.append(Step(kind, index, rnd, *stats, reason, text, section, retried, fallback))
+            self.done += 1
         self.tick(f"{kind} {index + 1} done")
         return text
 
@@ -407,6 +434,7 @@ def summarize(
     threads: int | None = None,
     progress: Progress | None = None,
     on_text: Callable[[str], None] | None = None,
+    parallel: int = 1,
 ) -> Summary:
     """Summarize a .txt, .md, .html, .pdf or .docx file in about `words` words with a local model.
 
@@ -416,13 +444,16 @@ def summarize(
     by chunk). chunk_tokens: largest chunk, in the model's tokens (less when the context window is
     smaller); overlap: tokens of whole sentences repeated from one chunk into the next. progress(stage,
     done, total) follows the model calls (stage: the call running now, e.g. "map 3"); on_text(piece)
-    receives the final summary as it is written.
+    receives the final summary as it is written. parallel: streams the model decodes at once (load's;
+    ONNX): a document's chunks are then summarized together, faster, though a near-tie of greedy
+    decoding may break differently from one run to the next. The same happens on an engine given
+    that was loaded with parallel > 1.
     """
     t0 = time.perf_counter()
     _check_options(words, strategy, chunk_tokens, overlap)
     document = source if isinstance(source, Document) else read_document(source)
     t_read = time.perf_counter()
-    engine, owned = _open(model, device, n_ctx, threads)
+    engine, owned = _open(model, device, n_ctx, threads, parallel)
     t_load = time.perf_counter()
     try:
         if engine.manifest.get("task") == "feature-extraction":
@@ -497,14 +528,15 @@ def _summarize(
     end = time.perf_counter()
     prefill = sum(s.prefill_s for s in run.steps)
     decode = sum(s.decode_s for s in run.steps)
+    model = prefill + decode - run.overlapped  # calls that ran side by side count once
     timings = {
         "read_s": t_read - t0,
         "load_s": t_load - t_read,
         "chunk_s": t_chunk - t_load,
         "prefill_s": prefill,
         "decode_s": decode,
-        "model_s": prefill + decode,
-        "outside_s": (end - t0) - (prefill + decode),
+        "model_s": model,
+        "outside_s": (end - t0) - model,
         "total_s": end - t0,
     }
     facts = {
@@ -552,18 +584,10 @@ def _map_reduce(run: _Run, chunks: list[Chunk], budget: int, on_text) -> str:
         return run.ask(
             "map", 0, 0, lambda plain: _map_messages(c.text, run.words, plain), c.text, c.section, on_text
         )
-    partials = []
-    for c in chunks:
-        partials.append(
-            run.ask(
-                "map",
-                c.index,
-                0,
-                lambda plain, c=c: _map_messages(c.text, run.words, plain),
-                c.text,
-                c.section,
-            )
-        )
+    partials = run.ask_all([
+        ("map", c.index, 0, lambda plain, c=c: _map_messages(c.text, run.words, plain), c.text, c.section)
+        for c in chunks
+    ])
     rnd = 0
     while True:
         rnd += 1
@@ -578,12 +602,10 @@ def _map_reduce(run: _Run, chunks: list[Chunk], budget: int, on_text) -> str:
                 on_text=on_text,
             )
         run.total += len(groups)  # one more round than planned
-        partials = [
-            run.ask(
-                "reduce", i, rnd, lambda plain, g=g: _reduce_messages(g, run.words, plain), "\n\n".join(g)
-            )
+        partials = run.ask_all([
+            ("reduce", i, rnd, lambda plain, g=g: _reduce_messages(g, run.words, plain), "\n\n".join(g))
             for i, g in enumerate(groups)
-        ]
+        ])
 
 
 def _groups(partials: list[str], count: Callable[[str], int], budget: int) -> list[list[str]]:
@@ -788,6 +810,7 @@ def summarize_many(
     on_file: Callable[[FileRecord, int, int], None] | None = None,
     executor: Any = None,
     follow_links: bool = False,
+    parallel: int = 1,
 ) -> SummaryRun:
     """Summarize files and folders (recursive: their subfolders too) with one engine.
 
@@ -799,9 +822,11 @@ def summarize_many(
     workers (model must then be an artifact path every worker can read, and out is required).
     Two runs into one `out` at once: the second fails at its start (the folder is locked). Links
     out of a folder are followed only with follow_links; what was not read is in the run's
-    `ignored`, with the reason.
+    `ignored`, with the reason. parallel: as summarize's (in this process; not with an executor).
     """
     _check_options(words, strategy, chunk_tokens, overlap)
+    if parallel != 1 and executor is not None:
+        raise InvalidOptionError("parallel applies to a run in this process, not over Ray workers")
     if fmt not in FORMATS:
         raise InvalidOptionError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     ignored: list[tuple[str, str]] = []
@@ -827,7 +852,7 @@ def summarize_many(
             run = _distributed(executor, files, model, out_dir, resume, settings, progress, on_file)
         else:
             run = _local(files, model, out_dir, resume, words, fmt, strategy, chunk_tokens, overlap,
-                         device, n_ctx, threads, progress, on_file)
+                         device, n_ctx, threads, progress, on_file, parallel)
     run.ignored = ignored
     return run
 
@@ -835,9 +860,9 @@ def summarize_many(
 def _local(files: list[tuple[Path, str]], model: Any, out_dir: Path | None, resume: bool, words: int,
            fmt: str, strategy: str, chunk_tokens: int, overlap: int, device: str, n_ctx: int | None,
            threads: int | None, progress: Progress | None,
-           on_file: Callable[[FileRecord, int, int], None] | None) -> SummaryRun:
+           on_file: Callable[[FileRecord, int, int], None] | None, parallel: int = 1) -> SummaryRun:
     """summarize_many's files, one after the other, in this process."""
-    engine, owned = _open(model, device, n_ctx, threads)
+    engine, owned = _open(model, device, n_ctx, threads, parallel)
     try:
         from edgekit.engine import Engine
 
