@@ -218,7 +218,10 @@ def prometheus(slots: Mapping[str, Slot]) -> str:
         lines.extend([f"# HELP edgekit_{name} {what}", f"# TYPE edgekit_{name} {kind}"])
         lines.extend(f"edgekit_{name}{{{labels}}} {value:g}" for labels, value in rows)
 
-    models = [(f'model="{n}"', s) for n, s in slots.items()]
+    def label(name: str) -> str:  # the exposition format's escapes
+        return name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    models = [(f'model="{label(n)}"', s) for n, s in slots.items()]
     for name, kind, what, value in (
         ("streams", "gauge", "answers a model decodes at once", lambda s: _streams(s.engine)),
         ("requests_running", "gauge", "requests in the model now", lambda s: s.running),

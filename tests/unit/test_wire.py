@@ -215,3 +215,27 @@ def test_the_access_line_and_the_origin_rule():
     assert [origin_host(o) for o in ("http://localhost:5173", "https://evil.example", "null",
                                      "http://[::1]:3000", "http://127.0.0.1")] == [
         "localhost", "evil.example", "", "[::1]", "127.0.0.1"]
+
+
+def test_metrics_page_counts_and_quantiles_in_prometheus_text():
+    """/metrics: one line per model and figure, label values escaped, quantiles over recent answers."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from edgekit.server.admission import Slot, prometheus
+
+    engine = SimpleNamespace(backend=SimpleNamespace(parallel=4), manifest={})
+    slot = Slot('my "chat"', engine, asyncio.Semaphore(4), waiting=5, running=3, served=7)
+    for ttft, speed in ((0.1, 50.0), (0.3, 70.0), (0.2, 60.0)):
+        slot.record(SimpleNamespace(metrics=SimpleNamespace(tokens_out=10, ttft_s=ttft, decode_tok_s=speed)))
+    slot.record(SimpleNamespace(metrics=SimpleNamespace(tokens_out=0, ttft_s=9.0, decode_tok_s=0.0)))
+    page = prometheus({'my "chat"': slot})
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in page.splitlines() if not line.startswith("#")}
+    m = 'model="my \\"chat\\""'
+    assert values[f"edgekit_streams{{{m}}}"] == 4 and values[f"edgekit_requests_running{{{m}}}"] == 3
+    assert values[f"edgekit_requests_waiting{{{m}}}"] == 2 and values[f"edgekit_requests_total{{{m}}}"] == 7
+    assert values[f"edgekit_tokens_generated_total{{{m}}}"] == 30  # the empty answer adds no quantile
+    assert values[f'edgekit_ttft_seconds{{{m},quantile="0.5"}}'] == pytest.approx(0.2)
+    assert values[f'edgekit_decode_tokens_per_second{{{m},quantile="0.5"}}'] == pytest.approx(60.0)
+    assert "# TYPE edgekit_requests_total counter" in page and page.endswith("\n")
