@@ -836,7 +836,7 @@ def summarize(
     ctx_size: CtxOpt = None,
     parallel: Annotated[int, typer.Option(
         "--parallel", "-np", help="streams the model decodes at once: a document's chunks summarized "
-        "together (ONNX; the context split between them)")] = 1,
+        "together (the context split between them)")] = 1,
     ray: Annotated[bool, typer.Option(
         "--ray", help="spread the documents over Ray workers (a local Ray runtime, or --ray-address)")
     ] = False,
@@ -993,8 +993,8 @@ def serve(
         "--max-queue", help="requests waiting for one model before the server answers 429")] = 64,
     parallel: Annotated[int | None, typer.Option(
         "--parallel", "-np", show_default=False,
-        help="answers each model decodes at once, the context split between them (default: 4 on ONNX "
-             "where each keeps 1024 tokens, else 1)")] = None,
+        help="answers each model decodes at once, the context split between them (default: 4 where "
+             "each keeps 1024 tokens, else 1)")] = None,
     max_body: Annotated[int, typer.Option("--max-body", help="largest request body in bytes")
                         ] = 4 * 1024 * 1024,
     allow_host: Annotated[list[str] | None, typer.Option(

@@ -169,7 +169,7 @@ def load(path: str | Path | Sequence[str | Path], device: str = "auto", n_ctx: i
     (an absent device is a DeviceUnavailableError, never a silent fallback). n_ctx: the context
     window (default: the artifact's, at most 4096). threads: CPU threads (default: every core; fewer
     keep a busy machine steady). budget: checked on every call; each result says whether it was met
-    and by how much. parallel: streams decoded together (ONNX on the CPU for now); the context window
+    and by how much. parallel: streams decoded together (llama.cpp; ONNX on the CPU); the context window
     is split between them, as llama.cpp's server splits its context among slots, and calls from several
     threads (or generate() with a list of prompts) run side by side instead of taking turns.
     """

@@ -117,8 +117,8 @@ class Backend(ABC):
     def set_parallel(self, slots: int) -> None:
         """Decode up to `slots` streams together, the context window split between them (as llama.cpp's
         server splits -c among its slots); generate() may then run from several threads at once."""
-        raise InvalidOptionError(f"{self.name} cannot decode several streams together yet "
-                                 f"(parallel={slots}); use parallel=1, or an ONNX artifact")
+        raise InvalidOptionError(f"{self.name} cannot decode several streams together "
+                                 f"(parallel={slots}); use parallel=1")
 
     @property
     @abstractmethod

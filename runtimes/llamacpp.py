@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import BackendError, DeviceUnavailableError, require
+from edgekit.errors import BackendError, DeviceUnavailableError, InvalidOptionError, require
 
 from .base import PREFILL_CHUNK, Backend, GenerationOptions, TokenEvent, token_logprobs
 
@@ -73,7 +73,24 @@ class LlamaCppBackend(Backend):
 
     @property
     def context_length(self) -> int:
-        return int(self._llm.n_ctx())
+        return self._batcher.window if self.parallel > 1 else int(self._llm.n_ctx())
+
+    def set_parallel(self, slots: int) -> None:
+        from .batching import MIN_WINDOW
+        from .llama_batch import LlamaBatcher
+
+        if slots == 1 or slots == self.parallel:
+            return
+        if self._embedding:
+            raise InvalidOptionError(f"parallel={slots}: an embedding model embeds a list in one call; "
+                                     "use parallel=1")
+        n_ctx = int(self._llm.n_ctx())
+        if n_ctx // slots < MIN_WINDOW:
+            raise InvalidOptionError(f"parallel={slots} splits the {n_ctx}-token context into "
+                                     f"{n_ctx // slots} tokens per stream (at least {MIN_WINDOW} are "
+                                     "needed); raise n_ctx or lower parallel")
+        self._batcher = LlamaBatcher(self, slots, n_ctx)
+        self.parallel = slots
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
@@ -82,6 +99,11 @@ class LlamaCppBackend(Backend):
         return bool(self._is_eog(self._vocab, token_id))
 
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
+        if self.parallel > 1:
+            return self._batcher.generate(prompt_ids, options)
+        return self._generate_alone(prompt_ids, options)
+
+    def _generate_alone(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         if options.seed is not None:
             self._llm.set_seed(options.seed)
         count = 0
@@ -117,6 +139,9 @@ class LlamaCppBackend(Backend):
                 return
 
     def score(self, ids: Sequence[int]) -> np.ndarray:
+        if self.parallel > 1:
+            raise BackendError("scoring needs an engine of one stream (parallel=1); this one decodes "
+                               f"{self.parallel} streams together")
         llm = self._llm
         if len(ids) > llm.n_ctx():
             raise BackendError(f"{len(ids)} tokens do not fit the context window of {llm.n_ctx()}")
@@ -155,6 +180,9 @@ class LlamaCppBackend(Backend):
         return np.asarray(self._llm.embed(list(texts), normalize=self._normalize), dtype=np.float32)
 
     def close(self) -> None:
+        batcher = getattr(self, "_batcher", None)
+        if batcher is not None:
+            batcher.close()
         llm, self._llm = getattr(self, "_llm", None), None
         if llm is not None:
             llm.close()

@@ -146,7 +146,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
         return token_id in self._eos
 
     def set_parallel(self, slots: int) -> None:
-        from .onnx_batch import MIN_WINDOW, Batcher
+        from .batching import MIN_WINDOW
+        from .onnx_batch import OnnxBatcher
 
         if slots == 1 or slots == self.parallel:
             return
@@ -163,7 +164,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
                                      "raise n_ctx or lower parallel")
         self._n_ctx, self.parallel = window, slots
         self._kv, self._cached = [], []  # the rows of the batch hold the caches now
-        self._batcher = Batcher(self, slots)
+        self._batcher = OnnxBatcher(self, slots)
 
     def _step(self, binding, ids: Sequence[int], length: int, logits) -> np.ndarray:
         """Run tokens `ids`, the cache then holding `length` tokens; return the last logits row.

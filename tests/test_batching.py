@@ -1,6 +1,6 @@
-"""Several generations decoded together on one ONNX engine (load(parallel=N)): each answer equals the
-same request alone, streams join and leave between steps, long prompts are prefilled in chunks while
-the others keep decoding, and what cannot batch says so."""
+"""Several generations decoded together on one engine (load(parallel=N)), ONNX and llama.cpp: each
+answer equals the same request alone, streams join and leave between steps, long prompts are prefilled
+in chunks while the others keep decoding, and what cannot batch says so."""
 
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import pytest
 
 import edgekit
 from edgekit.errors import InvalidOptionError
-from edgekit.runtimes import onnx_batch
+from edgekit.runtimes import batching, llama_batch, onnx_batch
 
 PROMPTS = ["Hello world, this is", "One", "The quick brown fox jumps over the lazy dog and then",
            "1, 2, 3,", "a b c d e f g h i j k l m n o p", "Once upon", "Why?"]
 
 
-@pytest.fixture(scope="module")
-def artifact(tiny_model):
-    return tiny_model  # tiny Qwen2, ONNX int8, 2048 positions: room for several rows
+@pytest.fixture(scope="module", params=["onnx", "gguf"])
+def artifact(request, tiny_model):
+    """Tiny Qwen2 with 2048 positions (room for several streams): ONNX int8, or the same as GGUF int8."""
+    if request.param == "onnx":
+        return tiny_model
+    return edgekit.convert(str(tiny_model.parent / "ckpt"), to="gguf", quant="int8",
+                           output=tiny_model.parent / "gguf", verify=False, overwrite=True).path
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +35,19 @@ def alone(artifact):
 
 @pytest.fixture
 def steps(monkeypatch):
-    """The rows of every model call the batcher makes: (first row, rows, tokens per row)."""
-    seen: list[tuple[int, int, int]] = []
-    run = onnx_batch.Batcher._run
+    """Every model call the batchers make: ("prefill", its row, tokens) or ("decode", rows, 1)."""
+    seen: list[tuple[str, int, int]] = []
+    for cls in (onnx_batch.OnnxBatcher, llama_batch.LlamaBatcher):
+        def prefill(self, s, chunk, _run=cls._prefill):
+            seen.append(("prefill", s.row, len(chunk)))
+            return _run(self, s, chunk)
 
-    def spy(self, start, stop, ids, lengths):
-        seen.append((start, stop - start, len(ids[0])))
-        return run(self, start, stop, ids, lengths)
+        def decode(self, rows, _run=cls._decode_rows):
+            seen.append(("decode", len(rows), 1))
+            return _run(self, rows)
 
-    monkeypatch.setattr(onnx_batch.Batcher, "_run", spy)
+        monkeypatch.setattr(cls, "_prefill", prefill)
+        monkeypatch.setattr(cls, "_decode_rows", decode)
     return seen
 
 
@@ -51,29 +59,31 @@ def test_a_list_of_prompts_decodes_together_each_as_alone(artifact, alone, steps
         results = engine.generate(PROMPTS, max_tokens=12, temperature=0, ignore_eos=True)
     assert [r.token_ids for r in results] == [alone[p] for p in PROMPTS]
     assert all(r.finish_reason == "length" and r.tokens_out == 12 for r in results)
-    decode_rows = [rows for _, rows, width in steps if width == 1]
+    decode_rows = [rows for kind, rows, _ in steps if kind == "decode"]
     assert max(decode_rows) == 3 and decode_rows.count(3) >= 10  # three at once, step after step
-    assert sum(1 for _, rows, width in steps if rows == 1 and width > 1) == len(PROMPTS)  # prefills
+    assert sum(1 for kind, _, _ in steps if kind == "prefill") == len(PROMPTS)  # one chunk each
 
 
 def test_sampled_streams_keep_their_own_seeds(artifact):
-    """Sampling with a seed gives the same tokens in a batch as alone: each stream has its own sampler."""
+    """Sampling with a seed gives the same tokens in a batch as alone on the same engine: each stream
+    has its own sampler. (A batched llama.cpp stream is sampled by edgekit's sampler, in its order of
+    temperature, top-k, min-p and top-p, not by llama.cpp's own.)"""
     options = {"max_tokens": 10, "temperature": 0.9, "top_p": 0.95, "seed": 7, "ignore_eos": True}
-    with edgekit.load(artifact, device="cpu", n_ctx=512) as engine:
-        expected = [engine.generate(p, **options).token_ids for p in PROMPTS[:4]]
     with edgekit.load(artifact, device="cpu", n_ctx=2048, parallel=4) as engine:
+        expected = [engine.generate(p, **options).token_ids for p in PROMPTS[:4]]
         assert [r.token_ids for r in engine.generate(PROMPTS[:4], **options)] == expected
+        assert len(set(expected)) == 4
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(artifact, alone, steps, monkeypatch):
-    monkeypatch.setattr(onnx_batch, "PREFILL_CHUNK", 4)
+    monkeypatch.setattr(batching, "PREFILL_CHUNK", 4)
     long_prompt = PROMPTS[4]  # 16 words: several chunks of 4 tokens
     with edgekit.load(artifact, device="cpu", n_ctx=1024, parallel=2) as engine:
         results = engine.generate([PROMPTS[1], long_prompt], max_tokens=12, temperature=0, ignore_eos=True)
     assert [r.token_ids for r in results] == [alone[PROMPTS[1]], alone[long_prompt]]
-    chunks = [i for i, (start, rows, width) in enumerate(steps) if start == 1 and width > 1]
-    decodes = [i for i, (start, rows, width) in enumerate(steps) if width == 1 and rows == 1]
-    assert len(chunks) >= 3 and all(width <= 4 for _, _, width in steps)
+    chunks = [i for i, (kind, row, _) in enumerate(steps) if kind == "prefill" and row == 1]
+    decodes = [i for i, (kind, rows, _) in enumerate(steps) if kind == "decode" and rows == 1]
+    assert len(chunks) >= 3 and all(n <= 4 for kind, _, n in steps if kind == "prefill")
     assert any(chunks[0] < d < chunks[-1] for d in decodes)  # the short one decoded between the chunks
 
 
@@ -95,7 +105,7 @@ def test_threads_chat_at_once_and_each_gets_its_own_answer(artifact, steps):
         for t in threads:
             t.join(60)
     assert [got.get(i) for i in range(4)] == expected
-    assert max(rows for _, rows, width in steps if width == 1) >= 2  # some steps ran several threads' rows
+    assert max(rows for kind, rows, _ in steps if kind == "decode") >= 2  # several threads' rows at once
 
 
 def test_a_stream_that_leaves_gives_its_row_to_the_next(artifact, alone):
@@ -117,10 +127,10 @@ def test_a_stream_that_leaves_gives_its_row_to_the_next(artifact, alone):
 
 
 def test_what_cannot_batch_says_so(tiny_artifact, artifact):
-    with pytest.raises(InvalidOptionError, match="llama.cpp cannot decode several streams together yet"):
-        edgekit.load(tiny_artifact("qwen2", "gguf", "int8"), device="cpu", parallel=2)
+    with pytest.raises(InvalidOptionError, match="an embedding model embeds a list in one call"):
+        edgekit.load(tiny_artifact("bert", "gguf", "int8"), device="cpu", parallel=2)
     with pytest.raises(InvalidOptionError, match="tokens per stream"):
-        edgekit.load(artifact, device="cpu", n_ctx=128, parallel=4)
+        edgekit.load(artifact, device="cpu", n_ctx=128, parallel=8)  # llama.cpp pads its context to 256
     with pytest.raises(InvalidOptionError, match="parallel must be a whole number"):
         edgekit.load(artifact, parallel=0)
     with edgekit.load(artifact, device="cpu") as engine:
