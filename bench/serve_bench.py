@@ -2,7 +2,7 @@
 directly, real SmolLM2-135M-Instruct (ONNX int4), interleaved round by round, medians.
 
     .venv/bin/python bench/serve_bench.py [--rounds 7] [--tokens 64]
-    .venv/bin/python bench/serve_bench.py --clients 1,2,4,8 [--parallel 8] [--rounds 5]
+    .venv/bin/python bench/serve_bench.py --clients 1,2,4,8 [--parallel 8] [--rounds 5] [--gguf]
 
 --clients: many users on one model. N streaming clients of the official `openai` client at once, each
 with its own 128-token prompt and 64 tokens out, counts interleaved round by round (order flipped each
@@ -159,10 +159,12 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--clients", help="comma-separated counts of clients at once, e.g. 1,2,4,8")
     ap.add_argument("--parallel", type=int, default=8, help="the server's --parallel (with --clients)")
+    ap.add_argument("--gguf", action="store_true", help="llama.cpp's int4 (Q4_K_M) instead of ONNX int4")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     smol = edgekit.convert(
-        "bundled:smollm2-135m-instruct", to="onnx", quant="int4", output=work / "smol", verify=False
+        "bundled:smollm2-135m-instruct", to="gguf" if args.gguf else "onnx", quant="int4",
+        output=work / "smol", verify=False,
     ).path
     if args.clients:
         clients(smol, [int(n) for n in args.clients.split(",")], args.rounds, args.tokens, args.parallel)
