@@ -434,6 +434,8 @@ class Engine:
 
     def cancel(self) -> None:
         """Stop the generation running now (from another thread); it ends with finish_reason "cancelled".
+        On an engine decoding several streams (parallel > 1) every running generation stops: to stop one,
+        close its Stream.
 
         A chat() still rendering its prompt stops too (the template's child process is killed).
         """

@@ -101,12 +101,16 @@ class StreamBatcher:
                 self._stepping = True  # this reader runs the next step for everyone
             try:
                 self._step()
-            except BaseException as exc:  # every stream in the step sees it, not only this reader
+            except BaseException as exc:  # the streams of the step end with it; those waiting go on
+                from edgekit.errors import BackendError
+
                 with self._cond:
-                    for s in [*self._rows, *self._waiting]:
-                        s.error, s.ended = exc, True
-                    self._rows.clear()
-                    self._waiting.clear()
+                    for s in list(self._rows):
+                        if s is not stream:  # this reader raises exc itself; the others get their own
+                            s.error = BackendError(f"a batched step failed: {type(exc).__name__}: {exc}")
+                            s.error.__cause__ = exc
+                        s.ended, s.row = True, -1
+                    self._rows.clear()  # caches left as they are: a stream placed later starts afresh
                 raise
             finally:
                 with self._cond:

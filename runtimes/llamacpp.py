@@ -68,6 +68,7 @@ class LlamaCppBackend(Backend):
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{path}: llama.cpp could not load the model ({exc})") from exc
         self._vocab = self._llm._model.vocab  # looked up once: is_end runs on every token
+        self._edge = 0  # the last prompt's tokens in whole chunks: what a next prompt may resume from
         self._is_eog = llama_cpp.llama_vocab_is_eog
         self._pieces: dict[int, bytes] = {}
 
@@ -79,8 +80,11 @@ class LlamaCppBackend(Backend):
         from .batching import MIN_WINDOW
         from .llama_batch import LlamaBatcher
 
-        if slots == 1 or slots == self.parallel:
+        if slots == self.parallel:
             return
+        if self.parallel > 1:
+            raise InvalidOptionError(f"this engine already decodes {self.parallel} streams together; "
+                                     "load the artifact again for another count")
         if self._embedding:
             raise InvalidOptionError(f"parallel={slots}: an embedding model embeds a list in one call; "
                                      "use parallel=1")
@@ -89,7 +93,7 @@ class LlamaCppBackend(Backend):
             raise InvalidOptionError(f"parallel={slots} splits the {n_ctx}-token context into "
                                      f"{n_ctx // slots} tokens per stream (at least {MIN_WINDOW} are "
                                      "needed); raise n_ctx or lower parallel")
-        self._batcher = LlamaBatcher(self, slots, n_ctx)
+        self._batcher = LlamaBatcher(self, slots, n_ctx)  # first: a failed context changes nothing
         self.parallel = slots
 
     def tokenize(self, text: str, add_special: bool) -> list[int]:
@@ -109,17 +113,23 @@ class LlamaCppBackend(Backend):
         count = 0
         greedy = options.temperature <= 0  # top_k=1 spares llama.cpp's sampler a sort per token
         ids = list(prompt_ids)
-        # The cache keeps the last generation's tokens; the prompt resumes from the longest common
-        # prefix cut to a multiple of n_batch (PREFILL_CHUNK), so that the rest goes through llama.cpp
-        # in the very batches a fresh prompt's would, and gives the same bits. (llama-cpp-python's own reuse
-        # evaluates what follows the prefix in other batches, down to a lone last token, and llama.cpp's
-        # kernels round one token differently from a batch: a cached prompt's answer could differ.)
+        # The cache keeps the last prompt's whole chunks of n_batch (PREFILL_CHUNK) tokens, computed as
+        # a fresh prompt computes them; a prompt resumes from the longest common prefix within them, cut
+        # to a chunk's edge, so the rest goes through llama.cpp in the very batches a fresh prompt's
+        # would and gives the same bits. (llama-cpp-python's own reuse also keeps tokens evaluated one
+        # at a time, and evaluates the rest in other batches, down to a lone last token; llama.cpp's
+        # kernels round one token differently from a batch, so a cached prompt's answer could differ.)
+        # A recurrent or hybrid model's state cannot be cut back: it always starts afresh.
         llm = self._llm
-        n, most = 0, min(llm.n_tokens, len(ids) - 1)
-        cached = llm.input_ids
-        while n < most and cached[n] == ids[n]:
+        reusable = 0 if getattr(llm, "_is_recurrent", False) or getattr(llm, "_is_hybrid", False) else min(
+            self._edge, llm.n_tokens, len(ids) - 1)
+        n, cached = 0, llm.input_ids
+        while n < reusable and cached[n] == ids[n]:
             n += 1
         llm.n_tokens = n - n % llm.n_batch  # eval drops the cache past it
+        if llm.n_tokens == 0:
+            llm.reset()
+        self._edge = len(ids) - len(ids) % llm.n_batch  # this prompt's whole chunks
         for token in llm.generate(
             ids[llm.n_tokens:], temp=options.temperature, top_k=1 if greedy else options.top_k,
             top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty,
@@ -148,6 +158,7 @@ class LlamaCppBackend(Backend):
         vocab, step = llm.n_vocab(), llm.n_batch
         out = np.empty((len(ids), vocab), dtype=np.float32)
         llm.reset()  # the next eval starts at position 0 and drops what the cache held
+        self._edge = 0
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         try:  # llama-cpp-python's eval keeps only the last row unless the model was opened with
             # logits_all; its batch can ask for every row, one n_batch chunk at a time

@@ -16,8 +16,8 @@ from .batching import StreamBatcher, _Stream
 class OnnxBatcher(StreamBatcher):
     """Streams on an OnnxRuntimeBackend (edgekit's own graph: shared KV layout and logits_to_keep)."""
 
-    def __init__(self, backend, slots: int) -> None:
-        super().__init__(backend, slots, backend.context_length)
+    def __init__(self, backend, slots: int, window: int) -> None:
+        super().__init__(backend, slots, window)
         shape = (slots, backend._kv_heads, self.window, backend._head_dim)
         self._kv = [np.zeros(shape, backend._kv_type) for _ in range(2 * backend._layers)]
 

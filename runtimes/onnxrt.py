@@ -138,6 +138,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         self._ones = np.ones((1, self._n_ctx), dtype=np.int64)
         self._one_token = np.zeros((1, 1), dtype=np.int64)  # reused input_ids for decode steps
         self._cached: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self._edge = 0  # the last prompt's tokens in whole chunks: what a next prompt may resume from
         self._kv_names = [f"past_key_values.{i}.{kind}"
                           for i in range(self._layers) for kind in ("key", "value")]
         self._present_names = [n.replace("past_key_values.", "present.") for n in self._kv_names]
@@ -149,8 +150,11 @@ class OnnxRuntimeBackend(_OnnxBackend):
         from .batching import MIN_WINDOW
         from .onnx_batch import OnnxBatcher
 
-        if slots == 1 or slots == self.parallel:
+        if slots == self.parallel:
             return
+        if self.parallel > 1:
+            raise InvalidOptionError(f"this engine already decodes {self.parallel} streams together; "
+                                     "load the artifact again for another count")
         why = ("it runs on the CPU only for now" if self._device != "cpu" else
                "it needs edgekit's own decoder graph (this one was exported by another tool)"
                if self._layout != "shared" or not self._keep_rows else None)
@@ -162,9 +166,9 @@ class OnnxRuntimeBackend(_OnnxBackend):
             raise InvalidOptionError(f"parallel={slots} splits the {self._n_ctx}-token context into "
                                      f"{window} tokens per stream (at least {MIN_WINDOW} are needed); "
                                      "raise n_ctx or lower parallel")
+        self._batcher = OnnxBatcher(self, slots, window)  # first: a failed allocation changes nothing
         self._n_ctx, self.parallel = window, slots
         self._kv, self._cached = [], []  # the rows of the batch hold the caches now
-        self._batcher = OnnxBatcher(self, slots)
 
     def _step(self, binding, ids: Sequence[int], length: int, logits) -> np.ndarray:
         """Run tokens `ids`, the cache then holding `length` tokens; return the last logits row.
@@ -221,6 +225,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         history = list(prompt_ids)
         keep = self._reusable(history)
         self._cached = history[:keep]  # what the cache holds, kept up to date as tokens go in
+        self._edge = len(history) - len(history) % PREFILL_CHUNK  # this prompt's whole chunks
         # the prompt in chunks at fixed positions (multiples of PREFILL_CHUNK), so that one resumed
         # from a kept prefix computes exactly what a fresh one does
         for start in range(keep, len(history), PREFILL_CHUNK):
@@ -243,11 +248,13 @@ class OnnxRuntimeBackend(_OnnxBackend):
             self._cached.append(token)
 
     def _reusable(self, ids: list[int]) -> int:
-        """How many leading tokens of `ids` the cache already holds from the last generation, cut to a
-        chunk boundary (and short of the whole prompt: its last chunk must run for the logits)."""
+        """How many leading tokens of `ids` the cache already holds, computed as a fresh prompt computes
+        them (the last prompt's whole chunks: not its last partial chunk, nor the answer's tokens, run
+        one at a time), cut to a chunk's edge, and short of the whole prompt (its last chunk must run
+        for the logits)."""
         if self._layout != "shared":  # another tool's graph: its cache is not kept between calls
             return 0
-        n, most = 0, min(len(self._cached), len(ids) - 1)
+        n, most = 0, min(self._edge, len(self._cached), len(ids) - 1)
         while n < most and self._cached[n] == ids[n]:
             n += 1
         return n - n % PREFILL_CHUNK

@@ -217,6 +217,8 @@ def _whole(engine: Any, kind: str, payload: Any, options: dict[str, Any], holder
         stream.cancel()
     for _ in stream:
         pass
+    if stream.result is None:  # cancelled before it began: its client is gone
+        raise ApiError(499, "the client closed the connection", code="client_closed_request")
     return stream.result
 
 

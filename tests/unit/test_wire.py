@@ -234,8 +234,10 @@ def test_metrics_page_counts_and_quantiles_in_prometheus_text():
               for line in page.splitlines() if not line.startswith("#")}
     m = 'model="my \\"chat\\""'
     assert values[f"edgekit_streams{{{m}}}"] == 4 and values[f"edgekit_requests_running{{{m}}}"] == 3
-    assert values[f"edgekit_requests_waiting{{{m}}}"] == 2 and values[f"edgekit_requests_total{{{m}}}"] == 7
+    assert values[f"edgekit_requests_waiting{{{m}}}"] == 2
+    assert values[f"edgekit_requests_total{{{m}}}"] == 7 + 4
     assert values[f"edgekit_tokens_generated_total{{{m}}}"] == 30  # the empty answer adds no quantile
+    assert f"edgekit_tokens_generated_total{{{m}}} 30\n" in page  # counters as integers, not 3e+01
     assert values[f'edgekit_ttft_seconds{{{m},quantile="0.5"}}'] == pytest.approx(0.2)
     assert values[f'edgekit_decode_tokens_per_second{{{m},quantile="0.5"}}'] == pytest.approx(60.0)
     assert "# TYPE edgekit_requests_total counter" in page and page.endswith("\n")
