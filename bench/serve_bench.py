@@ -1,19 +1,13 @@
-"""What `edgekit serve` adds to a local call: one client on loopback against the same engine called
-directly, real SmolLM2-135M-Instruct (ONNX int4), interleaved round by round, medians.
+"""What `edgekit serve` adds to a local call, and what many clients at once get from one model;
+real SmolLM2-135M-Instruct int4, interleaved rounds, medians.
 
     .venv/bin/python bench/serve_bench.py [--rounds 7] [--tokens 64]
     .venv/bin/python bench/serve_bench.py --clients 1,2,4,8 [--parallel 8] [--rounds 5] [--gguf]
 
---clients: many users on one model. N streaming clients of the official `openai` client at once, each
-with its own 128-token prompt and 64 tokens out, counts interleaved round by round (order flipped each
-round), medians: aggregate tok/s and its ratio to one client, p50/p95 TTFT and inter-token gap, the
-share of greedy answers equal to the same request alone, and the server's RSS after each count.
-
-TTFT: from sending the request to the first text (over HTTP: the first SSE chunk with content, read
-with a plain httpx stream on one kept client, so that no client library's parsing or set-up is
-counted). Decode: from the first text to the last. The greedy answer is the same both ways, so both
-decode the same tokens. Half a second between runs lets the other process's ONNX Runtime threads
-stop spinning.
+Default: one streaming client on loopback (plain httpx, nothing of a client library counted) against
+the same engine called directly: TTFT and decode time. --clients: N official `openai` clients at once,
+each its own 128-token prompt: aggregate tok/s and its ratio to one client, TTFT and inter-token gap
+percentiles, the share of greedy answers equal to the request alone, the server's RSS.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ No thread of its own: whichever reader needs a token and finds none runs the nex
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,21 @@ from .base import PREFILL_CHUNK, GenerationOptions, TokenEvent, token_logprobs
 from .sampling import Sampler
 
 MIN_WINDOW = 64  # the fewest tokens a stream's cache may hold
+
+
+def stream_window(current: int, slots: int, n_ctx: int) -> int:
+    """The tokens each of `slots` streams keeps when a backend decoding `current` streams now splits
+    its `n_ctx`-token context between them; an InvalidOptionError where that cannot be."""
+    from edgekit.errors import InvalidOptionError
+
+    if current > 1:
+        raise InvalidOptionError(f"this engine already decodes {current} streams together; "
+                                 "load the artifact again for another count")
+    if n_ctx // slots < MIN_WINDOW:
+        raise InvalidOptionError(f"parallel={slots} splits the {n_ctx}-token context into {n_ctx // slots} "
+                                 f"tokens per stream (at least {MIN_WINDOW} are needed); raise n_ctx or "
+                                 "lower parallel")
+    return n_ctx // slots
 
 
 @dataclass(eq=False)
@@ -39,7 +55,7 @@ class _Stream:
     error: BaseException | None = None
 
 
-class StreamBatcher:
+class StreamBatcher(ABC):
     """Streams on `backend`, `slots` at a time (more wait for a slot), each with `window` tokens of
     cache. A backend's batcher says where a stream's cache lives (_place, _release) and runs the model
     (_prefill, _decode_rows); the scheduling is here."""
@@ -52,22 +68,22 @@ class StreamBatcher:
         self._waiting: deque[_Stream] = deque()
 
     # ---- what a backend's batcher provides ----------------------------------------------------
+    @abstractmethod
     def _place(self, s: _Stream) -> None:
         """Give s (not yet in self._rows) a place for its cache: s.row."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _release(self, s: _Stream) -> None:
         """Take s out of self._rows and free its cache (called holding the lock)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _prefill(self, s: _Stream, chunk: list[int]) -> np.ndarray:
         """Run the next chunk of s's prompt (its cache then holds s.length tokens); the last logits row."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _decode_rows(self, rows: list[_Stream]) -> np.ndarray:
         """One token for each stream of rows (s.generated[-1], its cache then holding s.length tokens),
         all in one pass; their logits rows [len(rows), vocab]."""
-        raise NotImplementedError
 
     # ---- the reader's side --------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:

@@ -77,22 +77,16 @@ class LlamaCppBackend(Backend):
         return self._batcher.window if self.parallel > 1 else int(self._llm.n_ctx())
 
     def set_parallel(self, slots: int) -> None:
-        from .batching import MIN_WINDOW
+        from .batching import stream_window
         from .llama_batch import LlamaBatcher
 
         if slots == self.parallel:
             return
-        if self.parallel > 1:
-            raise InvalidOptionError(f"this engine already decodes {self.parallel} streams together; "
-                                     "load the artifact again for another count")
         if self._embedding:
             raise InvalidOptionError(f"parallel={slots}: an embedding model embeds a list in one call; "
                                      "use parallel=1")
         n_ctx = int(self._llm.n_ctx())
-        if n_ctx // slots < MIN_WINDOW:
-            raise InvalidOptionError(f"parallel={slots} splits the {n_ctx}-token context into "
-                                     f"{n_ctx // slots} tokens per stream (at least {MIN_WINDOW} are "
-                                     "needed); raise n_ctx or lower parallel")
+        stream_window(self.parallel, slots, n_ctx)
         self._batcher = LlamaBatcher(self, slots, n_ctx)  # first: a failed context changes nothing
         self.parallel = slots
 

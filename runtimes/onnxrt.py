@@ -147,25 +147,18 @@ class OnnxRuntimeBackend(_OnnxBackend):
         return token_id in self._eos
 
     def set_parallel(self, slots: int) -> None:
-        from .batching import MIN_WINDOW
+        from .batching import stream_window
         from .onnx_batch import OnnxBatcher
 
         if slots == self.parallel:
             return
-        if self.parallel > 1:
-            raise InvalidOptionError(f"this engine already decodes {self.parallel} streams together; "
-                                     "load the artifact again for another count")
         why = ("it runs on the CPU only for now" if self._device != "cpu" else
                "it needs edgekit's own decoder graph (this one was exported by another tool)"
                if self._layout != "shared" or not self._keep_rows else None)
         if why is not None:
             raise InvalidOptionError(f"parallel={slots}: decoding several streams together is not "
                                      f"available for this artifact ({why}); use parallel=1")
-        window = self._n_ctx // slots
-        if window < MIN_WINDOW:
-            raise InvalidOptionError(f"parallel={slots} splits the {self._n_ctx}-token context into "
-                                     f"{window} tokens per stream (at least {MIN_WINDOW} are needed); "
-                                     "raise n_ctx or lower parallel")
+        window = stream_window(self.parallel, slots, self._n_ctx)
         self._batcher = OnnxBatcher(self, slots, window)  # first: a failed allocation changes nothing
         self._n_ctx, self.parallel = window, slots
         self._kv, self._cached = [], []  # the rows of the batch hold the caches now
