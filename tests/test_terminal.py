@@ -20,8 +20,6 @@ pyte = pytest.importorskip("pyte")
 COLUMNS, ROWS = 120, 40
 
 
-# a line as the terminal echoes it, with readline's end of bracketed paste mode after it
-READLINE_ECHO = r"{}\r\n(?:\x1b\[\?2004l\r)?"
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -31,6 +29,18 @@ def _spawn(args: list[str], env: dict[str, str] | None = None, cwd: Path | None 
                           env={**os.environ, "COLUMNS": str(COLUMNS), **(env or {})}, cwd=cwd, timeout=120)
     child.logfile_read = io.BytesIO()  # every byte the terminal received, for the rendered screen
     return child
+
+
+def _ask(child, line: str) -> None:
+    """Type a line at the chat's prompt and wait for its echo. When readline turned bracketed paste on
+    with the prompt, the echo ends with the escape that turns it off: it must be waited for whole, or
+    a later expect of the reply's first character would match the escape instead (and a Ctrl-C sent
+    then would land before the reply started)."""
+    import re
+
+    paste = b"\x1b[?2004h" in child.before  # the prompt (just expected) turned it on
+    child.sendline(line)
+    child.expect(re.escape(line) + r"\r\n" + (r"\x1b\[\?2004l\r" if paste else ""))
 
 
 def _screen(raw: bytes, name: str) -> str:
@@ -110,15 +120,13 @@ def test_ctrl_c_in_chat_stops_the_reply_not_the_chat(chat_artifact, slow_tokens)
     # 150 tokens at 30 ms each: the reply is still streaming when Ctrl-C comes
     child = _spawn(["chat", str(chat_artifact), "-n", "150", "--seed", "1"], env=slow_tokens)
     child.expect_exact("> ")
-    child.sendline("Tell me a long story")
-    child.expect(READLINE_ECHO.format("Tell me a long story"))
+    _ask(child, "Tell me a long story")
     child.expect(r"\S")  # the reply has started streaming
     child.sendintr()  # Ctrl-C, through the terminal, as a person presses it
     child.expect_exact("[stopped]")
     child.expect(r"cancelled; llama\.cpp on cpu")  # the reply's numbers, then the chat goes on
     child.expect_exact("> ")
-    child.sendline("And another")
-    child.expect(READLINE_ECHO.format("And another"))
+    _ask(child, "And another")
     child.expect(r"\S")
     child.sendintr()
     child.expect_exact("[stopped]")
