@@ -319,11 +319,24 @@ def run(
     logprobs: Annotated[int | None, typer.Option(
         "--logprobs", help="with --json: each token's log-probability and its N likeliest alternatives "
                            "(0 to 20)", show_default=False)] = None,
+    json_schema: Annotated[Path | None, typer.Option(
+        "--json-schema", help="the reply is JSON matching this JSON Schema file (decoding is held to it)",
+        show_default=False)] = None,
+    json_object: Annotated[bool, typer.Option(
+        "--json-object", help="the reply is one JSON object")] = False,
+    regex: Annotated[str | None, typer.Option(
+        "--regex", help="the reply matches this regular expression", show_default=False)] = None,
+    tools: Annotated[Path | None, typer.Option(
+        "--tools", help="a JSON file of OpenAI tool objects the model may call; calls print as JSON lines",
+        show_default=False)] = None,
+    tool_choice: Annotated[str | None, typer.Option(
+        "--tool-choice", help="auto (default), none, required, or a tool's name", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print text and metrics as JSON")] = False,
 ) -> None:
     """Answer a prompt, streaming the text: through the artifact's chat template when it has one, as
     ollama does (--raw completes the text as it is). Text on stdout; TTFT, tok/s, backend and device
-    on stderr (edgekit.load(...).chat / .generate)."""
+    on stderr (edgekit.load(...).chat / .generate). --json-schema, --json-object and --regex hold the
+    reply to a format; --tools lets the model call functions (chat's response_format and tools)."""
     from edgekit.engine import load
 
     if prompt is None and sys.stdin.isatty():  # nothing to answer yet: talk, as ollama run does
@@ -336,6 +349,7 @@ def run(
     try:
         if logprobs is not None and not as_json:
             raise InvalidOptionError("--logprobs is shown in the JSON output: add --json")
+        structure = _structure(json_schema, json_object, regex, tools, tool_choice, raw)
         if prompt is None or prompt == "-":
             prompt = sys.stdin.read()
             if not prompt.strip():
@@ -349,6 +363,9 @@ def run(
                                   repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                   presence_penalty=presence_penalty)}
             templated = not raw and bool(engine.manifest.get("chat_template"))
+            if structure.get("tools") and not templated:
+                raise InvalidOptionError(f"--tools needs a chat template, and {engine.path} has none")
+            kwargs.update(structure)
             call = (lambda **kw: engine.chat(prompt, **kw)) if templated else (
                 lambda **kw: engine.generate(prompt, **kw))
             where = {**_where(engine), "prompt_mode": "chat" if templated else "raw",
@@ -357,16 +374,76 @@ def run(
                 result = call(**kwargs)
                 _emit({**where, **result.to_dict()}, True, "")
             else:
-                pieces = call(stream=True, **kwargs)
+                pieces, shown = call(stream=True, **kwargs), False
                 for piece in pieces:
                     typer.echo(piece, nl=False)
-                typer.echo("")
+                    shown = True
                 result = pieces.result
+                if shown or result is None or not result.tool_calls:
+                    typer.echo("")
+                for made in result.tool_calls if result is not None else ():  # one JSON line per call
+                    typer.echo(json.dumps(made.to_dict(), ensure_ascii=False))
                 _report(engine, result, where["prompt_mode"])
     except (EdgekitError, KeyboardInterrupt) as exc:
         _fail(exc, as_json)
     if result is not None and result.budget is not None and not result.budget.met:
         raise typer.Exit(1)
+
+
+def _structure(json_schema: Path | None, json_object: bool, regex: str | None, tools: Path | None,
+               tool_choice: str | None, raw: bool) -> dict[str, Any]:
+    """run's --json-schema, --json-object, --regex, --tools and --tool-choice as chat()'s keywords."""
+    given = (("--json-schema", json_schema is not None), ("--json-object", json_object),
+             ("--regex", regex is not None))
+    formats = [name for name, on in given if on]
+    if len(formats) > 1:
+        raise InvalidOptionError(f"{' and '.join(formats)} each set the reply's format: give one")
+    out: dict[str, Any] = {}
+    if json_schema is not None:
+        schema = _json_file(json_schema, "--json-schema")
+        if isinstance(schema, dict) and "schema" in schema and set(schema) <= {"name", "schema", "strict",
+                                                                              "description"}:
+            spec = schema  # OpenAI's {"name", "schema"} wrapper, as an API request carries it
+        else:
+            spec = {"name": json_schema.stem, "schema": schema}
+        out["response_format"] = {"type": "json_schema", "json_schema": spec}
+    elif json_object:
+        out["response_format"] = {"type": "json_object"}
+    elif regex is not None:
+        out["response_format"] = {"type": "regex", "regex": regex}
+    if tools is not None:
+        if raw:
+            raise InvalidOptionError("--tools needs the chat template; leave out --raw")
+        out["tools"] = _json_file(tools, "--tools")
+    if tool_choice is not None:
+        if tools is None:
+            raise InvalidOptionError("--tool-choice needs --tools")
+        named = tool_choice not in ("auto", "none", "required")
+        out["tool_choice"] = {"type": "function", "function": {"name": tool_choice}} if named else tool_choice
+    from edgekit.errors import SchemaError
+    from edgekit.structured import plan
+
+    try:  # checked now, so that the error names the option and file it came from
+        plan(**out)
+    except SchemaError as exc:
+        where = {"response_format": next((f"{name} {value}" for name, value in (
+            ("--json-schema", json_schema), ("--regex", regex)) if value is not None), "--json-object"),
+                 "tools": f"--tools {tools}", "tool_choice": "--tool-choice"}
+        field = str(exc).split(":")[0].split(".")[0].split("[")[0]
+        raise SchemaError(f"{where.get(field, field)}: {str(exc).partition(': ')[2] or exc}") from None
+    return out
+
+
+def _json_file(path: Path, option: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidOptionError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise InvalidOptionError(f"{option} {path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidOptionError(f"{option} {path}: not JSON ({exc.msg} at line {exc.lineno}, "
+                                 f"column {exc.colno})") from None
 
 
 def _variants(artifact: Path) -> Path | list[Path]:
@@ -419,7 +496,11 @@ def _report(engine, result, prompt_mode: str | None = None) -> None:
             "chat": "", None: ""}[prompt_mode]
     n = result.tokens_out
     speed = f"{result.decode_tok_s:.1f} tok/s, " if n > 1 else ""  # decode speed needs two tokens
-    typer.secho(f"[{n} token{'' if n == 1 else 's'}, TTFT {1000 * result.ttft_s:.0f} ms, {speed}"
+    grammar, compiled = result.constraint, ""
+    if grammar:
+        compiled = ("grammar cached, " if grammar["cached"]
+                    else f"grammar compiled in {grammar['compile_ms']:.0f} ms, ")
+    typer.secho(f"[{n} token{'' if n == 1 else 's'}, TTFT {1000 * result.ttft_s:.0f} ms, {speed}{compiled}"
                 f"{result.finish_reason}; {where['backend']} on {where['device']}, "
                 f"{where['format']} {where['quant']}{mode}]", err=True, dim=True)
     if result.budget is not None:

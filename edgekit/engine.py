@@ -28,6 +28,7 @@ from edgekit.errors import (
     LatencyBudgetExceeded,
 )
 from edgekit.metrics import BudgetVerdict, DecodeMetrics, LatencyBudget, peak_rss_mb
+from edgekit.structured import NO_PLAN, TOOL_CLOSE, TOOL_OPEN, Plan, ToolCall, read_reply, repeated_call
 
 DEVICES = ("auto", "cpu", "cuda", "apple")
 # chat(truncate="oldest") drops, before rendering, the turns past this many characters a token
@@ -57,13 +58,18 @@ class TokenLogprob:
 @dataclass
 class GenerationResult:
     text: str
-    # "stop" (end token or stop string), "length", "cancelled" or "budget" (a raise-mode budget cut it)
+    # "stop" (end token or stop string), "length", "tool_calls" (the reply called tools), "cancelled"
+    # or "budget" (a raise-mode budget cut it)
     finish_reason: str
     metrics: DecodeMetrics
     budget: BudgetVerdict | None = None  # set when the engine has a LatencyBudget
     token_ids: tuple[int, ...] = ()  # the generated tokens (stop strings cut text, not these)
     dropped_messages: int = 0  # chat(truncate="oldest"): how many of the oldest messages left the prompt
     logprobs: tuple[TokenLogprob, ...] | None = None  # with logprobs=N: one per token of token_ids
+    tool_calls: tuple[ToolCall, ...] = ()  # chat(tools=...): the calls the reply made (text: its words)
+    # with a response_format or tools: {"compile_ms": the grammar's compile time (part of TTFT; 0 when
+    # it was compiled before), "cached": whether it was}
+    constraint: dict[str, Any] | None = None
 
     # the headline numbers, straight from the metrics
     tokens_in = property(lambda self: self.metrics.tokens_in)
@@ -77,7 +83,21 @@ class GenerationResult:
                "dropped_messages": self.dropped_messages}
         if self.logprobs is not None:
             out["logprobs"] = [t.to_dict() for t in self.logprobs]
+        if self.constraint is not None:
+            out["constraint"] = self.constraint
+        if self.tool_calls:
+            out["tool_calls"] = [c.to_dict() for c in self.tool_calls]
         return out
+
+    def json(self) -> Any:
+        """The reply parsed as JSON (what a response_format of json_object or json_schema makes)."""
+        import json
+
+        try:
+            return json.loads(self.text)
+        except ValueError as exc:
+            why = " (it was cut at max_tokens)" if self.finish_reason == "length" else ""
+            raise InvalidOptionError(f"the reply is not JSON{why}: {exc}") from None
 
 
 class Stream:
@@ -130,8 +150,9 @@ class Stream:
         if "start" not in st:
             return None
         metrics = DecodeMetrics.from_times(st["start"], st["times"], time.perf_counter(), st["tokens_in"])
-        return GenerationResult(st["text"], "cancelled", metrics, None, tuple(st["tokens"]),
-                                st.get("dropped", 0))
+        text, calls = read_reply(st["text"]) if st.get("calls") else (st["text"], ())  # calls made so far
+        return GenerationResult(text, "cancelled", metrics, None, tuple(st["tokens"]), st.get("dropped", 0),
+                                tool_calls=calls)
 
     def close(self) -> None:
         """Stop generating and release the engine (the native context) now. From a thread other than
@@ -244,16 +265,21 @@ class Engine:
     # ---- text generation ------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[str], max_tokens: int = 128, temperature: float = 0.0,
                  stream: bool = False, stop: Sequence[str] = (), seed: int | None = None,
-                 add_special: bool = True, **sampling: Any) -> GenerationResult | Stream | list:
+                 add_special: bool = True, response_format: Any = None,
+                 **sampling: Any) -> GenerationResult | Stream | list:
         """Complete `prompt`. stream=True returns a Stream of text pieces; otherwise a GenerationResult.
         A list of prompts gives a list of results: decoded together on an engine loaded with parallel
         > 1, one after another otherwise.
 
         sampling: top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty,
         ignore_eos, logprobs (N: result.logprobs holds each token's log-probability and its N likeliest
-        alternatives) (GenerationOptions).
+        alternatives) (GenerationOptions). response_format: the text must match a JSON schema or regex,
+        as chat()'s (the prompt is not changed: say what you want in it).
         """
+        from edgekit.structured import plan
+
         self._check_open()
+        sampling["plan"] = plan(response_format)
         if isinstance(prompt, list | tuple):
             if stream:
                 raise InvalidOptionError("stream=True takes one prompt; several prompts give a list of "
@@ -299,14 +325,14 @@ class Engine:
     def _generate(self, prompt: str, cancel: threading.Event, source: str, max_tokens: int = 128,
                   temperature: float = 0.0, stream: bool = False, stop: Sequence[str] = (),
                   seed: int | None = None, add_special: bool = True, dropped: int = 0,
-                  **sampling: Any) -> GenerationResult | Stream:
+                  plan: Plan = NO_PLAN, **sampling: Any) -> GenerationResult | Stream:
         from edgekit.runtimes.base import GenerationOptions
 
         if isinstance(stop, str):
             stop = (stop,)
         try:
             options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, seed=seed,
-                                        stop=tuple(stop), **sampling)
+                                        stop=tuple(stop), grammar=plan.grammar, **sampling)
         except TypeError as exc:
             raise InvalidOptionError(f"unknown sampling option ({exc}); use top_k, top_p, min_p, "
                                      "repeat_penalty, frequency_penalty, presence_penalty, "
@@ -318,14 +344,16 @@ class Engine:
                                      "not generate() or chat()")
         if prompt == "" and not add_special:  # nothing to tokenize and no BOS: fail now, even for a stream
             raise InvalidOptionError(_empty_prompt_message(source))
-        state: dict[str, Any] = {"dropped": dropped}
+        state: dict[str, Any] = {"dropped": dropped, "calls": plan.calls}
         events = self._run(prompt, options, add_special, cancel, source, state)
         if stream:
             return Stream(events, cancel, state)
         return next(e for e in events if isinstance(e, GenerationResult))
 
     def chat(self, messages: list[dict[str, Any]] | str, max_tokens: int = 128, temperature: float = 0.0,
-             stream: bool = False, truncate: str | None = None, **kwargs: Any) -> GenerationResult | Stream:
+             stream: bool = False, truncate: str | None = None, response_format: Any = None,
+             tools: Sequence[dict[str, Any]] | None = None, tool_choice: Any = None,
+             parallel_tool_calls: bool = False, **kwargs: Any) -> GenerationResult | Stream:
         """Render the artifact's chat template and generate the assistant's reply.
 
         messages: [{"role": "user", "content": "..."}, ...], or one str as a single user message.
@@ -334,13 +362,30 @@ class Engine:
         after it) until it fits, keeping the system messages and the last turn, and says how many
         messages went in result.dropped_messages (the CLI's chat and the server do this).
         cancel() while the template renders ends the call with finish_reason "cancelled" and no text.
+
+        response_format (OpenAI's): {"type": "json_object"}, {"type": "json_schema", "json_schema":
+        {"name": ..., "schema": {...}}}, a pydantic model class, or edgekit's {"type": "regex", "regex":
+        ...}: decoding is held to it (every reply matches, unless cut at max_tokens) and the system
+        message states it. tools (OpenAI's [{"type": "function", "function": {"name", "description",
+        "parameters"}}]) with tool_choice "auto" (default), "none", "required" or {"type": "function",
+        "function": {"name": ...}}: calls come in result.tool_calls with valid arguments, finish_reason
+        "tool_calls"; earlier calls (assistant "tool_calls") and results (role "tool") may be in messages.
+        One call per reply unless parallel_tool_calls=True (llama.cpp's server default: a small model
+        given the choice tends to call again and again).
+        A schema keyword that cannot be enforced is a SchemaError naming it.
         """
         from edgekit.errors import RenderCancelled
+        from edgekit.runtimes.chat_template import validate_messages
+        from edgekit.structured import plan, prepare, template_renders_tools
 
         if truncate not in (None, "oldest"):
             raise InvalidOptionError(f"truncate must be None or 'oldest', not {truncate!r}")
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        wants = plan(response_format, tools, tool_choice, parallel_tool_calls)
+        template_tools = template_renders_tools(str(self.manifest.get("chat_template") or ""))
+        messages = prepare(validate_messages(messages), wants, template_tools)
+        shown = list(wants.tools) if wants.tools and template_tools else None  # the template states them
 
         start = time.perf_counter()
         cancel = threading.Event()
@@ -349,9 +394,9 @@ class Engine:
         dropped = 0
         try:
             if truncate == "oldest" and type(max_tokens) is int:
-                prompt, dropped = self._fit(messages, max_tokens)
+                prompt, dropped = self._fit(messages, max_tokens, shown)
             else:
-                prompt = self.render_chat(messages)
+                prompt = self.render_chat(messages, shown)
         except RenderCancelled:
             self._check_open()  # closed while rendering: say so
             cancel.set()
@@ -372,9 +417,10 @@ class Engine:
             return result
         # the template already wrote BOS if the model wants one
         return self._generate(prompt, cancel, "chat", max_tokens=max_tokens, temperature=temperature,
-                              stream=stream, add_special=False, dropped=dropped, **kwargs)
+                              stream=stream, add_special=False, dropped=dropped, plan=wants, **kwargs)
 
-    def _fit(self, messages: list[dict[str, Any]], max_tokens: int) -> tuple[str, int]:
+    def _fit(self, messages: list[dict[str, Any]], max_tokens: int,
+             tools: list[dict[str, Any]] | None = None) -> tuple[str, int]:
         """The prompt of the fewest oldest turns dropped that leaves room for max_tokens; (prompt, how
         many messages were dropped). The last turn alone too long: ContextOverflowError.
 
@@ -393,7 +439,7 @@ class Engine:
             keep += 1
         cut = len(rest) - keep
         if cut == 0:
-            prompt = self.render_chat(messages)
+            prompt = self.render_chat(messages, tools)
             if self._count_capped(prompt, limit)[0] + max_tokens <= limit:
                 return prompt, 0
         # each candidate keeps rest[start:], a start at each user message (a turn), the last one kept
@@ -404,7 +450,7 @@ class Engine:
         lo, hi = 0, len(starts) - 1
         while lo <= hi:  # the earliest start (fewest dropped) whose prompt fits
             mid = (lo + hi) // 2
-            candidate = self.render_chat(system + rest[starts[mid]:])
+            candidate = self.render_chat(system + rest[starts[mid]:], tools)
             n, bound = self._count_capped(candidate, limit)
             if n + max_tokens <= limit:
                 best, hi = (candidate, starts[mid]), mid - 1
@@ -448,8 +494,9 @@ class Engine:
         for running in list(self._running):
             running.set()
 
-    def render_chat(self, messages: list[dict[str, str]]) -> str:
-        """The prompt the artifact's chat template makes of these messages (with the generation prompt).
+    def render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
+        """The prompt the artifact's chat template makes of these messages (with the generation prompt);
+        tools: OpenAI's tool objects, for a template that states them itself.
 
         The template renders in a child process, within 5 s and 4 million characters; a template
         that fails is a ChatTemplateError, messages of the wrong shape an InvalidOptionError.
@@ -471,7 +518,7 @@ class Engine:
                 self._template = template
         if stale is not None:
             stale.close()
-        return template.render(messages, add_generation_prompt=True)
+        return template.render(messages, add_generation_prompt=True, tools=tools)
 
     def generation_defaults(self) -> dict[str, Any]:
         """The sampling this model should run with: what its checkpoint's generation_config.json sets
@@ -554,8 +601,14 @@ class Engine:
             raise InvalidOptionError(_empty_prompt_message(source))
         if len(ids) + options.max_tokens > limit:
             raise ContextOverflowError(len(ids), options.max_tokens, limit)
+        constraint = None
+        if options.grammar is not None:  # compiled before the first token: part of TTFT, and reported
+            began = time.perf_counter()
+            kept = self.backend.constraint_vocab().compile(options.grammar)[1]
+            constraint = {"compile_ms": round(1000 * (time.perf_counter() - began), 3), "cached": kept}
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted, times, tokens, reason = "", 0, [], [], "stop"
+        hide = (TOOL_OPEN,) if state.get("calls") else ()  # a tool call is not the reply's text
         state.update(start=start, tokens_in=len(ids), times=times, tokens=tokens, text="")
         budget = self.budget
         # raise mode stops as soon as a miss is certain: a late first token, or total time run out
@@ -579,7 +632,14 @@ class Engine:
             if cut is not None:
                 text = text[:cut]
                 break
-            safe = len(text) - _max_partial(text, options.stop)  # hold back a possible stop prefix
+            if hide and text.find(TOOL_CLOSE, max(0, before - len(TOOL_CLOSE) + 1)) >= 0:
+                again = repeated_call(text)  # the same call once more: the calls are done
+                if again is not None:
+                    text = text[:again]
+                    break
+            safe = len(text) - _max_partial(text, options.stop + hide)  # hold back a possible stop prefix
+            if hide and (at := text.find(hide[0])) >= 0:
+                safe = min(safe, at)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
@@ -595,11 +655,16 @@ class Engine:
             text += decoder.decode(b"", final=True)
             reason = "length" if len(times) >= options.max_tokens else "stop"
         events.close()  # release the backend's generator (and its native state) now
+        calls: tuple[ToolCall, ...] = ()
+        if hide:
+            text, calls = read_reply(text)
+            if calls and reason == "stop":
+                reason = "tool_calls"
         if len(text) > emitted:
             yield text[emitted:]
         metrics = DecodeMetrics.from_times(start, times, time.perf_counter(), len(ids))
         result = GenerationResult(text, reason, metrics, None, tuple(tokens), state.get("dropped", 0),
-                                  None if logprobs is None else tuple(logprobs))
+                                  None if logprobs is None else tuple(logprobs), calls, constraint)
         if budget is not None:
             result.budget = budget.judge(metrics, peak_rss_mb() if budget.rss_mb else None)
             budget.enforce(metrics, result.budget, result)  # raise mode: raises with the result

@@ -14,6 +14,7 @@ EdgekitError
 │  ├─ ManifestMismatch           a file's size or sha256 differs from edgekit.json
 │  └─ UnsafePathError            a path in an artifact escapes its directory
 ├─ InvalidOptionError            an option, prompt or text out of range or unusable (a ValueError)
+│  └─ SchemaError                a response format, schema, regex or tool list that cannot be enforced
 ├─ ChatTemplateError             a chat template fails: syntax, sandbox, raise_exception, limits
 ├─ BackendError                  the runtime could not load or run an artifact
 │  ├─ DeviceUnavailableError     asked for a device this machine does not have
@@ -98,6 +99,11 @@ class UnsafePathError(ArtifactError):
 
 class InvalidOptionError(EdgekitError, ValueError):
     pass
+
+
+class SchemaError(InvalidOptionError):
+    """A response format, JSON schema, regex or tool list that constrained decoding cannot enforce:
+    malformed, or using a keyword it does not implement (named in the message)."""
 
 
 class ChatTemplateError(EdgekitError):

@@ -6,11 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from edgekit.errors import InvalidOptionError
+
+if TYPE_CHECKING:
+    from .constrain import Constraint, ConstraintVocab
 
 # Prompts go into the model in chunks of this many tokens, at fixed positions (multiples of it): a
 # prompt resumed from a cached prefix then computes exactly what a fresh one does, and a batch of
@@ -35,6 +38,8 @@ class GenerationOptions:
     ignore_eos: bool = False  # run to max_tokens past the end-of-generation token (benchmarks)
     # log-probabilities: None for none; N for each chosen token's and its N likeliest alternatives'
     logprobs: int | None = None
+    grammar: Any = None  # a constrain.Grammar: tokens it forbids are masked before each choice
+
 
     def __post_init__(self) -> None:
         checks = [(self.max_tokens >= 1, "max_tokens must be at least 1"),
@@ -47,6 +52,11 @@ class GenerationOptions:
                   (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
                   (self.logprobs is None or (type(self.logprobs) is int and 0 <= self.logprobs <= MAX_TOP),
                    f"logprobs must be None or a whole number of alternatives from 0 to {MAX_TOP}")]
+        if self.grammar is not None:
+            from .constrain import Grammar
+
+            checks.append((isinstance(self.grammar, Grammar), "grammar must be a constrain.Grammar "
+                           "(response_format and tools make one)"))
         for ok, message in checks:
             if not ok:
                 raise InvalidOptionError(message)
@@ -140,6 +150,23 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]: ...
+
+    def constraint_vocab(self) -> ConstraintVocab:
+        """The vocabulary constrained decoding masks (options.grammar), made on first use and kept."""
+        vocab = getattr(self, "_constraint_vocab", None)
+        if vocab is None:
+            vocab = self._constraint_vocab = self._make_constraint_vocab()
+        return vocab
+
+    def _make_constraint_vocab(self) -> ConstraintVocab:
+        from edgekit.errors import BackendError
+
+        raise BackendError(f"{self.name} cannot constrain its decoding (structured output, tool calls) "
+                           "for this artifact")
+
+    def _start_constraint(self, options: GenerationOptions) -> Constraint | None:
+        """The generation's constraint (None without a grammar): masks before each token, then accepts it."""
+        return None if options.grammar is None else self.constraint_vocab().start(options.grammar)
 
     @abstractmethod
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...

@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class _Stream:
     ended: bool = False  # no more tokens will come (its last event is queued)
     left: bool = False  # its reader went away: free the row at the next step
     error: BaseException | None = None
+    constraint: Any = None  # a constrain.Constraint when options.grammar is set
 
 
 class StreamBatcher(ABC):
@@ -87,7 +89,8 @@ class StreamBatcher(ABC):
 
     # ---- the reader's side --------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
-        stream = _Stream(list(prompt_ids), options, Sampler(options))
+        stream = _Stream(list(prompt_ids), options, Sampler(options),
+                         constraint=self.backend._start_constraint(options))
         with self._cond:
             self._waiting.append(stream)
         try:
@@ -169,14 +172,24 @@ class StreamBatcher(ABC):
             self._emit(s, row)
 
     def _emit(self, s: _Stream, logits: np.ndarray) -> None:
-        o = s.options
-        token = s.sampler(logits, s.generated)
-        end = (not o.ignore_eos and self.backend.is_end(token))
+        from edgekit.errors import BackendError
+
+        o, constraint = s.options, s.constraint
+        try:
+            token = s.sampler(logits if constraint is None else constraint.mask(logits), s.generated)
+            end = (not o.ignore_eos and self.backend.is_end(token))
+            if constraint is not None and not end:
+                constraint.accept(token)
+        except BackendError as exc:  # this stream's grammar failed: it ends, the others go on
+            with self._cond:
+                s.error, s.ended = exc, True
+            return
         with self._cond:
             if not end:
                 piece = self.backend.token_bytes(token)
                 s.events.append(TokenEvent(token, piece) if o.logprobs is None else
                                 TokenEvent(token, piece, *token_logprobs(logits, token, o.logprobs)))
                 s.generated.append(token)
-            if end or len(s.generated) >= o.max_tokens or s.length + 1 >= self.window:
+            if (end or len(s.generated) >= o.max_tokens or s.length + 1 >= self.window
+                    or (constraint is not None and constraint.finished)):
                 s.ended = True

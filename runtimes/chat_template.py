@@ -135,12 +135,16 @@ class ChatTemplate:
         self._rendering = self._cancelled = self._closed = False
 
     # ---- the API ---------------------------------------------------------------------------
-    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+               tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The prompt text; tools (OpenAI's tool objects) reach the template as its `tools` variable."""
         request = {
             "source": self.source, "messages": validate_messages(messages),
             "add_generation_prompt": bool(add_generation_prompt), "bos_token": self.bos_token,
             "eos_token": self.eos_token, "max_chars": self.max_chars,
         }
+        if tools is not None:
+            request["tools"] = [dict(t) for t in tools]
         with self._lock:
             with self._state:
                 if self._closed:
@@ -497,9 +501,11 @@ def _render_request(env, cache: dict, request: dict[str, Any]) -> dict[str, Any]
             cache.clear()  # one template per ChatTemplate: keep the last only
             cache[source] = template
         pieces, total = [], 0
+        extra = {"tools": request["tools"]} if "tools" in request else {}  # absent: undefined, as before
         for piece in template.generate(messages=request["messages"],
                                        add_generation_prompt=request["add_generation_prompt"],
-                                       bos_token=request["bos_token"], eos_token=request["eos_token"]):
+                                       bos_token=request["bos_token"], eos_token=request["eos_token"],
+                                       **extra):
             total += len(piece)
             if total > limit:
                 return {"error": "too_long", "message": f"more than {limit} characters"}

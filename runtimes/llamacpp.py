@@ -96,6 +96,12 @@ class LlamaCppBackend(Backend):
     def is_end(self, token_id: int) -> bool:
         return bool(self._is_eog(self._vocab, token_id))
 
+    def _make_constraint_vocab(self):
+        from .constrain import vocab_from_llama
+
+        width = int(self._llm.n_vocab())
+        return vocab_from_llama(self._vocab, width, [i for i in range(width) if self.is_end(i)])
+
     def generate(self, prompt_ids: Sequence[int], options: GenerationOptions) -> Iterator[TokenEvent]:
         if self.parallel > 1:
             return self._batcher.generate(prompt_ids, options)
@@ -105,6 +111,7 @@ class LlamaCppBackend(Backend):
         if options.seed is not None:
             self._llm.set_seed(options.seed)
         count = 0
+        constraint = self._start_constraint(options)  # masks through llama-cpp-python's logits processor
         greedy = options.temperature <= 0  # top_k=1 spares llama.cpp's sampler a sort per token
         ids = list(prompt_ids)
         # The cache keeps the last prompt's whole chunks of n_batch (PREFILL_CHUNK) tokens, computed as
@@ -128,10 +135,12 @@ class LlamaCppBackend(Backend):
             ids[llm.n_tokens:], temp=options.temperature, top_k=1 if greedy else options.top_k,
             top_p=options.top_p, min_p=options.min_p, repeat_penalty=options.repeat_penalty,
             frequency_penalty=options.frequency_penalty, presence_penalty=options.presence_penalty,
-            reset=False,
+            reset=False, logits_processor=None if constraint is None else [constraint.processor],
         ):
             if not options.ignore_eos and self.is_end(token):
                 return
+            if constraint is not None:
+                constraint.accept(token)
             if options.logprobs is None:
                 yield TokenEvent(int(token), self._piece(token))
             else:  # the logits it was sampled from are still the context's last row
@@ -139,7 +148,7 @@ class LlamaCppBackend(Backend):
                 yield TokenEvent(int(token), self._piece(token), *token_logprobs(row, int(token),
                                                                                   options.logprobs))
             count += 1
-            if count >= options.max_tokens:
+            if count >= options.max_tokens or (constraint is not None and constraint.finished):
                 return
 
     def score(self, ids: Sequence[int]) -> np.ndarray:

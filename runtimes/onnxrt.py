@@ -120,6 +120,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         self._kv_type = np.float16 if facts.get("kv_dtype") == "float16" else np.float32
         self._ort = ort
         self._tok = TextTokenizer(artifact / "tokenizer.json")
+        self._tokenizer_file = artifact / "tokenizer.json"
         special = (manifest.get("tokenizer") or {}).get("special_ids") or {}
         eos = special.get("eos")
         self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -145,6 +146,12 @@ class OnnxRuntimeBackend(_OnnxBackend):
 
     def is_end(self, token_id: int) -> bool:
         return token_id in self._eos
+
+    def _make_constraint_vocab(self):
+        from .constrain import vocab_from_tokenizer_json
+
+        return vocab_from_tokenizer_json(self._tokenizer_file.read_text(encoding="utf-8"), self._vocab,
+                                         sorted(self._eos))
 
     def set_parallel(self, slots: int) -> None:
         from .batching import stream_window
@@ -215,6 +222,7 @@ class OnnxRuntimeBackend(_OnnxBackend):
         if self._keep_rows:
             binding.bind_cpu_input("logits_to_keep", self._last_row)
         sampler = Sampler(options)
+        constraint = self._start_constraint(options)
         history = list(prompt_ids)
         keep = self._reusable(history)
         self._cached = history[:keep]  # what the cache holds, kept up to date as tokens go in
@@ -226,9 +234,12 @@ class OnnxRuntimeBackend(_OnnxBackend):
             logits = self._step(binding, chunk, start + len(chunk), None)
             self._cached += chunk
         for count in range(1, options.max_tokens + 1):
-            token = sampler(logits, history[len(prompt_ids):])  # penalties: the answer's tokens only
+            choose = logits if constraint is None else constraint.mask(logits)
+            token = sampler(choose, history[len(prompt_ids):])  # penalties: the answer's tokens only
             if not options.ignore_eos and self.is_end(token):
                 return
+            if constraint is not None:
+                constraint.accept(token)
             if options.logprobs is None:
                 yield TokenEvent(token, self._tok.token_bytes(token))
             else:
@@ -236,6 +247,8 @@ class OnnxRuntimeBackend(_OnnxBackend):
                                  *token_logprobs(logits, token, options.logprobs))
             history.append(token)
             if count == options.max_tokens or len(history) >= self._n_ctx:  # no step for a token unused
+                return
+            if constraint is not None and constraint.finished:  # the grammar allows nothing more
                 return
             logits = self._step(binding, [token], len(history), step_logits)
             self._cached.append(token)

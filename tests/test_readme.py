@@ -12,6 +12,7 @@ with the tests that only read such artifacts (`real_artifact.adopt`).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -69,6 +70,12 @@ def sandbox(tmp_path_factory, tiny_checkpoint, smollm2_dir) -> tuple[Path, dict[
     for i, topic in enumerate(("Lighthouses", "Roman aqueducts", "Solar panels")):
         corpus.write(work / "contracts" / ("old" if i else "") / f"{i}{('.docx', '.md', '.html')[i]}",
                      corpus.sections(topic), topic)
+    (work / "town.schema.json").write_text(json.dumps({  # the files the structured-output lines name
+        "type": "object", "properties": {"name": {"type": "string"}, "founded": {"type": "integer"}},
+        "required": ["name", "founded"]}))
+    (work / "tools.json").write_text(json.dumps([{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]))
     hub = work / ".hf" / "hub" / f"models--{HUB_ID.replace('/', '--')}"
     commit = "0" * 40
     shutil.copytree(smollm2_dir, hub / "snapshots" / commit, copy_function=_link_or_copy)  # read only
@@ -94,6 +101,7 @@ def test_the_python_example(sandbox, real_artifact, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Q4_K_M" in out and "rows of 576 values" in out  # r.note explains the 6.2 bits
     assert "latency budget missed: total" in out  # the raise-mode example: cut short, text kept
+    assert "tool_calls get_weather {'city'" in out  # the forced call, with its arguments parsed
     for made in ("out/smol/onnx", "out/smol/gguf", "out/minilm"):
         real_artifact.adopt(work / made)
 

@@ -67,11 +67,16 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+def artifacts(tiny_checkpoint, tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """The tiny Qwen2 as GGUF with its window of 256 ("gguf") and widened to 2048 ("wide": room for a
+    schema or tools stated in the prompt), and a tiny BERT."""
     root = tmp_path_factory.mktemp("serve")
     return {
         "gguf": edgekit.convert(
             str(tiny_checkpoint("qwen2")), to="gguf", quant="fp32", output=root / "chat", verify=False
+        ).path,
+        "wide": edgekit.convert(
+            str(tiny_model.parent / "ckpt"), to="gguf", quant="fp32", output=root / "wide", verify=False
         ).path,
         "bert": edgekit.convert(
             str(tiny_checkpoint("bert")), to="onnx", quant="fp32", output=root / "emb", verify=False
@@ -101,7 +106,7 @@ def stand_in_cl100k(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(artifacts, stand_in_cl100k):
-    s = Server([f"chat={artifacts['gguf']}", f"emb={artifacts['bert']}", "--max-body", "20000"],
+    s = Server([f"chat={artifacts['wide']}", f"emb={artifacts['bert']}", "--max-body", "20000"],
                env=stand_in_cl100k)
     yield s
     s.stop()
@@ -130,7 +135,7 @@ def test_models_chat_completions_and_embeddings_through_the_openai_client(server
     assert (
         "".join(pieces) == whole.choices[0].message.content and last_finish == whole.choices[0].finish_reason
     )
-    with edgekit.load(artifacts["gguf"]) as eng:  # the same numbers as the engine's own
+    with edgekit.load(artifacts["wide"]) as eng:  # the same numbers as the engine's own
         direct = eng.chat(messages, max_tokens=12, temperature=0)
         assert direct.text == whole.choices[0].message.content
         assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (
@@ -183,9 +188,9 @@ def test_logprobs_through_the_openai_client(server):
 
 
 def test_langchain_with_its_default_settings(server, monkeypatch):
-    """LangChain's ChatOpenAI and OpenAIEmbeddings as they come: the chat answers, structured output and
-    tools are refused by name, and the embeddings, sent as cl100k_base token ids (tiktoken), equal those
-    of the same texts sent as text."""
+    """LangChain's ChatOpenAI and OpenAIEmbeddings as they come: the chat answers, structured output
+    parses, a bound tool is called with its arguments, and the embeddings, sent as cl100k_base token ids
+    (tiktoken), equal those of the same texts sent as text."""
     langchain_openai = pytest.importorskip("langchain_openai")
     import tiktoken.registry
 
@@ -196,13 +201,17 @@ def test_langchain_with_its_default_settings(server, monkeypatch):
     chat = langchain_openai.ChatOpenAI(model="chat", base_url=f"{server.url}/v1", api_key="unused",
                                        max_tokens=8, max_retries=0)
     assert isinstance(chat.invoke("Say hi").content, str)
-    for asks_for, run in (("response_format", lambda: chat.with_structured_output(
-            {"title": "Person", "type": "object", "properties": {"name": {"type": "string"}}},
-            method="json_schema").invoke("Invent a person")),
-            ("tools", lambda: chat.bind_tools([{"type": "function", "function": {
-                "name": "add", "parameters": {"type": "object", "properties": {}}}}]).invoke("Add"))):
-        with pytest.raises(openai.BadRequestError, match=f"'{asks_for}' is not supported"):
-            run()  # refused by name, not answered with prose
+    roomy = langchain_openai.ChatOpenAI(model="chat", base_url=f"{server.url}/v1", api_key="unused",
+                                        max_tokens=64, max_retries=0, temperature=0)
+    person = roomy.with_structured_output({"title": "Person", "type": "object", "required": ["name"],
+                                           "properties": {"name": {"type": "string", "maxLength": 8}}},
+                                          method="json_schema").invoke("Invent a person")
+    assert set(person) == {"name"} and isinstance(person["name"], str)  # parsed: the schema held
+    add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["a"]}}}
+    called = roomy.bind_tools([add], tool_choice="any").invoke("Add")  # "any": OpenAI's "required"
+    assert [c["name"] for c in called.tool_calls] == ["add"] and 0 <= called.tool_calls[0]["args"]["a"] <= 9
     embedder = langchain_openai.OpenAIEmbeddings(model="emb", base_url=f"{server.url}/v1", api_key="unused",
                                                  max_retries=0, http_client=recorder)
     vectors = embedder.embed_documents(["a cat", "a dog"])
@@ -218,9 +227,48 @@ def test_langchain_with_its_default_settings(server, monkeypatch):
     assert "not a cl100k_base token id" in bad.json()["error"]["message"]
 
 
+def test_structured_output_and_tool_calls_through_the_openai_client(server):
+    """parse() with a pydantic model; tools with "required" and a named choice, whole and streamed (the
+    calls' deltas carry index, id, name and arguments); a tool's result in the conversation."""
+    pydantic = pytest.importorskip("pydantic")
+
+    class Town(pydantic.BaseModel):
+        name: str = pydantic.Field(max_length=10)
+        founded: int = pydantic.Field(ge=0, le=2100)
+
+    c = server.client()
+    parse = getattr(c.chat.completions, "parse", None) or c.beta.chat.completions.parse
+    r = parse(model="chat", messages=[{"role": "user", "content": "A town?"}], response_format=Town,
+              max_tokens=150, temperature=0.8, seed=1)
+    town = r.choices[0].message.parsed
+    assert isinstance(town, Town) and 0 <= town.founded <= 2100 and r.choices[0].finish_reason == "stop"
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"]}}}
+    ask = [{"role": "user", "content": "Weather?"}]
+    for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
+        whole = c.chat.completions.create(model="chat", messages=ask, tools=[tool], tool_choice=choice,
+                                          max_tokens=200, temperature=0)
+        (call,) = whole.choices[0].message.tool_calls
+        assert whole.choices[0].finish_reason == "tool_calls" and whole.choices[0].message.content is None
+        assert call.function.name == "get_weather"
+        assert isinstance(json.loads(call.function.arguments)["city"], str)
+        deltas, finish = [], None
+        for chunk in c.chat.completions.create(model="chat", messages=ask, tools=[tool], tool_choice=choice,
+                                               max_tokens=200, temperature=0, stream=True):
+            deltas += chunk.choices[0].delta.tool_calls or []
+            finish = chunk.choices[0].finish_reason or finish
+        assert finish == "tool_calls" and [d.index for d in deltas] == [0]
+        assert deltas[0].id.startswith("call_")
+        assert deltas[0].function.arguments == call.function.arguments  # greedy: the same call
+    answered = ask + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                      {"role": "tool", "tool_call_id": call.id, "content": "12 C"}]
+    after = c.chat.completions.create(model="chat", messages=answered, tools=[tool], max_tokens=4)
+    assert after.choices[0].message.role == "assistant"
+
+
 def test_llm_cli_as_its_users_configure_it(server, tmp_path):
     """Simon Willison's `llm` with the server as an OpenAI-compatible model (its extra-openai-models.yaml):
-    a prompt streams an answer; --schema (response_format) is refused by name, and llm exits 1."""
+    a prompt streams an answer; --schema (response_format) gives JSON of that shape."""
     llm = Path(sys.executable).with_name("llm")
     if not llm.exists():
         pytest.skip("llm is not installed (the test extra has it)")
@@ -230,9 +278,15 @@ def test_llm_cli_as_its_users_configure_it(server, tmp_path):
     p = subprocess.run([str(llm), "-m", "tiny", "-o", "max_tokens", "6", "Say hi"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and p.stdout.strip(), p.stderr
-    p = subprocess.run([str(llm), "-m", "tiny", "--schema", "name,age int", "Invent a person"], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 1 and "'response_format' is not supported" in p.stderr, p.stderr
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},  # bounded: a
+              "age": {"type": "integer", "minimum": 0, "maximum": 120}},  # random model writes on and on
+              "required": ["name", "age"]}
+    p = subprocess.run([str(llm), "-m", "tiny", "--schema", json.dumps(schema), "-o", "temperature", "0",
+                        "-o", "max_tokens", "300", "Invent a person"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    person = json.loads(p.stdout)
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int), p.stdout
 
 
 @pytest.mark.parametrize(
@@ -259,9 +313,9 @@ def test_llm_cli_as_its_users_configure_it(server, tmp_path):
         ({"model": "chat", "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0]"),
         ({"model": "chat", "messages": [{"role": "user", "content": 5}]}, 400, "content must be a string"),
         (
-            {"model": "chat", "messages": [{"role": "user", "content": "word " * 600}], "max_tokens": 16},
+            {"model": "chat", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 16},
             400,
-            "max_tokens is 16, but the context window is 256",
+            "max_tokens is 16, but the context window is 2048",
         ),
         ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "no model named 'nope'"),
         ({"model": "emb", "messages": [{"role": "user", "content": "hi"}]}, 400, "embedding model"),
@@ -372,7 +426,7 @@ def test_a_full_queue_answers_429_with_retry_after(slow_server):
 
 def test_concurrent_clients_get_their_own_answers(server, artifacts):
     prompts = [f"Question number {i}: what comes next?" for i in range(8)]
-    with edgekit.load(artifacts["gguf"]) as eng:
+    with edgekit.load(artifacts["wide"]) as eng:
         alone = [eng.chat(p, max_tokens=16, temperature=0).text for p in prompts]
 
     async def ask(client, prompt):
@@ -557,9 +611,7 @@ def test_a_port_that_cannot_be_used_is_refused_before_any_model_loads(artifacts)
 
 
 @pytest.mark.parametrize("field,value", [
-    ("response_format", {"type": "json_object"}),
-    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
-    ("logit_bias", {"1": 5}),
+    ("function_call", "auto"), ("logit_bias", {"1": 5}),
     ("functions", [{"name": "f"}]), ("frobnicate", 1), ("service_tier", "flex"),
 ])
 def test_a_field_the_server_does_not_implement_is_a_400_naming_it(server, field, value):
@@ -577,10 +629,13 @@ def test_fields_that_ask_for_nothing_and_the_cheap_ones_are_served(server):
         logprobs=False, response_format={"type": "text"}, tool_choice="none", user="alice",
         frequency_penalty=1.5, presence_penalty=0.5, seed=3, stop=["\n\n"])
     assert reply.choices[0].finish_reason in ("stop", "length")
-    with pytest.raises(openai.BadRequestError) as refused:  # the SDK's own call, refused by name
+    with pytest.raises(openai.BadRequestError) as refused:  # a schema it cannot enforce: a 400 naming it
         c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
-                                  response_format={"type": "json_object"})
-    assert "response_format" in str(refused.value)
+                                  response_format={"type": "json_schema", "json_schema": {
+                                      "name": "x", "schema": {"not": {"type": "string"}}}})
+    assert refused.value.body["param"] == "response_format" and "Unimplemented keys" in str(refused.value)
+    assert c.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
+                                     max_tokens=2).choices  # and the server goes on
     for bad, param in [({"temperature": 3}, "temperature"), ({"top_p": 1.5}, "top_p"),
                        ({"frequency_penalty": 2.5}, None), ({"echo": True}, "echo"),
                        ({"suffix": "x"}, "suffix")]:

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from edgekit.errors import ContextOverflowError, EdgekitError, InvalidOptionError
+from edgekit.errors import ContextOverflowError, EdgekitError, InvalidOptionError, SchemaError
 
 DEFAULT_MAX_TOKENS = 256  # when a request sets none (OpenAI's own default runs to the context's end)
 
@@ -33,7 +33,8 @@ _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
 _GENERATION = {"model", "user", "n", "stream", "stream_options", "max_tokens", "stop", "logprobs",
                *_SAMPLING}
 FIELDS = {
-    "chat": _GENERATION | {"messages", "max_completion_tokens", "top_logprobs"},
+    "chat": _GENERATION | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
+                           "tool_choice", "parallel_tool_calls"},
     "completion": _GENERATION | {"prompt"},
     "embedding": {"model", "user", "input", "encoding_format", "dimensions"},
 }
@@ -43,11 +44,11 @@ _NOTHING: dict[str, tuple[Any, ...]] = {
     "best_of": (1,), "suffix": ("",), "store": (False,), "service_tier": ("auto", "default"),
 }
 _LATER = {  # what a refusal adds for the fields people ask for most
-    "response_format": "structured output (JSON schemas) is not implemented yet",
-    "tools": "tool calls are not implemented yet",
-    "tool_choice": "tool calls are not implemented yet",
-    "functions": "function calls are not implemented yet",
-    "function_call": "function calls are not implemented yet",
+    "response_format": "structured output is for /v1/chat/completions",
+    "tools": "tool calls are for /v1/chat/completions",
+    "tool_choice": "tool calls are for /v1/chat/completions",
+    "functions": "the legacy functions field is not implemented; use tools",
+    "function_call": "the legacy function_call field is not implemented; use tool_choice",
     "top_logprobs": "the legacy completions take logprobs as a number instead",
     "logit_bias": "logit_bias is not implemented",
 }
@@ -180,22 +181,58 @@ def check_model(name: Any, tasks: Mapping[str, str], task: str) -> str:
     return name
 
 
-def chat_messages(body: dict[str, Any]) -> list[dict[str, str]]:
-    """/v1/chat/completions' messages as edgekit's [{"role", "content"}] (developer is system)."""
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """/v1/chat/completions' messages as edgekit's [{"role", "content"}] (developer is system), with
+    an assistant's tool_calls and a tool result's tool_call_id."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "messages must be a non-empty list", param="messages")
     return [_message(m, i) for i, m in enumerate(messages)]
 
 
-def _message(m: Any, i: int) -> dict[str, str]:
-    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
+def _message(m: Any, i: int) -> dict[str, Any]:
+    if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
         raise ApiError(
             400,
-            f"messages[{i}] must be an object with role system, user or assistant",
+            f"messages[{i}] must be an object with role system, user, assistant or tool",
             param=f"messages[{i}]",
         )
     content = m.get("content")
+    calls = m.get("tool_calls")
+    if calls is not None:
+        if m["role"] != "assistant":
+            raise ApiError(400, f"messages[{i}].tool_calls: only an assistant message has them",
+                           param=f"messages[{i}].tool_calls")
+        return {"role": "assistant", "content": _text(content, i) if content is not None else None,
+                "tool_calls": _tool_calls(calls, i)}
+    if m["role"] == "tool":
+        ident = m.get("tool_call_id")
+        if not isinstance(ident, str):
+            raise ApiError(400, f"messages[{i}].tool_call_id must be the id of the call it answers",
+                           param=f"messages[{i}].tool_call_id")
+        return {"role": "tool", "content": _text(content, i), "tool_call_id": ident}
+    role = "system" if m["role"] == "developer" else m["role"]
+    return {"role": role, "content": _text(content, i)}
+
+
+def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
+    """An assistant message's calls: [{"id", "type": "function", "function": {"name", "arguments"}}]."""
+    where = f"messages[{i}].tool_calls"
+    if not isinstance(calls, list):
+        raise ApiError(400, f"{where} must be a list", param=where)
+    out = []
+    for n, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                and isinstance(fn.get("arguments"), str) and isinstance(call.get("id", ""), str)):
+            raise ApiError(400, f'{where}[{n}] must be {{"id": ..., "type": "function", "function": '
+                           '{"name": ..., "arguments": "<JSON text>"}}', param=f"{where}[{n}]")
+        out.append({"id": call.get("id", ""), "type": "function",
+                    "function": {"name": fn["name"], "arguments": fn["arguments"]}})
+    return out
+
+
+def _text(content: Any, i: int) -> str:
     if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]: the text parts joined
         parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         if len(parts) != len(content) or not all(isinstance(p, str) for p in parts):
@@ -205,8 +242,7 @@ def _message(m: Any, i: int) -> dict[str, str]:
         content = "".join(parts)
     if not isinstance(content, str):
         raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
-    role = "system" if m["role"] == "developer" else m["role"]
-    return {"role": role, "content": content}
+    return content
 
 
 def completion_prompt(body: dict[str, Any]) -> str:
@@ -361,7 +397,25 @@ def generation_options(body: dict[str, Any], defaults: Mapping[str, Any],
         GenerationOptions(**{k: v for k, v in options.items() if k != "stop"})
     except InvalidOptionError as exc:
         raise ApiError(400, str(exc)) from None
+    if kind == "chat":
+        options.update(_structure(body))
     return options
+
+
+def _structure(body: Mapping[str, Any]) -> dict[str, Any]:
+    """response_format, tools, tool_choice and parallel_tool_calls, checked and compiled now (a schema
+    that cannot be enforced is a 400 naming it before anything queues); engine.chat() takes them."""
+    from edgekit.structured import plan
+
+    names = ("response_format", "tools", "tool_choice", "parallel_tool_calls")
+    fields = {name: body[name] for name in names if body.get(name) is not None}
+    try:
+        plan(**fields)
+    except SchemaError as exc:
+        field = str(exc).split(":")[0].split(".")[0].split("[")[0].split()[0]  # what the message names
+        param = field if field in names else None
+        raise ApiError(400, str(exc), param=param, code="invalid_schema") from None
+    return fields
 
 
 def streaming(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -406,7 +460,12 @@ def models_list(names: Sequence[str], created: int) -> dict[str, Any]:
 
 
 def _finish(result: Any) -> str:
-    return "length" if result.finish_reason == "length" else "stop"
+    return result.finish_reason if result.finish_reason in ("length", "tool_calls") else "stop"
+
+
+def _calls(result: Any) -> list[dict[str, Any]]:
+    """The tool calls of a result in a stream's delta form (an index on each)."""
+    return [{"index": n, **call.to_dict()} for n, call in enumerate(getattr(result, "tool_calls", ()))]
 
 
 def _usage(result: Any) -> dict[str, int]:
@@ -450,7 +509,7 @@ def whole(kind: str, ident: str, model: str, result: Any) -> dict[str, Any]:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
+                    "message": _assistant(result),
                     "logprobs": _logprobs_of(kind, result),
                     "finish_reason": _finish(result),
                 }
@@ -462,6 +521,13 @@ def whole(kind: str, ident: str, model: str, result: Any) -> dict[str, Any]:
         "choices": [{"index": 0, "text": result.text, "finish_reason": _finish(result),
                      "logprobs": _logprobs_of(kind, result)}],
     }
+
+
+def _assistant(result: Any) -> dict[str, Any]:
+    calls = getattr(result, "tool_calls", ())
+    if not calls:
+        return {"role": "assistant", "content": result.text}
+    return {"role": "assistant", "content": result.text or None, "tool_calls": [c.to_dict() for c in calls]}
 
 
 def _chunk(kind: str, ident: str, model: str, delta: Any, finish: str | None = None,
@@ -496,6 +562,8 @@ def stream_event(
     elif what == "error":
         yield json.dumps(api_error(value).body())
     else:
+        if kind == "chat" and getattr(value, "tool_calls", ()):  # the calls, each whole, before the end
+            yield json.dumps(_chunk(kind, ident, model, {"tool_calls": _calls(value)}))
         # the tokens' log-probabilities, when asked for, come whole with the finishing chunk
         yield json.dumps(_chunk(kind, ident, model, {} if kind == "chat" else "", _finish(value),
                                 _logprobs_of(kind, value)))

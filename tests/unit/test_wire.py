@@ -53,7 +53,11 @@ def test_chat_messages_join_text_parts_and_map_developer_to_system():
 
 
 @pytest.mark.parametrize("messages,param", [
-    ([], "messages"), ([{"role": "tool", "content": "x"}], "messages[0]"),
+    ([], "messages"), ([{"role": "robot", "content": "x"}], "messages[0]"),
+    ([{"role": "tool", "content": "x"}], "messages[0].tool_call_id"),
+    ([{"role": "user", "content": "x", "tool_calls": []}], "messages[0].tool_calls"),
+    ([{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": {}}}]}],
+     "messages[0].tool_calls[0]"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages[0]"),
     ([{"role": "user", "content": 3}], "messages[0].content")])
 def test_bad_messages_name_the_field(messages, param):
@@ -96,7 +100,10 @@ def test_fields_are_served_refused_by_name_or_taken_when_they_ask_for_nothing():
     wire.check_fields({**chat, "logprobs": False, "tools": [], "response_format": {"type": "text"},
                        "tool_choice": "none", "logit_bias": {}, "top_logprobs": None}, "chat")
     wire.check_fields({**chat, "logprobs": True, "top_logprobs": 3}, "chat")  # served
-    for kind, field, value in [("completion", "top_logprobs", 2), ("chat", "tools", [{}]),
+    wire.check_fields({**chat, "tools": [{}], "tool_choice": "required", "parallel_tool_calls": True,
+                       "response_format": {"type": "json_object"}}, "chat")  # served (checked later)
+    for kind, field, value in [("completion", "top_logprobs", 2), ("completion", "tools", [{}]),
+                               ("completion", "response_format", {"type": "json_object"}),
                                ("chat", "prompt", "x"), ("completion", "messages", []),
                                ("completion", "echo", True), ("embedding", "temperature", 1),
                                ("chat", "whatever", 0)]:
@@ -241,3 +248,38 @@ def test_metrics_page_counts_and_quantiles_in_prometheus_text():
     assert values[f'edgekit_ttft_seconds{{{m},quantile="0.5"}}'] == pytest.approx(0.2)
     assert values[f'edgekit_decode_tokens_per_second{{{m},quantile="0.5"}}'] == pytest.approx(60.0)
     assert "# TYPE edgekit_requests_total counter" in page and page.endswith("\n")
+
+
+def test_structured_fields_are_checked_before_anything_queues():
+    """response_format and tools compile when the body is read: a schema that cannot be enforced is a
+    400 naming the field; good ones reach engine.chat() as they came."""
+    body = {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"not": {}}}}}
+    with pytest.raises(ApiError) as caught:
+        wire.generation_options(body, {})
+    assert caught.value.status == 400 and caught.value.param == "response_format"
+    assert caught.value.code == "invalid_schema" and "Unimplemented keys" in caught.value.message
+    with pytest.raises(ApiError) as caught:
+        wire.generation_options({"tools": [{"type": "function", "function": {"name": "a b"}}]}, {})
+    assert caught.value.param == "tools"
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    options = wire.generation_options({"tools": tools, "tool_choice": "required"}, {})
+    assert options["tools"] == tools and options["tool_choice"] == "required"
+    assert "tools" not in wire.generation_options({"tools": tools}, {}, "completion")  # refused earlier
+
+
+def test_tool_calls_go_out_in_openais_shapes():
+    from edgekit.engine import GenerationResult
+    from edgekit.metrics import DecodeMetrics
+    from edgekit.structured import ToolCall
+
+    call = ToolCall("call_1", "f", '{"a": 1}')
+    metrics = DecodeMetrics.from_times(0.0, [0.1], 0.2, 3)
+    result = GenerationResult("", "tool_calls", metrics, tool_calls=(call,))
+    message = wire.whole("chat", "id", "m", result)["choices"][0]
+    assert message["finish_reason"] == "tool_calls" and message["message"]["content"] is None
+    assert message["message"]["tool_calls"] == [{"id": "call_1", "type": "function",
+                                                 "function": {"name": "f", "arguments": '{"a": 1}'}}]
+    events = [json.loads(e) for e in wire.stream_event("chat", "id", "m", "done", result, False)
+              if e != "[DONE]"]
+    assert events[0]["choices"][0]["delta"]["tool_calls"][0] == {"index": 0, **call.to_dict()}
+    assert events[1]["choices"][0]["finish_reason"] == "tool_calls"
