@@ -157,9 +157,10 @@ def test_a_template_that_states_tools_gets_them(tiny_model, tmp_path):
     assert "You can call these functions" not in prompt  # not stated twice
 
 
-def test_streams_of_different_schemas_decode_together(artifacts):
+@pytest.mark.parametrize("fmt", ["gguf", "onnx"])
+def test_streams_of_different_schemas_decode_together(artifacts, fmt):
     results = {}
-    with edgekit.load(artifacts["onnx"], device="cpu", n_ctx=1536, parallel=3) as eng:
+    with edgekit.load(artifacts[fmt], device="cpu", n_ctx=1536, parallel=3) as eng:
         def ask(name: str) -> None:
             results[name] = eng.chat(f"Reply as {name}.", response_format=_format(SCHEMAS[name]),
                                      max_tokens=160, temperature=0.8, seed=7)
