@@ -428,9 +428,8 @@ def _structure(json_schema: Path | None, json_object: bool, regex: str | None, t
     except SchemaError as exc:
         where = {"response_format": next((f"{name} {value}" for name, value in (
             ("--json-schema", json_schema), ("--regex", regex)) if value is not None), "--json-object"),
-                 "tools": f"--tools {tools}", "tool_choice": "--tool-choice"}
-        field = str(exc).split(":")[0].split(".")[0].split("[")[0]
-        raise SchemaError(f"{where.get(field, field)}: {str(exc).partition(': ')[2] or exc}") from None
+                 "tools": f"--tools {tools}", "tool_choice": "--tool-choice"}.get(exc.field)
+        raise SchemaError(f"{where}: {exc}" if where else str(exc), exc.field) from None
     return out
 
 

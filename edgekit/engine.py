@@ -384,8 +384,15 @@ class Engine:
             messages = [{"role": "user", "content": messages}]
         wants = plan(response_format, tools, tool_choice, parallel_tool_calls)
         template_tools = template_renders_tools(str(self.manifest.get("chat_template") or ""))
-        messages = prepare(validate_messages(messages), wants, template_tools)
+        given = validate_messages(messages)
+        messages = prepare(given, wants, template_tools)
         shown = list(wants.tools) if wants.tools and template_tools else None  # the template states them
+        added_system = messages[0]["role"] == "system" and given[0].get("role") != "system"
+
+        def render(messages: list[dict[str, Any]]) -> tuple[str, int]:
+            if truncate == "oldest" and type(max_tokens) is int:
+                return self._fit(messages, max_tokens, shown)
+            return self.render_chat(messages, shown), 0
 
         start = time.perf_counter()
         cancel = threading.Event()
@@ -393,10 +400,14 @@ class Engine:
             self._rendering.add(cancel)
         dropped = 0
         try:
-            if truncate == "oldest" and type(max_tokens) is int:
-                prompt, dropped = self._fit(messages, max_tokens, shown)
-            else:
-                prompt = self.render_chat(messages, shown)
+            try:
+                prompt, dropped = render(messages)
+            except ChatTemplateError as exc:
+                if isinstance(exc, RenderCancelled) or cancel.is_set() or not added_system:
+                    raise
+                # a template that refuses a system message (Gemma's): the plan's words go to the first
+                # user message instead
+                prompt, dropped = render(prepare(given, wants, template_tools, system=False))
         except RenderCancelled:
             self._check_open()  # closed while rendering: say so
             cancel.set()
@@ -629,7 +640,7 @@ class Engine:
             state["text"] = text
             # earlier text held no stop string: a new one must end in this piece (no rescan per token)
             cut = _stop_at(text, options.stop, max(0, before - longest + 1))
-            if cut is not None:
+            if cut is not None and not (hide and 0 <= text.find(hide[0]) <= cut):  # not inside a call
                 text = text[:cut]
                 break
             if hide and text.find(TOOL_CLOSE, max(0, before - len(TOOL_CLOSE) + 1)) >= 0:

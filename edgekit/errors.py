@@ -103,7 +103,12 @@ class InvalidOptionError(EdgekitError, ValueError):
 
 class SchemaError(InvalidOptionError):
     """A response format, JSON schema, regex or tool list that constrained decoding cannot enforce:
-    malformed, or using a keyword it does not implement (named in the message)."""
+    malformed, or using a keyword it does not implement (named in the message). `field`: the request
+    field it came from ("response_format", "tools", "tool_choice" or "parallel_tool_calls")."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ChatTemplateError(EdgekitError):

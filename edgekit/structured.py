@@ -52,10 +52,6 @@ class Plan:
     calls: bool = False  # the reply may hold tool calls: the stream hides them, the result lists them
     describe_tools: str = field(default="", repr=False)  # the tools in words, for a template without them
 
-    @property
-    def active(self) -> bool:
-        return self.grammar is not None or bool(self.tools)
-
 
 NO_PLAN = Plan()
 
@@ -69,27 +65,30 @@ def plan(response_format: Any = None, tools: Any = None, tool_choice: Any = None
     functions = _tools(tools)
     choice = _tool_choice(tool_choice, functions)
     if not isinstance(parallel_tool_calls, bool):
-        raise SchemaError(f"parallel_tool_calls must be true or false, not {parallel_tool_calls!r}")
+        raise SchemaError(f"parallel_tool_calls must be true or false, not {parallel_tool_calls!r}",
+                          "parallel_tool_calls")
     if choice == "none" or not functions:
         if regex is not None:
             return Plan(regex_grammar(regex, "response_format.regex"), words)
         grammar = None if reply is None else json_schema_grammar(reply, "response_format")
         return Plan(grammar, words)
     if regex is not None:
-        raise SchemaError("response_format of type regex cannot be combined with tools; use a json_schema")
+        raise SchemaError("response_format of type regex cannot be combined with tools; use a json_schema",
+                          "response_format")
     allowed = [f for f in functions if choice in ("auto", "required") or f["name"] == choice]
     body = {**_call_schema(allowed), "x-guidance": JSON_STYLE}
     call = f'"{TOOL_OPEN}\\n" body "\\n{TOOL_CLOSE}"'
     calls = f'{call} ("\\n" {call})*' if parallel_tool_calls else call
     rules = f"body: %json {json.dumps(body)}\n"
-    if choice != "auto":  # required or named: the reply is calls alone
-        grammar = lark_grammar(f"start: {calls}\n{rules}", "tools")
+    if choice != "auto":  # required or named: the reply is calls alone (a response_format has no say)
+        grammar, words = lark_grammar(f"start: {calls}\n{rules}", "tools"), ""
     elif reply is not None:  # the reply in its format, or calls
         reply = {**reply, "x-guidance": JSON_STYLE}
         grammar = lark_grammar(f"start: reply | calls\ncalls: {calls}\n"
                                f"reply: %json {json.dumps(reply)}\n{rules}", "tools")
-    else:  # free text, and a call held to the tools' schemas once the model opens one
-        rest = f'"\\n" body "\\n{TOOL_CLOSE}"' + (f' ("\\n" {call})*' if parallel_tool_calls else "")
+    else:  # free text, and a call held to the tools' schemas once the model opens one (the token that
+        # opens it may carry a space or a newline past the tag)
+        rest = f'/[ \\t]*\\n?/ body "\\n{TOOL_CLOSE}"' + (f' ("\\n" {call})*' if parallel_tool_calls else "")
         grammar = lark_grammar(f"start: {rest}\n{rules}", "tools", trigger=TOOL_OPEN)
     return Plan(grammar, words, tuple(_tool_object(f) for f in functions), calls=True,
                 describe_tools=_describe(functions, choice, parallel_tool_calls))
@@ -104,10 +103,10 @@ def _response_format(value: Any) -> tuple[dict[str, Any] | None, str, str | None
                                                         "schema": value.model_json_schema()}}
     if not isinstance(value, Mapping):
         raise SchemaError(f'response_format must be an object such as {{"type": "json_object"}}, '
-                          f"not {type(value).__name__}")
+                          f"not {type(value).__name__}", "response_format")
     kind = value.get("type")
     _only(value, {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"},
-                  "regex": {"type", "regex"}}.get(kind, {"type"}), "response_format")
+                  "regex": {"type", "regex"}}.get(kind, {"type"}), "response_format", "response_format")
     if kind == "text":
         return None, "", None
     if kind == "json_object":
@@ -115,18 +114,21 @@ def _response_format(value: Any) -> tuple[dict[str, Any] | None, str, str | None
     if kind == "regex":
         regex = value.get("regex")
         if not isinstance(regex, str) or not regex:
-            raise SchemaError("response_format.regex must be a non-empty string")
+            raise SchemaError("response_format.regex must be a non-empty string", "response_format")
         return None, "", regex
     if kind != "json_schema":
         raise SchemaError("response_format.type must be text, json_object, json_schema or regex, "
-                          f"not {kind!r}")
+                          f"not {kind!r}", "response_format")
     spec = value.get("json_schema")
     if not isinstance(spec, Mapping):
-        raise SchemaError('response_format.json_schema must be an object: {"name": ..., "schema": {...}}')
-    _only(spec, {"name", "schema", "strict", "description"}, "response_format.json_schema")
+        raise SchemaError('response_format.json_schema must be an object: {"name": ..., "schema": {...}}',
+                          "response_format")
+    _only(spec, {"name", "schema", "strict", "description"}, "response_format.json_schema",
+          "response_format")
     schema = spec.get("schema", {"type": "object"})
     if not isinstance(schema, Mapping):
-        raise SchemaError("response_format.json_schema.schema must be a JSON schema object")
+        raise SchemaError("response_format.json_schema.schema must be a JSON schema object",
+                          "response_format")
     from edgekit.runtimes.constrain import schema_text
 
     what = f" ({spec['description']})" if isinstance(spec.get("description"), str) else ""
@@ -140,30 +142,35 @@ def _tools(value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, Sequence) or isinstance(value, str | bytes):
-        raise SchemaError("tools must be a list of {\"type\": \"function\", \"function\": {...}} objects")
+        raise SchemaError('tools must be a list of {"type": "function", "function": {...}} objects', "tools")
     out, names = [], set()
     for i, tool in enumerate(value):
         where = f"tools[{i}]"
         if not isinstance(tool, Mapping) or tool.get("type") != "function" or not isinstance(
                 tool.get("function"), Mapping):
             raise SchemaError(f'{where} must be {{"type": "function", "function": {{"name": ..., '
-                              '"parameters": {...}}}}')
-        _only(tool, {"type", "function"}, where)
+                              '"parameters": {...}}}}', "tools")
+        _only(tool, {"type", "function"}, where, "tools")
         fn = tool["function"]
-        _only(fn, {"name", "description", "parameters", "strict"}, f"{where}.function")
+        _only(fn, {"name", "description", "parameters", "strict"}, f"{where}.function", "tools")
         name = fn.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise SchemaError(f"{where}.function.name must be 1 to 64 letters, digits, _ or -, not {name!r}")
+            raise SchemaError(f"{where}.function.name must be 1 to 64 letters, digits, _ or -, not {name!r}",
+                              "tools")
         if name in names:
-            raise SchemaError(f"{where}.function.name: two tools are named {name!r}")
+            raise SchemaError(f"{where}.function.name: two tools are named {name!r}", "tools")
         names.add(name)
         params = fn.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(params, Mapping):
-            raise SchemaError(f"{where}.function.parameters must be a JSON schema object")
+            raise SchemaError(f"{where}.function.parameters must be a JSON schema object", "tools")
         description = fn.get("description", "")
         if not isinstance(description, str):
-            raise SchemaError(f"{where}.function.description must be a string")
-        out.append({"name": name, "description": description, "parameters": closed(params)})
+            raise SchemaError(f"{where}.function.description must be a string", "tools")
+        params = closed(params)
+        from edgekit.runtimes.constrain import json_schema_grammar
+
+        json_schema_grammar(params, f"{where}.function.parameters")  # its errors name the tool
+        out.append({"name": name, "description": description, "parameters": params})
     return out
 
 
@@ -172,24 +179,26 @@ def _tool_choice(value: Any, functions: list[dict[str, Any]]) -> str:
     if value is None:
         return "auto" if functions else "none"
     if value in ("none", "auto", "required"):
-        if value != "none" and not functions:
-            raise SchemaError(f"tool_choice {value!r} needs tools")
-        return value
+        if value == "required" and not functions:  # "auto" with no tools: no call can be made
+            raise SchemaError("tool_choice 'required' needs tools", "tool_choice")
+        return value if functions else "none"
     if isinstance(value, Mapping) and value.get("type") == "function" and isinstance(value.get("function"),
                                                                                       Mapping):
+        _only(value, {"type", "function"}, "tool_choice", "tool_choice")
+        _only(value["function"], {"name"}, "tool_choice.function", "tool_choice")
         name = value["function"].get("name")
         if name not in {f["name"] for f in functions}:
-            raise SchemaError(f"tool_choice names {name!r}, which is not among the tools")
+            raise SchemaError(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
         return name
     raise SchemaError('tool_choice must be "none", "auto", "required" or {"type": "function", '
-                      '"function": {"name": ...}}')
+                      '"function": {"name": ...}}', "tool_choice")
 
 
-def _only(obj: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def _only(obj: Mapping[str, Any], allowed: set[str], where: str, field: str) -> None:
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise SchemaError(f"{where}: {', '.join(map(repr, unknown))} is not supported; "
-                          f"it takes {', '.join(sorted(allowed))}")
+                          f"it takes {', '.join(sorted(allowed))}", field)
 
 
 def _call_schema(functions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -220,9 +229,15 @@ _NAMED = frozenset({"properties", "$defs", "definitions", "patternProperties", "
 def closed(schema: Any) -> Any:
     """The schema with every object that names its properties and says nothing of others closed to
     them (additionalProperties false): a reply made under it still matches the schema as given (leaving
-    a property out is always allowed), but a small model cannot pad its JSON with keys of its own."""
+    a property out is always allowed), but a small model cannot pad its JSON with keys of its own.
+    An object combined with others (a part of allOf, or beside $ref, anyOf or oneOf) or requiring a
+    property it does not list stays open: closing it could make the schema unsatisfiable."""
+    return _close(schema, True)
+
+
+def _close(schema: Any, may_close: bool) -> Any:
     if isinstance(schema, list):
-        return [closed(v) for v in schema]
+        return [_close(v, may_close) for v in schema]
     if not isinstance(schema, Mapping):
         return schema
     out = {}
@@ -230,10 +245,15 @@ def closed(schema: Any) -> Any:
         if key in _DATA:
             out[key] = value
         elif key in _NAMED and isinstance(value, Mapping):
-            out[key] = {name: closed(sub) for name, sub in value.items()}
-        else:
-            out[key] = closed(value)
-    if "properties" in out and "additionalProperties" not in out and "patternProperties" not in out:
+            out[key] = {name: _close(sub, True) for name, sub in value.items()}
+        else:  # the parts of an allOf describe one object together: none of them may close it alone
+            out[key] = _close(value, key != "allOf")
+    properties = out.get("properties")
+    required = out.get("required") if isinstance(out.get("required"), list) else []
+    others = {"additionalProperties", "patternProperties"}  # said of other properties already
+    combined = {"$ref", "allOf", "anyOf", "oneOf"}  # combined with another schema: left open
+    if (may_close and isinstance(properties, Mapping) and not (others | combined) & set(out)
+            and all(name in properties for name in required)):
         out["additionalProperties"] = False
     return out
 
@@ -253,19 +273,28 @@ def _describe(functions: list[dict[str, Any]], choice: str, parallel: bool) -> s
     return f"You can call these functions:\n{listed}\n{how}{when}"
 
 
-def prepare(messages: list[dict[str, Any]], the_plan: Plan, template_tools: bool) -> list[dict[str, Any]]:
-    """The messages a chat template renders: the plan's words in the system message, and the tool calls
-    and tool results of earlier turns in the form this template reads (its own when it supports tools,
-    else text in the <tool_call> form the model is told to use)."""
+def prepare(messages: list[dict[str, Any]], the_plan: Plan, template_tools: bool,
+            system: bool = True) -> list[dict[str, Any]]:
+    """The messages a chat template renders: the plan's words in the system message (made when there is
+    none; system=False: at the start of the first user message instead, for a template that refuses a
+    system message), and the tool calls and results of earlier turns in the form this template reads
+    (its own when it states tools, else text in the <tool_call> form the model is told to use)."""
     out = [_for_template(m, template_tools) for m in messages]
     words = the_plan.instructions
     if the_plan.tools and not template_tools:
         words = f"{the_plan.describe_tools}\n\n{words}" if words else the_plan.describe_tools
-    if words:
-        if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
-            out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{words}"}
+    if not words:
+        return out
+    if out and out[0].get("role") == "system" and isinstance(out[0].get("content"), str):
+        out[0] = {**out[0], "content": f"{out[0]['content']}\n\n{words}"}
+    elif system:
+        out.insert(0, {"role": "system", "content": words})
+    else:
+        at = next((i for i, m in enumerate(out) if m.get("role") == "user"), None)
+        if at is None or not isinstance(out[at].get("content"), str):
+            out.insert(0, {"role": "user", "content": words})
         else:
-            out.insert(0, {"role": "system", "content": words})
+            out[at] = {**out[at], "content": f"{words}\n\n{out[at]['content']}"}
     return out
 
 
@@ -317,7 +346,7 @@ def _call_text(call: Any) -> str:
 
 def read_reply(text: str) -> tuple[str, tuple[ToolCall, ...]]:
     """(the reply's words, the tool calls it made): every whole <tool_call> block with a name and
-    arguments; the words are what comes before the first block."""
+    arguments; the words are what comes before the first block (the server strips them)."""
     calls = []
     for match in _CALL.finditer(text):
         try:
@@ -328,8 +357,7 @@ def read_reply(text: str) -> tuple[str, tuple[ToolCall, ...]]:
             args = json.dumps(data["arguments"], ensure_ascii=False)
             calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], args))
     at = text.find(TOOL_OPEN)
-    words = text if at < 0 else text[:at]
-    return (words.strip() if calls else words), tuple(calls)
+    return (text if at < 0 else text[:at]), tuple(calls)  # the words as they were streamed
 
 
 def repeated_call(text: str) -> int | None:
@@ -349,5 +377,8 @@ def repeated_call(text: str) -> int | None:
 
 
 def template_renders_tools(source: str) -> bool:
-    """Whether a chat template reads a `tools` variable (it then states the tools in its own words)."""
-    return re.search(r"\btools\b", source) is not None
+    """Whether a chat template states tools itself in the form edgekit reads (it reads a `tools`
+    variable and teaches <tool_call> blocks, as Qwen2.5's and the Hermes family's do). A template
+    that teaches another form (Llama 3's JSON, Mistral's [TOOL_CALLS] ...) is given the tools in the
+    system message instead, with the form edgekit reads."""
+    return re.search(r"\btools\b", source) is not None and TOOL_OPEN in source

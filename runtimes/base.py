@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 # prompt resumed from a cached prefix then computes exactly what a fresh one does, and a batch of
 # streams keeps decoding between one prompt's chunks.
 PREFILL_CHUNK = 256
+_VOCAB_LOCK = threading.Lock()  # guards each backend's constraint vocabulary as it is made
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class GenerationOptions:
 
             checks.append((isinstance(self.grammar, Grammar), "grammar must be a constrain.Grammar "
                            "(response_format and tools make one)"))
+            checks.append((not self.ignore_eos, "ignore_eos cannot be combined with a response_format or "
+                           "tools: a reply held to a grammar ends when the grammar does"))
         for ok, message in checks:
             if not ok:
                 raise InvalidOptionError(message)
@@ -153,10 +157,11 @@ class Backend(ABC):
 
     def constraint_vocab(self) -> ConstraintVocab:
         """The vocabulary constrained decoding masks (options.grammar), made on first use and kept."""
-        vocab = getattr(self, "_constraint_vocab", None)
-        if vocab is None:
-            vocab = self._constraint_vocab = self._make_constraint_vocab()
-        return vocab
+        with _VOCAB_LOCK:  # requests arriving together build it once
+            vocab = getattr(self, "_constraint_vocab", None)
+            if vocab is None:
+                vocab = self._constraint_vocab = self._make_constraint_vocab()
+            return vocab
 
     def _make_constraint_vocab(self) -> ConstraintVocab:
         from edgekit.errors import BackendError

@@ -2,8 +2,8 @@
 masked out of the logits, so a reply matches its JSON schema, regex or tool-call format by construction.
 
 One compiler for both backends: llguidance (the library onnxruntime-genai and llama.cpp use for this),
-which needs nothing but its own wheel, computes a token mask in about 10 microseconds and checks JSON
-Schema keywords it does not implement instead of ignoring them. Each backend gives its vocabulary
+which needs nothing but its own wheel, computes a token mask in well under a millisecond and reports
+JSON Schema keywords it does not implement instead of ignoring them. Each backend gives its vocabulary
 (ONNX: the artifact's tokenizer.json; llama.cpp: the GGUF's own vocabulary) as a ConstraintVocab,
 which keeps every grammar it compiled: a schema used again starts from a copy.
 """
@@ -11,6 +11,7 @@ which keeps every grammar it compiled: a schema used again starts from a copy.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -53,7 +54,7 @@ def json_schema_grammar(schema: dict[str, Any], what: str) -> Grammar:
     try:
         text = llg.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_STYLE)
     except (ValueError, TypeError) as exc:
-        raise SchemaError(f"{what}: not a JSON schema ({exc})") from None
+        raise SchemaError(f"{what}: not a JSON schema ({exc})", _field(what)) from None
     return _checked(Grammar(text, what))
 
 
@@ -69,8 +70,13 @@ def _checked(grammar: Grammar) -> Grammar:
     """The grammar, once llguidance has found nothing wrong with it (no vocabulary needed for that)."""
     failed, messages = _llguidance().LLMatcher.validate_grammar_with_warnings(grammar.text, None)
     if failed:
-        raise SchemaError(f"{grammar.what}: {_plain(messages[0])}")
+        raise SchemaError(f"{grammar.what}: {_plain(messages[0])}", _field(grammar.what))
     return grammar
+
+
+def _field(what: str) -> str:
+    """The request field a grammar came from: "tools" of "tools[0].function.parameters"."""
+    return re.match(r"\w*", what).group()
 
 
 def _plain(message: str) -> str:
@@ -89,27 +95,29 @@ class ConstraintVocab:
 
     def compile(self, grammar: Grammar) -> tuple[float, bool]:
         """Compile `grammar` for this vocabulary, unless it already is: (milliseconds, was kept)."""
-        with self._lock:
-            if grammar.text in self._compiled:
-                self._compiled.move_to_end(grammar.text)
-                return 0.0, True
         start = time.perf_counter()
-        matcher = _llguidance().LLMatcher(self.tokenizer, grammar.text, log_level=0)
+        kept = self._matcher(grammar)[1]
+        return (0.0 if kept else 1000 * (time.perf_counter() - start)), kept
+
+    def start(self, grammar: Grammar) -> Constraint:
+        """A generation's constraint: a copy of the compiled grammar at its start."""
+        return Constraint(self._matcher(grammar, copy=True)[0], self, grammar)
+
+    def _matcher(self, grammar: Grammar, copy: bool = False) -> tuple[Any, bool]:
+        """(the grammar's matcher at its start, or a copy of it; whether it was compiled before)."""
+        with self._lock:
+            matcher = self._compiled.get(grammar.text)
+            if matcher is not None:
+                self._compiled.move_to_end(grammar.text)
+                return (matcher.deep_copy() if copy else matcher), True
+        matcher = _llguidance().LLMatcher(self.tokenizer, grammar.text, log_level=0)  # outside the lock
         if matcher.is_error():
-            raise SchemaError(f"{grammar.what}: {_plain(matcher.get_error())}")
-        ms = 1000 * (time.perf_counter() - start)
+            raise SchemaError(f"{grammar.what}: {_plain(matcher.get_error())}", _field(grammar.what))
         with self._lock:
             self._compiled[grammar.text] = matcher
             while len(self._compiled) > KEPT_GRAMMARS:
                 self._compiled.popitem(last=False)
-        return ms, False
-
-    def start(self, grammar: Grammar) -> Constraint:
-        """A generation's constraint: a copy of the compiled grammar at its start."""
-        self.compile(grammar)
-        with self._lock:
-            matcher = self._compiled[grammar.text].deep_copy()
-        return Constraint(matcher, self, grammar)
+            return (matcher.deep_copy() if copy else matcher), False
 
 
 class Constraint:
@@ -120,11 +128,13 @@ class Constraint:
         self._bits = np.zeros((vocab.width + 31) // 32, dtype=np.int32)
         self.active = not grammar.trigger  # a trigger: not yet, until the text ends with it
         self._text = b""  # the text so far, while waiting for the trigger
+        self._dropped = False  # what the model wrote past the trigger fits no call: the reply ends
 
     @property
     def finished(self) -> bool:
-        """The grammar is complete and allows nothing more: the generation ends here."""
-        return self.active and self._matcher.is_stopped()
+        """The grammar is complete and allows nothing more (or a triggered call could not start): the
+        generation ends here."""
+        return self._dropped or (self.active and self._matcher.is_stopped())
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """The logits with every token the grammar forbids now at -inf (a new array: the model's own
@@ -153,11 +163,8 @@ class Constraint:
             return
         self.active = True
         rest = self._text[at + len(trigger):]  # a token may run past the trigger: the grammar starts there
-        if rest:
-            ids = self._vocab.tokenizer.tokenize_bytes(rest)
-            if not self._matcher.consume_tokens(ids):
-                raise BackendError(f"constrained decoding of {self.grammar.what} failed after "
-                                   f"{self.grammar.trigger!r}: {_plain(self._matcher.get_error())}")
+        if rest and not self._matcher.consume_tokens(self._vocab.tokenizer.tokenize_bytes(rest)):
+            self._dropped = True  # no call starts so: the reply ends with its words, and no call
 
     def processor(self, input_ids: Any, logits: np.ndarray) -> np.ndarray:
         """mask() in the shape of llama-cpp-python's logits processors."""
@@ -177,7 +184,9 @@ def vocab_from_tokenizer_json(text: str, width: int, end_ids: list[int]) -> Cons
 def vocab_from_llama(vocab_ptr: Any, width: int, end_ids: list[int]) -> ConstraintVocab:
     """The vocabulary of a GGUF as llama.cpp loaded it: each token's bytes, control tokens marked as
     llguidance expects (a 0xFF byte before their text, so that no text can spell them), and llama.cpp's
-    own tokenizer for the text a grammar forces."""
+    own tokenizer for the text a grammar forces. Tokens added as user-defined text (Qwen2.5's
+    <tool_call>) stay text, as tokenizer.json has them on ONNX: a grammar's "<tool_call>" may be the one
+    token the model was trained to write."""
     import ctypes
 
     import llama_cpp
@@ -185,7 +194,6 @@ def vocab_from_llama(vocab_ptr: Any, width: int, end_ids: list[int]) -> Constrai
     llg = _llguidance()
     buffer = ctypes.create_string_buffer(1024)
     control = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL
-    user = llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
     tokens = []
     for token in range(llama_cpp.llama_vocab_n_tokens(vocab_ptr)):
         n = llama_cpp.llama_token_to_piece(vocab_ptr, token, buffer, len(buffer), 0, True)
@@ -193,7 +201,7 @@ def vocab_from_llama(vocab_ptr: Any, width: int, end_ids: list[int]) -> Constrai
             raise BackendError(f"constrained decoding cannot read token {token} of this vocabulary")
         piece = buffer.raw[:n]
         attr = llama_cpp.llama_vocab_get_attr(vocab_ptr, token)
-        if attr & control or (attr & user and piece.startswith(b"<") and piece.endswith(b">")):
+        if attr & control:
             piece = b"\xff" + piece
         tokens.append(piece)
     tokens += [b""] * (width - len(tokens))  # logits wider than the vocabulary: never allowed

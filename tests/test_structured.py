@@ -86,6 +86,8 @@ def test_json_object_regex_and_raw_completion(engine):
     import re
 
     assert re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", phone.text), phone.text
+    with pytest.raises(edgekit.InvalidOptionError, match="ignore_eos cannot be combined"):
+        engine.generate("x", response_format={"type": "json_object"}, ignore_eos=True)
 
 
 @pytest.mark.parametrize("choice", ["required", "named", "parallel"])
@@ -129,7 +131,12 @@ def test_a_call_is_held_to_its_grammar_only_once_the_model_opens_it(engine):
 
 
 def test_a_template_that_states_tools_gets_them(tiny_model, tmp_path):
-    template = ("{% if tools %}<|im_start|>system\nTOOLS:{{ tools | tojson }}<|im_end|>\n{% endif %}"
+    """A template in the Qwen2.5 manner (it reads `tools`, teaches <tool_call>) that refuses a system
+    message, as Gemma's does: the tools reach it as its variable, earlier calls with their arguments as
+    objects; a response_format's words go to the first user message."""
+    template = ("{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}"
+                "{% endif %}{% if tools %}<|im_start|>tools\nTOOLS:{{ tools | tojson }} Reply with "
+                "<tool_call>{...}</tool_call><|im_end|>\n{% endif %}"
                 "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
                 "{% for c in m.tool_calls or [] %}CALL {{ c.function.name }} "
                 "{{ c.function.arguments | tojson }}{% endfor %}<|im_end|>\n{% endfor %}"
@@ -150,11 +157,42 @@ def test_a_template_that_states_tools_gets_them(tiny_model, tmp_path):
                    {"role": "tool", "tool_call_id": "c1", "content": "12 C"}]
         r = eng.chat(history, tools=[WEATHER], tool_choice="required", max_tokens=120, temperature=0.8,
                      seed=1)
+        prompt = seen[-1]
+        shaped = eng.chat("Hi", response_format=_format(SCHEMAS["array"]), max_tokens=160)
     assert r.tool_calls and r.tool_calls[0].name == "get_weather"
-    prompt = seen[-1]
     assert 'TOOLS:[{"type": "function", "function": {"name": "get_weather"' in prompt  # the template's words
     assert 'CALL get_weather {"city": "Oslo"}' in prompt  # arguments reached it as an object
     assert "You can call these functions" not in prompt  # not stated twice
+    assert "<|im_start|>user\nReply with one JSON value" in seen[-1] and "system" not in seen[-1]
+    jsonschema.validate(shaped.json(), SCHEMAS["array"])
+
+
+def test_a_reply_that_opens_a_call_is_read_for_it(artifacts, monkeypatch):
+    """tool_choice auto, end to end in the engine: the words stream, the call is hidden and read,
+    finish_reason says so; a stop string inside the call does not cut it; a call made again ends the
+    reply. The model's tokens are scripted (a random model does not choose to call); the rest is real."""
+    from edgekit.runtimes.base import TokenEvent
+
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}}\n</tool_call>'
+    with edgekit.load(artifacts["onnx"], device="cpu") as eng:
+        ids = eng.backend.tokenize(f"Let me check.\n{call}\n{call}\nand more words", False)
+
+        def scripted(prompt_ids, options):
+            assert options.grammar is not None and options.grammar.trigger == TOOL_OPEN
+            for token in ids:
+                yield TokenEvent(token, eng.backend.token_bytes(token))
+
+        monkeypatch.setattr(eng.backend, "generate", scripted)
+        stream = eng.chat("Weather?", tools=[WEATHER], stop=["Oslo"], max_tokens=200, stream=True,
+                          parallel_tool_calls=True)
+        shown = "".join(stream)
+        r = stream.result
+        whole = eng.chat("Weather?", tools=[WEATHER], max_tokens=200, parallel_tool_calls=True)
+    assert shown == "Let me check.\n" == r.text  # the call is not text, and the words are the same
+    assert r.finish_reason == "tool_calls"
+    assert [c.args() for c in r.tool_calls] == [{"city": "Oslo", "unit": "C"}]
+    assert whole.text == shown and whole.tool_calls[0].name == "get_weather"
+    assert len(r.token_ids) < len(ids)  # ended at the repeated call, not at the end of the script
 
 
 @pytest.mark.parametrize("fmt", ["gguf", "onnx"])
@@ -199,10 +237,42 @@ def test_run_holds_the_reply_to_a_schema_file(artifacts, tmp_path):
     assert p.returncode == 0 and json.loads(p.stdout)["constraint"]["cached"] is False
     bad = tmp_path / "bad.json"
     bad.write_text('{"type": "object", "not": {}}')
-    for args, words in ((["--json-schema", str(bad)], f"--json-schema {bad}: Unimplemented keys"),
+    for args, words in ((["--json-schema", str(bad)], f"--json-schema {bad}: response_format: Unimplemented"),
                         (["--json-schema", str(tmp_path / "none.json")], "cannot read it"),
                         (["--tool-choice", "required"], "--tool-choice needs --tools"),
                         (["--regex", "a", "--json-object"], "--json-object and --regex each set"),
                         (["--tools", str(tools), "--raw"], "--tools needs the chat template")):
         p = cli("run", str(art), "x", *args)
         assert p.returncode == 1 and words in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+
+
+def test_a_grammar_that_fails_ends_its_own_stream_alone(artifacts, monkeypatch):
+    """Batched streams: one stream's grammar failing mid-reply (forced here) ends that stream with a
+    BackendError; the stream beside it finishes, valid."""
+    from edgekit.runtimes import constrain
+
+    accept = constrain.Constraint.accept
+
+    def failing(self, token):
+        if self.grammar.what == "response_format.regex":
+            raise edgekit.BackendError("constrained decoding of response_format.regex failed: forced")
+        accept(self, token)
+
+    monkeypatch.setattr(constrain.Constraint, "accept", failing)
+    outcome = {}
+    with edgekit.load(artifacts["onnx"], device="cpu", n_ctx=1024, parallel=2) as eng:
+        def ask(name, fmt):
+            try:
+                outcome[name] = eng.generate("x", response_format=fmt, max_tokens=160, temperature=0.8,
+                                             seed=2)
+            except edgekit.BackendError as exc:
+                outcome[name] = exc
+
+        threads = [threading.Thread(target=ask, args=("regex", {"type": "regex", "regex": "[a-z]{5}"})),
+                   threading.Thread(target=ask, args=("json", _format(SCHEMAS["ranges"])))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert isinstance(outcome["regex"], edgekit.BackendError) and "forced" in str(outcome["regex"])
+    jsonschema.validate(outcome["json"].json(), SCHEMAS["ranges"])

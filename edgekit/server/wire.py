@@ -224,6 +224,7 @@ def _tool_calls(calls: Any, i: int) -> list[dict[str, Any]]:
     for n, call in enumerate(calls):
         fn = call.get("function") if isinstance(call, dict) else None
         if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                and call.get("type", "function") == "function"
                 and isinstance(fn.get("arguments"), str) and isinstance(call.get("id", ""), str)):
             raise ApiError(400, f'{where}[{n}] must be {{"id": ..., "type": "function", "function": '
                            '{"name": ..., "arguments": "<JSON text>"}}', param=f"{where}[{n}]")
@@ -412,9 +413,7 @@ def _structure(body: Mapping[str, Any]) -> dict[str, Any]:
     try:
         plan(**fields)
     except SchemaError as exc:
-        field = str(exc).split(":")[0].split(".")[0].split("[")[0].split()[0]  # what the message names
-        param = field if field in names else None
-        raise ApiError(400, str(exc), param=param, code="invalid_schema") from None
+        raise ApiError(400, str(exc), param=exc.field, code="invalid_schema") from None
     return fields
 
 
@@ -527,7 +526,8 @@ def _assistant(result: Any) -> dict[str, Any]:
     calls = getattr(result, "tool_calls", ())
     if not calls:
         return {"role": "assistant", "content": result.text}
-    return {"role": "assistant", "content": result.text or None, "tool_calls": [c.to_dict() for c in calls]}
+    return {"role": "assistant", "content": result.text.strip() or None,  # words before the calls
+            "tool_calls": [c.to_dict() for c in calls]}
 
 
 def _chunk(kind: str, ident: str, model: str, delta: Any, finish: str | None = None,

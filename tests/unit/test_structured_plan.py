@@ -61,11 +61,21 @@ def test_what_cannot_be_enforced_is_a_schema_error_naming_it(response_format, wo
     ([WEATHER], {"type": "function", "function": {"name": "get_time"}}, "not among the tools"),
     ([WEATHER], "sometimes", "tool_choice must be"),
     (None, "required", "tool_choice 'required' needs tools"),
+    ([WEATHER], {"type": "function", "function": {"name": "get_weather", "x": 1}}, "'x' is not supported"),
 ])
 def test_bad_tools_and_choices_are_schema_errors(tools, choice, words):
     with pytest.raises(SchemaError) as caught:
         plan(tools=tools, tool_choice=choice)
     assert words in str(caught.value)
+    assert caught.value.field == ("tool_choice" if str(caught.value).startswith("tool_choice") else "tools")
+
+
+def test_a_tools_schema_error_names_the_tool():
+    bad = {"type": "function", "function": {"name": "g", "parameters": {"type": "object", "not": {}}}}
+    with pytest.raises(SchemaError) as caught:
+        plan(tools=[WEATHER, bad])
+    assert str(caught.value).startswith("tools[1].function.parameters: Unimplemented keys")
+    assert caught.value.field == "tools" and len(str(caught.value)) < 200
 
 
 def test_a_regex_format_with_tools_is_refused():
@@ -74,7 +84,7 @@ def test_a_regex_format_with_tools_is_refused():
 
 
 def test_what_each_request_compiles_to():
-    assert plan().grammar is None and not plan().active
+    assert plan().grammar is None and not plan().calls
     assert plan({"type": "text"}).grammar is None
     obj = plan({"type": "json_object"})
     assert obj.grammar is not None and obj.grammar.what == "response_format"
@@ -88,8 +98,11 @@ def test_what_each_request_compiles_to():
     required = plan(tools=[WEATHER], tool_choice="required")
     assert required.calls and required.grammar.trigger == ""  # calls from the first token
     assert plan(tools=[WEATHER], tool_choice="none").grammar is None
+    assert plan(tool_choice="auto").grammar is None  # no tools: no call can be made
     both = plan(schema_format(schema), tools=[WEATHER])  # the reply in its format, or a call
-    assert both.grammar.trigger == "" and both.calls
+    assert both.grammar.trigger == "" and both.calls and both.instructions
+    forced = plan(schema_format(schema), tools=[WEATHER], tool_choice="required")
+    assert forced.instructions == ""  # calls alone: the format's words would only mislead
 
 
 def test_a_pydantic_model_is_a_json_schema_format():
@@ -116,6 +129,21 @@ def test_objects_that_name_their_properties_are_closed_to_others():
     assert out["properties"]["free"]["additionalProperties"] is True  # said otherwise: kept
     assert out["$defs"]["Inner"]["additionalProperties"] is False
     assert "additionalProperties" not in schema  # the schema given is not changed
+
+
+@pytest.mark.parametrize("schema", [
+    {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+               {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}]},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a", "b"]},
+    {"$defs": {"B": {"type": "object", "required": ["b"]}},
+     "type": "object", "properties": {"a": {"type": "integer"}}, "$ref": "#/$defs/B"},
+])
+def test_objects_combined_with_others_stay_open(schema):
+    """Closing any of these would make a satisfiable schema unsatisfiable."""
+    out = closed(schema)
+    parts = out.get("allOf", [out])
+    assert all("additionalProperties" not in part for part in parts)
+    assert plan(schema_format(schema)).grammar is not None  # still compiles
 
 
 def test_a_tools_own_references_are_rebased_into_the_call_schema():
@@ -159,7 +187,7 @@ def test_a_reply_is_read_for_its_words_and_whole_calls():
             f'{TOOL_CLOSE}'
             f'\n{TOOL_OPEN}\n{{"name": "broken", "arguments": \n{TOOL_CLOSE}\n{TOOL_OPEN}\n{{"name": "cut')
     words, calls = read_reply(text)
-    assert words == "Let me look." and [c.name for c in calls] == ["get_weather"]
+    assert words == "Let me look.\n" and [c.name for c in calls] == ["get_weather"]  # as streamed
     assert calls[0].args() == {"city": "Oslo"} and calls[0].id.startswith("call_")
     assert calls[0].to_dict()["function"]["arguments"] == '{"city": "Oslo"}'
     assert read_reply("Just words.") == ("Just words.", ())
@@ -173,5 +201,16 @@ def test_a_call_made_again_is_found():
 
 
 def test_which_templates_state_tools_themselves():
-    assert template_renders_tools("{% if tools %}{{ tools | tojson }}{% endif %}")
+    """Those that read `tools` and teach <tool_call> blocks (Qwen2.5, Hermes); not those that teach
+    another form (Llama 3's JSON), which get the tools in the system message in the form edgekit reads."""
+    assert template_renders_tools("{% if tools %}{{ tools | tojson }} <tool_call></tool_call>{% endif %}")
+    assert not template_renders_tools("{% if tools %}{{ tools | tojson }}{% endif %}")
     assert not template_renders_tools("{% for m in messages %}{{ m.content }}{% endfor %}")
+
+
+def test_the_words_go_to_the_first_user_message_for_a_template_without_system():
+    made = plan({"type": "json_object"})
+    out = prepare([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}], made, False,
+                  system=False)
+    assert [m["role"] for m in out] == ["user", "assistant"]
+    assert out[0]["content"].startswith("Reply with one JSON object") and out[0]["content"].endswith("\n\nHi")
