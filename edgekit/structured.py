@@ -226,12 +226,18 @@ _DATA = frozenset({"const", "enum", "default", "examples", "example"})
 _NAMED = frozenset({"properties", "$defs", "definitions", "patternProperties", "dependentSchemas"})
 
 
+DECIMALS = 6  # the most decimals a number is written with (a model at temperature writes on and on)
+
+
 def closed(schema: Any) -> Any:
-    """The schema with every object that names its properties and says nothing of others closed to
-    them (additionalProperties false): a reply made under it still matches the schema as given (leaving
-    a property out is always allowed), but a small model cannot pad its JSON with keys of its own.
-    An object combined with others (a part of allOf, or beside $ref, anyOf or oneOf) or requiring a
-    property it does not list stays open: closing it could make the schema unsatisfiable."""
+    """The schema as replies are generated under it, which every reply still matches as given:
+    - every object that names its properties and says nothing of others is closed to them
+      (additionalProperties false; leaving a property out is always allowed), so a small model cannot
+      pad its JSON with keys of its own. An object combined with others (a part of allOf, or beside
+      $ref, anyOf or oneOf) or requiring a property it does not list stays open: closing it could make
+      the schema unsatisfiable;
+    - a number with no multipleOf is written with at most DECIMALS decimals (multipleOf 10^-DECIMALS),
+      unless its range is narrower than 1."""
     return _close(schema, True)
 
 
@@ -248,6 +254,12 @@ def _close(schema: Any, may_close: bool) -> Any:
             out[key] = {name: _close(sub, True) for name, sub in value.items()}
         else:  # the parts of an allOf describe one object together: none of them may close it alone
             out[key] = _close(value, key != "allOf")
+    kinds = out.get("type") if isinstance(out.get("type"), list) else [out.get("type")]
+    low = out.get("minimum", out.get("exclusiveMinimum"))
+    high = out.get("maximum", out.get("exclusiveMaximum"))
+    narrow = all(isinstance(v, int | float) for v in (low, high)) and high - low < 1
+    if "number" in kinds and "multipleOf" not in out and not narrow:
+        out["multipleOf"] = 10.0 ** -DECIMALS
     properties = out.get("properties")
     required = out.get("required") if isinstance(out.get("required"), list) else []
     others = {"additionalProperties", "patternProperties"}  # said of other properties already

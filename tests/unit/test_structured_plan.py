@@ -214,3 +214,14 @@ def test_the_words_go_to_the_first_user_message_for_a_template_without_system():
                   system=False)
     assert [m["role"] for m in out] == ["user", "assistant"]
     assert out[0]["content"].startswith("Reply with one JSON object") and out[0]["content"].endswith("\n\nHi")
+
+
+def test_numbers_are_written_with_at_most_six_decimals_unless_the_range_is_narrow():
+    out = closed({"type": "object", "properties": {
+        "lat": {"type": "number", "minimum": -90, "maximum": 90}, "maybe": {"type": ["number", "null"]},
+        "share": {"type": "number", "minimum": 0, "maximum": 0.5},
+        "step": {"type": "number", "multipleOf": 0.25},
+        "n": {"type": "integer"}}})["properties"]
+    assert out["lat"]["multipleOf"] == out["maybe"]["multipleOf"] == 1e-6
+    assert "multipleOf" not in out["share"] and out["step"]["multipleOf"] == 0.25  # left as they were
+    assert "multipleOf" not in out["n"]
