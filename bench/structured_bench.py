@@ -32,197 +32,111 @@ from test_serve import Server  # noqa: E402
 import edgekit  # noqa: E402
 
 SHORT = {"type": "string", "minLength": 1, "maxLength": 40}
+
+
+def obj(**properties) -> dict:
+    """An object schema that requires every property it lists (as each schema here does)."""
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+def number(low: float, high: float, kind: str = "number") -> dict:
+    return {"type": kind, "minimum": low, "maximum": high}
+
+
 SCHEMAS = {
     "town": (
         "Describe the town of Bergen.",
-        {
-            "type": "object",
-            "properties": {
-                "name": SHORT,
-                "country": SHORT,
-                "founded": {"type": "integer", "minimum": 0, "maximum": 2030},
-            },
-            "required": ["name", "country", "founded"],
-        },
+        obj(name=SHORT, country=SHORT, founded=number(0, 2030, "integer")),
     ),
     "nested": (
         "Describe a small library and its address.",
-        {
-            "type": "object",
-            "properties": {
-                "name": SHORT,
-                "address": {
-                    "type": "object",
-                    "properties": {
-                        "street": SHORT,
-                        "city": SHORT,
-                        "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
-                    },
-                    "required": ["street", "city", "zip"],
-                },
-            },
-            "required": ["name", "address"],
-        },
+        obj(
+            name=SHORT, address=obj(street=SHORT, city=SHORT, zip={"type": "string", "pattern": "^[0-9]{5}$"})
+        ),
     ),
     "list": (
         "Name three fruits.",
-        {
-            "type": "object",
-            "properties": {"fruits": {"type": "array", "items": SHORT, "minItems": 3, "maxItems": 3}},
-            "required": ["fruits"],
-        },
+        obj(fruits={"type": "array", "items": SHORT, "minItems": 3, "maxItems": 3}),
     ),
     "enum": (
         "Is the sky blue on a clear day? Answer and rate your confidence.",
-        {
-            "type": "object",
-            "properties": {
-                "answer": {"enum": ["yes", "no", "unsure"]},
-                "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            },
-            "required": ["answer", "confidence"],
-        },
+        obj(answer={"enum": ["yes", "no", "unsure"]}, confidence=number(0, 1)),
     ),
     "const": (
         "Report the status of the server.",
-        {
-            "type": "object",
-            "properties": {
-                "version": {"const": 2},
-                "status": {"enum": ["ok", "degraded", "down"]},
-                "message": SHORT,
-            },
-            "required": ["version", "status", "message"],
-        },
+        obj(version={"const": 2}, status={"enum": ["ok", "degraded", "down"]}, message=SHORT),
     ),
     "ranges": (
         "Give the temperature in Oslo today and a humidity percentage.",
-        {
-            "type": "object",
-            "properties": {
-                "celsius": {"type": "number", "minimum": -60, "maximum": 60},
-                "humidity": {"type": "integer", "minimum": 0, "maximum": 100},
-            },
-            "required": ["celsius", "humidity"],
-        },
+        obj(celsius=number(-60, 60), humidity=number(0, 100, "integer")),
     ),
     "pattern": (
         "Invent a product with a code like AB-123 and a price.",
-        {
-            "type": "object",
-            "properties": {
-                "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
-                "name": SHORT,
-                "price": {"type": "number", "minimum": 0, "maximum": 10000},
-            },
-            "required": ["code", "name", "price"],
-        },
+        obj(code={"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}, name=SHORT, price=number(0, 10000)),
     ),
     "any_of": (
         "What is 2 + 2? Answer with a number or a word.",
-        {
-            "type": "object",
-            "properties": {"answer": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 100}, SHORT]}},
-            "required": ["answer"],
-        },
+        obj(answer={"anyOf": [number(0, 100, "integer"), SHORT]}),
     ),
     "one_of": (
         "Describe a pet: a cat or a dog.",
-        {
-            "type": "object",
-            "properties": {
-                "pet": {
-                    "oneOf": [
-                        {
-                            "type": "object",
-                            "properties": {
-                                "kind": {"const": "cat"},
-                                "lives": {"type": "integer", "minimum": 1, "maximum": 9},
-                            },
-                            "required": ["kind", "lives"],
-                        },
-                        {
-                            "type": "object",
-                            "properties": {"kind": {"const": "dog"}, "breed": SHORT},
-                            "required": ["kind", "breed"],
-                        },
-                    ]
-                }
-            },
-            "required": ["pet"],
-        },
+        obj(
+            pet={
+                "oneOf": [
+                    obj(kind={"const": "cat"}, lives=number(1, 9, "integer")),
+                    obj(kind={"const": "dog"}, breed=SHORT),
+                ]
+            }
+        ),
     ),
     "ref": (
         "Give the start and end points of a short trip, as coordinates.",
         {
-            "$defs": {
-                "point": {
-                    "type": "object",
-                    "properties": {
-                        "lat": {"type": "number", "minimum": -90, "maximum": 90},
-                        "lon": {"type": "number", "minimum": -180, "maximum": 180},
-                    },
-                    "required": ["lat", "lon"],
-                }
-            },
-            "type": "object",
-            "properties": {"start": {"$ref": "#/$defs/point"}, "end": {"$ref": "#/$defs/point"}},
-            "required": ["start", "end"],
+            "$defs": {"point": obj(lat=number(-90, 90), lon=number(-180, 180))},
+            **obj(start={"$ref": "#/$defs/point"}, end={"$ref": "#/$defs/point"}),
         },
     ),
     "people": (
         "List two people with their ages and hobbies.",
-        {
-            "type": "object",
-            "properties": {
-                "people": {
-                    "type": "array",
-                    "minItems": 2,
-                    "maxItems": 2,
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": SHORT,
-                            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-                            "hobbies": {"type": "array", "items": SHORT, "minItems": 1, "maxItems": 3},
-                        },
-                        "required": ["name", "age", "hobbies"],
-                    },
-                }
-            },
-            "required": ["people"],
-        },
+        obj(
+            people={
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 2,
+                "items": obj(
+                    name=SHORT,
+                    age=number(0, 120, "integer"),
+                    hobbies={"type": "array", "items": SHORT, "minItems": 1, "maxItems": 3},
+                ),
+            }
+        ),
     ),
 }
+
+
+def tool(name: str, description: str, parameters: dict) -> dict:
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
+
+
 TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": SHORT, "unit": {"enum": ["celsius", "fahrenheit"]}},
-                "required": ["city", "unit"],
-            },
+    tool(
+        "get_weather", "Current weather in a city", obj(city=SHORT, unit={"enum": ["celsius", "fahrenheit"]})
+    ),
+    tool(
+        "add_event",
+        "Add an event to the calendar",
+        {
+            **obj(
+                title=SHORT,
+                day={"type": "string", "pattern": "^2026-[0-9]{2}-[0-9]{2}$"},
+                guests={"type": "array", "items": SHORT, "maxItems": 4},
+            ),
+            "required": ["title", "day"],
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "add_event",
-            "description": "Add an event to the calendar",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "title": SHORT,
-                    "day": {"type": "string", "pattern": "^2026-[0-9]{2}-[0-9]{2}$"},
-                    "guests": {"type": "array", "items": SHORT, "maxItems": 4},
-                },
-                "required": ["title", "day"],
-            },
-        },
-    },
+    ),
 ]
 TOOL_PROMPTS = [
     "What's the weather in Lisbon?",

@@ -363,16 +363,10 @@ class Engine:
         messages went in result.dropped_messages (the CLI's chat and the server do this).
         cancel() while the template renders ends the call with finish_reason "cancelled" and no text.
 
-        response_format (OpenAI's): {"type": "json_object"}, {"type": "json_schema", "json_schema":
-        {"name": ..., "schema": {...}}}, a pydantic model class, or edgekit's {"type": "regex", "regex":
-        ...}: decoding is held to it (every reply matches, unless cut at max_tokens) and the system
-        message states it. tools (OpenAI's [{"type": "function", "function": {"name", "description",
-        "parameters"}}]) with tool_choice "auto" (default), "none", "required" or {"type": "function",
-        "function": {"name": ...}}: calls come in result.tool_calls with valid arguments, finish_reason
-        "tool_calls"; earlier calls (assistant "tool_calls") and results (role "tool") may be in messages.
-        One call per reply unless parallel_tool_calls=True (llama.cpp's server default: a small model
-        given the choice tends to call again and again).
-        A schema keyword that cannot be enforced is a SchemaError naming it.
+        response_format, tools, tool_choice, parallel_tool_calls: OpenAI's (and a pydantic class, or
+        {"type": "regex", "regex": ...}); decoding is held to them, calls come in result.tool_calls,
+        one per reply unless parallel_tool_calls=True (docs/guide.md). What cannot be enforced is a
+        SchemaError naming it.
         """
         from edgekit.errors import RenderCancelled
         from edgekit.runtimes.chat_template import validate_messages
@@ -619,7 +613,9 @@ class Engine:
             constraint = {"compile_ms": round(1000 * (time.perf_counter() - began), 3), "cached": kept}
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted, times, tokens, reason = "", 0, [], [], "stop"
-        hide = (TOOL_OPEN,) if state.get("calls") else ()  # a tool call is not the reply's text
+        calls_on = bool(state.get("calls"))  # a tool call is not the reply's text: hidden from the stream
+        opened = -1  # where the first tool call opens in the text (-1: none yet)
+        held = options.stop + ((TOOL_OPEN,) if calls_on else ())  # prefixes held back while streaming
         state.update(start=start, tokens_in=len(ids), times=times, tokens=tokens, text="")
         budget = self.budget
         # raise mode stops as soon as a miss is certain: a late first token, or total time run out
@@ -639,18 +635,20 @@ class Engine:
             text += decoder.decode(event.piece)
             state["text"] = text
             # earlier text held no stop string: a new one must end in this piece (no rescan per token)
+            if calls_on and opened < 0:
+                opened = text.find(TOOL_OPEN, max(0, before - len(TOOL_OPEN) + 1))
             cut = _stop_at(text, options.stop, max(0, before - longest + 1))
-            if cut is not None and not (hide and 0 <= text.find(hide[0]) <= cut):  # not inside a call
+            if cut is not None and not 0 <= opened <= cut:  # a stop string never cuts a call
                 text = text[:cut]
                 break
-            if hide and text.find(TOOL_CLOSE, max(0, before - len(TOOL_CLOSE) + 1)) >= 0:
+            if opened >= 0 and text.find(TOOL_CLOSE, max(0, before - len(TOOL_CLOSE) + 1)) >= 0:
                 again = repeated_call(text)  # the same call once more: the calls are done
                 if again is not None:
                     text = text[:again]
                     break
-            safe = len(text) - _max_partial(text, options.stop + hide)  # hold back a possible stop prefix
-            if hide and (at := text.find(hide[0])) >= 0:
-                safe = min(safe, at)
+            safe = len(text) - _max_partial(text, held)  # hold back a possible stop (or call) prefix
+            if opened >= 0:
+                safe = min(safe, opened)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
@@ -667,7 +665,7 @@ class Engine:
             reason = "length" if len(times) >= options.max_tokens else "stop"
         events.close()  # release the backend's generator (and its native state) now
         calls: tuple[ToolCall, ...] = ()
-        if hide:
+        if calls_on:
             text, calls = read_reply(text)
             if calls and reason == "stop":
                 reason = "tool_calls"

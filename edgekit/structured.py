@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -327,44 +327,49 @@ def _for_template(message: dict[str, Any], template_tools: bool) -> dict[str, An
     return message
 
 
-def _with_object_arguments(call: Any) -> Any:
-    if not isinstance(call, Mapping):
-        return call
-    fn = call.get("function", call)
-    args = fn.get("arguments") if isinstance(fn, Mapping) else None
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            return call
-        if "function" in call:
-            return {**call, "function": {**fn, "arguments": args}}
-        return {**call, "arguments": args}
-    return call
-
-
-def _call_text(call: Any) -> str:
+def _function(call: Any) -> tuple[Mapping[str, Any], Any]:
+    """An earlier call's function object ({"name", "arguments"}, OpenAI's nesting or flat) and its
+    arguments as an object (the text itself when it is not JSON)."""
     fn = call.get("function", call) if isinstance(call, Mapping) else {}
-    args = fn.get("arguments", {}) if isinstance(fn, Mapping) else {}
+    fn = fn if isinstance(fn, Mapping) else {}
+    args = fn.get("arguments", {})
     if isinstance(args, str):
         try:
             args = json.loads(args)
         except ValueError:
             pass
-    body = json.dumps({"name": fn.get("name") if isinstance(fn, Mapping) else None, "arguments": args},
-                      ensure_ascii=False)
+    return fn, args
+
+
+def _with_object_arguments(call: Any) -> Any:
+    fn, args = _function(call)
+    if not isinstance(fn.get("arguments"), str) or isinstance(args, str):
+        return call  # an object already, or text that is not JSON: as it came
+    if "function" in call:
+        return {**call, "function": {**fn, "arguments": args}}
+    return {**call, "arguments": args}
+
+
+def _call_text(call: Any) -> str:
+    fn, args = _function(call)
+    body = json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False)
     return f"{TOOL_OPEN}\n{body}\n{TOOL_CLOSE}"
+
+
+def _blocks(text: str) -> Iterator[tuple[int, Any]]:
+    """(where it starts, its JSON) of each whole <tool_call> block of `text` that holds JSON."""
+    for match in _CALL.finditer(text):
+        try:
+            yield match.start(), json.loads(match.group(1))
+        except ValueError:
+            continue
 
 
 def read_reply(text: str) -> tuple[str, tuple[ToolCall, ...]]:
     """(the reply's words, the tool calls it made): every whole <tool_call> block with a name and
     arguments; the words are what comes before the first block (the server strips them)."""
     calls = []
-    for match in _CALL.finditer(text):
-        try:
-            data = json.loads(match.group(1))
-        except ValueError:
-            continue
+    for _, data in _blocks(text):
         if isinstance(data, dict) and isinstance(data.get("name"), str) and "arguments" in data:
             args = json.dumps(data["arguments"], ensure_ascii=False)
             calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", data["name"], args))
@@ -377,13 +382,9 @@ def repeated_call(text: str) -> int | None:
     arguments): a small model that has made its calls may go on making the same one until max_tokens.
     None when it does not."""
     seen, last = set(), None
-    for match in _CALL.finditer(text):
-        try:
-            data = json.loads(match.group(1))
-        except ValueError:
-            continue
+    for at, data in _blocks(text):
         key = json.dumps(data, sort_keys=True)
-        last = (key in seen, match.start())
+        last = (key in seen, at)
         seen.add(key)
     return last[1] if last is not None and last[0] else None
 

@@ -127,6 +127,7 @@ class Constraint:
         self._matcher, self._vocab, self.grammar = matcher, vocab, grammar
         self._bits = np.zeros((vocab.width + 31) // 32, dtype=np.int32)
         self.active = not grammar.trigger  # a trigger: not yet, until the text ends with it
+        self._trigger = grammar.trigger.encode()
         self._text = b""  # the text so far, while waiting for the trigger
         self._dropped = False  # what the model wrote past the trigger fits no call: the reply ends
 
@@ -146,7 +147,7 @@ class Constraint:
         if m.is_error():
             raise BackendError(f"constrained decoding of {self.grammar.what} failed: {_plain(m.get_error())}")
         allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: logits.shape[-1]]
-        return np.where(allowed.astype(bool), logits, np.float32(-np.inf)).astype(np.float32, copy=False)
+        return np.where(allowed.view(bool), logits, np.float32(-np.inf))
 
     def accept(self, token: int) -> None:
         """The token chosen (from masked logits): the grammar moves past it."""
@@ -156,13 +157,13 @@ class Constraint:
                                    f"{_plain(self._matcher.get_error())}")
             return
         self._text += self._vocab.tokenizer.decode_bytes([int(token)])
-        trigger = self.grammar.trigger.encode()
-        at = self._text.find(trigger)
+        at = self._text.find(self._trigger)
         if at < 0:
-            self._text = self._text[-len(trigger):]  # enough to find a trigger split between tokens
+            self._text = self._text[-len(self._trigger):]  # enough to find a trigger split between tokens
             return
         self.active = True
-        rest = self._text[at + len(trigger):]  # a token may run past the trigger: the grammar starts there
+        rest = self._text[at + len(self._trigger):]  # a token may run past the trigger: the grammar starts
+        # there
         if rest and not self._matcher.consume_tokens(self._vocab.tokenizer.tokenize_bytes(rest)):
             self._dropped = True  # no call starts so: the reply ends with its words, and no call
 
